@@ -1,0 +1,1 @@
+"""BigGAN generators with a swappable self-attention layer (model library: tensors in, tensors out)."""
