@@ -23,7 +23,7 @@ def truncated_noise_sample(batch_size: int, dim_z: int, truncation: float = 1.0,
 
     state = None if seed is None else np.random.RandomState(seed)
     values = truncnorm.rvs(-TRUNCATION_BOUND, TRUNCATION_BOUND, size=(batch_size, dim_z), random_state=state)
-    return (truncation * values).astype(np.float32)
+    return truncation * values.astype(np.float32)
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
