@@ -38,9 +38,14 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, class_ids: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        """z (B, z_dim) as the network consumes it (already truncated), class_ids (B,) int -> (B,3,H,W) in [-1,1]."""
+        """z (B, z_dim) as the network consumes it (already truncated), class_ids (B,) int -> (B,3,H,W) in [-1,1].
+
+        z is moved to the generator's device and dtype.
+        """
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape (B, {self.z_dim}), got {tuple(z.shape)}")
+        weight = next(self.parameters())
+        z = z.to(device=weight.device, dtype=weight.dtype)
         class_ids = torch.as_tensor(class_ids, device=z.device).long().reshape(-1)
         if class_ids.shape[0] != z.shape[0]:
             raise ValueError(f"got {class_ids.shape[0]} class ids for {z.shape[0]} latents")

@@ -1,0 +1,223 @@
+"""Loading: names, paths, format detection, strict errors, download and cache (all offline)."""
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+import torch
+
+import weights
+import weights.download
+from weights import available_models, load_generator, write_random_checkpoint
+from weights.download import url_cache_dir
+from weights.formats import detect_format
+from weights.registry import MODELS, ModelSource
+
+Z = torch.zeros(1, 128)
+CLASS = torch.tensor([7])
+
+
+@pytest.fixture
+def network_attempts(monkeypatch):
+    """Socket connections attempted during the test (each one refused)."""
+    attempts = []
+
+    def refuse(self, address):
+        attempts.append(address)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch, network_attempts):
+    """An empty HF hub cache for this test; HF_HUB_OFFLINE unset; no network."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return cache
+
+
+def _copy(folder, dest):
+    shutil.copytree(folder, dest)
+    return dest
+
+
+def test_available_models():
+    assert available_models() == ["biggan-deep-128", "biggan-deep-256", "biggan-deep-512", "biggan-128"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        load_generator(tmp_path / "absent" / "pytorch_model.bin")
+
+
+def test_directory_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds neither pytorch_model.bin"):
+        load_generator(tmp_path)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model name 'biggan-deep-64'.*biggan-deep-128"):
+        load_generator("biggan-deep-64")
+
+
+def test_biggan_128_name_asks_for_a_local_file():
+    with pytest.raises(ValueError, match="local G_ema.pth.*drive.google.com.*openmmlab"):
+        load_generator("biggan-128")
+
+
+@pytest.mark.parametrize("content", [b"", b"definitely not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_garbage_file_is_not_a_checkpoint(tmp_path, content):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+        load_generator(path)
+
+
+def test_truncated_checkpoint(tiny_deep_dir, tmp_path):
+    folder = _copy(tiny_deep_dir, tmp_path / "cut")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+        load_generator(folder)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": torch.zeros(1), "obj": ModelSource("x", "y")}, path)  # needs unpickling a class
+    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+        load_generator(path)
+
+
+def test_wrong_format(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3), "fc.bias": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="neither a BigGAN-deep .* nor a BigGAN-PyTorch.*conv.weight"):
+        load_generator(path)
+
+
+def test_missing_key_and_wrong_shape_are_listed(tiny_deep_dir, tmp_path):
+    folder = _copy(tiny_deep_dir, tmp_path / "bad")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    del state["generator.layers.3.conv_1.weight_v"]
+    state["generator.layers.8.gamma"] = torch.ones(2)
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError) as err:
+        load_generator(folder)
+    message = str(err.value)
+    assert "missing 1 key(s): generator.layers.3.conv_1.weight_v" in message
+    assert "generator.layers.8.gamma (checkpoint (2,), expected (1,))" in message
+
+
+def test_bad_config_json(tiny_deep_dir, tmp_path):
+    folder = _copy(tiny_deep_dir, tmp_path / "cfg")
+    (folder / "config.json").write_text('{"output_dim": 128, "colour": 1}')
+    with pytest.raises(ValueError, match="config.json: unknown BigGAN-deep config field"):
+        load_generator(folder)
+
+
+def test_bare_weights_file_infers_published_config(tiny_deep_dir, tmp_path):
+    bare = tmp_path / "bare" / "weights.bin"
+    bare.parent.mkdir()
+    shutil.copyfile(tiny_deep_dir / "pytorch_model.bin", bare)
+    expected = load_generator(tiny_deep_dir, device="cpu").generate(Z, CLASS, 0.5)
+    # no config.json next to it: the 128 preset at the file's channel width is recognised from the keys
+    assert torch.equal(load_generator(bare, device="cpu").generate(Z, CLASS, 0.5), expected)
+
+
+def test_write_random_checkpoint_rejects_unknown_format(tmp_path):
+    with pytest.raises(ValueError, match="unknown checkpoint format 'onnx'; accepted: biggan-deep, biggan"):
+        write_random_checkpoint(tmp_path / "x", fmt="onnx")
+
+
+def test_bad_dtype_and_attention(tiny_deep_dir):
+    with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
+        load_generator(tiny_deep_dir, device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match="unknown attention 'softmax2'"):
+        load_generator(tiny_deep_dir, attention="softmax2")
+
+
+def test_ajbrock_file_is_dispatched(tmp_path):
+    path = write_random_checkpoint(tmp_path / "G_ema.pth", fmt="biggan", G_ch=8)
+    assert detect_format(torch.load(path, weights_only=True), str(path)) == "biggan"
+    model = load_generator(tmp_path, device="cpu")  # a directory holding G_ema.pth
+    assert model.family == "biggan" and not model.training
+
+
+@pytest.mark.parametrize("name", ["biggan-deep-128", "biggan-deep-256"])
+def test_offline_without_cache_says_where_to_put_files(hf_cache, network_attempts, monkeypatch, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as err:
+        load_generator(name)
+    message = str(err.value)
+    assert "HF_HUB_OFFLINE=1" in message and str(url_cache_dir(name)) in message
+    assert "config.json and pytorch_model.bin" in message and "local directory" in message
+    assert str(hf_cache) in message and network_attempts == []  # no network touched
+
+
+def test_url_download_is_cached_for_offline_reuse(hf_cache, monkeypatch, tiny_deep_dir, tmp_path):
+    served = _copy(tiny_deep_dir, tmp_path / "served")
+    source = ModelSource(
+        "biggan-deep-test", "biggan-deep",
+        urls={name: (served / name).as_uri() for name in ("config.json", "pytorch_model.bin")},
+    )
+    monkeypatch.setitem(MODELS, source.name, source)
+    expected = load_generator(tiny_deep_dir, device="cpu").generate(Z, CLASS, 0.5)
+
+    first = load_generator(source.name, device="cpu").generate(Z, CLASS, 0.5)
+    cached = url_cache_dir(source.name)
+    assert sorted(p.name for p in cached.iterdir()) == ["config.json", "pytorch_model.bin"]  # no .part left
+    shutil.rmtree(served)  # the source is gone: the second load must come from the cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    second = load_generator(source.name, device="cpu").generate(Z, CLASS, 0.5)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_failed_download_leaves_no_partial_file(hf_cache, monkeypatch, tmp_path):
+    source = ModelSource("biggan-deep-test", "biggan-deep", urls={"config.json": (tmp_path / "gone.json").as_uri()})
+    monkeypatch.setitem(MODELS, source.name, source)
+    with pytest.raises(FileNotFoundError, match="could not download biggan-deep-test .*put config.json in"):
+        load_generator(source.name)
+    assert not url_cache_dir(source.name).exists() or not any(url_cache_dir(source.name).iterdir())
+
+
+def test_hub_snapshot_in_cache_is_used_offline(hf_cache, network_attempts, monkeypatch, tiny_deep_dir):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_cache / "models--osanseviero--BigGAN-deep-128"
+    shutil.copytree(tiny_deep_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_generator("biggan-deep-128", device="cpu")
+    expected = load_generator(tiny_deep_dir, device="cpu").generate(Z, CLASS, 0.5)
+    assert torch.equal(model.generate(Z, CLASS, 0.5), expected) and network_attempts == []
+
+
+def test_hub_failure_falls_back_to_urls(hf_cache, monkeypatch, tiny_deep_dir):
+    def hub_down(*args, **kwargs):
+        raise OSError("hub unreachable")
+
+    monkeypatch.setattr(weights.download, "hf_hub_download", hub_down)
+    source = ModelSource(
+        "biggan-deep-test", "biggan-deep", hub_repo="someone/unreachable",
+        urls={name: (tiny_deep_dir / name).as_uri() for name in ("config.json", "pytorch_model.bin")},
+    )
+    monkeypatch.setitem(MODELS, source.name, source)
+    assert load_generator(source.name, device="cpu").family == "biggan-deep"
+
+
+def test_cache_directory_follows_hf_environment(monkeypatch, tmp_path):
+    from weights.download import hf_cache_dir
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hf_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hf_cache_dir() == tmp_path / "home" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    # same precedence as huggingface_hub, so Hub snapshots and URL downloads share one cache
+    assert hf_cache_dir() == tmp_path / "hub" and url_cache_dir("m") == tmp_path / "hub" / "biggan-attn" / "m"
