@@ -20,21 +20,25 @@ def register_attention(cls: type[AttentionBackend]) -> type[AttentionBackend]:
     return cls
 
 
+def _import_method(module: str) -> None:
+    """Import one method module and register the backend classes it defines."""
+    try:
+        mod = importlib.import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.{module}":
+            raise
+        return  # method not shipped
+    for obj in vars(mod).values():
+        if inspect.isclass(obj) and issubclass(obj, AttentionBackend) and obj.name and obj.__module__ == mod.__name__:
+            _REGISTRY.setdefault(obj.name, obj)
+
+
 def _load_methods() -> None:
     global _loaded
-    if _loaded:
-        return
-    for module in _METHOD_MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.{module}":
-                raise
-            continue  # method not shipped (yet)
-        for obj in vars(mod).values():
-            if inspect.isclass(obj) and issubclass(obj, AttentionBackend) and obj.name and obj.__module__ == mod.__name__:
-                _REGISTRY.setdefault(obj.name, obj)
-    _loaded = True
+    if not _loaded:
+        for module in _METHOD_MODULES:
+            _import_method(module)
+        _loaded = True
 
 
 def available_attentions() -> list[str]:
@@ -46,7 +50,10 @@ def available_attentions() -> list[str]:
 
 def build_attention(name: str, **params) -> AttentionBackend:
     """Build the backend ``name`` with its keyword parameters (every backend takes ``budget`` and ``seed``)."""
-    _load_methods()
+    if name not in _REGISTRY and name in _METHOD_MODULES:
+        _import_method(name)  # only this method's module: a problem in another cannot break it
+    if name not in _REGISTRY:
+        _load_methods()
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention {name!r}; available: {', '.join(available_attentions())}")
     cls = _REGISTRY[name]
