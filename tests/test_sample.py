@@ -1,0 +1,211 @@
+"""The batch sampler ``app/sample.py`` on the tiny random checkpoint: per-image latents, resume, sharding, errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.sample import main
+from gan.sampling import balanced_class_ids, per_image_latents
+from weights import load_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = "goldfish,207"  # ids 1 and 207
+PER_CLASS = 4  # 8 images
+# Same images whatever the batching: batched convolutions may round differently in the last float bit,
+# which can move a pixel by one uint8 level; anything larger means the latents or classes differ.
+MAX_LEVEL_DIFF = 1
+MAX_CHANGED_FRACTION = 1e-3
+
+
+def _args(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", str(model), "--classes", CLASSES, "--per-class", str(PER_CLASS), "--truncation", "0.4",
+            "--seed", "5", "--device", "cpu", "--out", str(out), *extra]
+
+
+def _pngs(out: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p).convert("RGB")) for p in sorted((out / "images").glob("*.png"))}
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= MAX_LEVEL_DIFF and (diff > 0).mean() <= MAX_CHANGED_FRACTION, (diff.max(), (diff > 0).mean())
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_deep_dir, tmp_path_factory) -> Path:
+    """A finished 1-process run with batch size 7 (8 images: batches of 7 and 1) and a grid."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(_args(tiny_deep_dir, out, "--batch-size", "7", "--grid")) == 0
+    return out
+
+
+def test_reference_run_layout(reference):
+    images = _pngs(reference)
+    assert sorted(images) == [f"{i:06d}.png" for i in range(8)]
+    assert all(image.shape == (128, 128, 3) for image in images.values())
+    lines = _manifest(reference)
+    # Balanced classes: image i has classes[i % 2]; the manifest records file, class, seed, backend and params.
+    assert [(line["file"], line["index"], line["class"]) for line in lines] == [
+        (f"images/{i:06d}.png", i, [1, 207][i % 2]) for i in range(8)
+    ]
+    assert all(line["seed"] == 5 and line["backend"] == "exact" and isinstance(line["params"], dict) for line in lines)
+    assert Image.open(reference / "grid.png").size == (2 + 8 * 130, 2 + 130)  # 8 tiles in one row, 2 px padding
+
+
+def test_image_matches_direct_generation(reference, tiny_deep_dir):
+    """Image i is G(per_image_latents(i), classes[i % 2]); fails if the sampler drew latents any other way."""
+    G = load_generator(tiny_deep_dir, device="cpu")
+    idx = [0, 7]
+    x = G.generate(per_image_latents(idx, G.z_dim, 0.4, seed=5), balanced_class_ids(idx, [1, 207]), 0.4)
+    direct = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    images = _pngs(reference)
+    _assert_same_images(np.stack([images["000000.png"], images["000007.png"]]), direct)
+
+
+def test_batch_size_does_not_change_images(reference, tiny_deep_dir, tmp_path):
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "1")) == 0
+    ours, ref = _pngs(tmp_path), _pngs(reference)
+    assert sorted(ours) == sorted(ref)
+    _assert_same_images(np.stack(list(ours.values())), np.stack(list(ref.values())))
+
+
+def test_npz_output_matches_png(reference, tiny_deep_dir, tmp_path):
+    # 3-image chunks: 8 images -> chunks of 3, 3, 2, streamed into one samples.npz at the end.
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "7", "--format", "npz", "--npz-chunk", "3")) == 0
+    with np.load(tmp_path / "samples.npz") as data:
+        images, labels = data["arr_0"], data["arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (8, 128, 128, 3)  # (N, H, W, 3) as FID tools read
+    assert labels.tolist() == [1, 207] * 4
+    np.testing.assert_array_equal(images, np.stack(list(_pngs(reference).values())))  # same batches -> bit-equal
+    assert not (tmp_path / "chunks").exists()  # chunks are merged and removed
+    assert [line["file"] for line in _manifest(tmp_path)] == ["samples.npz"] * 8
+
+
+def test_out_of_memory_halves_the_batch(reference, tiny_deep_dir, tmp_path, monkeypatch):
+    """A device that only fits 2 images: batch 8 -> 4 -> 2 and the run completes with the same images."""
+    import app.sample
+
+    sizes = []
+
+    def small_device_loader(*args, **kwargs):
+        G = load_generator(*args, **kwargs)
+        real = G.generate
+
+        def generate(z, class_ids, truncation):
+            sizes.append(z.shape[0])
+            if z.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real(z, class_ids, truncation)
+
+        G.generate = generate
+        return G
+
+    monkeypatch.setattr(app.sample, "load_generator", small_device_loader)
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "8")) == 0
+    # sizes[0] is the 1-image pass that resolves the backend's parameters; then halved twice and kept at 2.
+    assert sizes[1:4] == [8, 4, 2] and set(sizes[4:]) == {2}
+    _assert_same_images(np.stack(list(_pngs(tmp_path).values())), np.stack(list(_pngs(reference).values())))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["png", "npz"])
+def test_resume_after_kill(tiny_deep_dir, tmp_path, fmt):
+    """SIGKILL mid-run, then re-run: no partial files, no duplicates, manifest lists every image once."""
+    per_class, total = 5, 10
+    args = _args(tiny_deep_dir, tmp_path, "--batch-size", "2", "--format", fmt, "--npz-chunk", "3")
+    args[args.index("--per-class") + 1] = str(per_class)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "sample.py"), *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished = (lambda: list((tmp_path / "images").glob("*.png"))) if fmt == "png" else (lambda: list((tmp_path / "chunks").glob("*.npz")))
+    deadline = time.monotonic() + 120
+    while len(finished()) < (2 if fmt == "png" else 1) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = finished()
+    # The kill must land midway for this test to mean anything.
+    assert 1 <= len(before) * (1 if fmt == "png" else 3) < total, len(before)
+    for path in before:  # every file that has its final name is complete
+        if fmt == "png":
+            Image.open(path).load()
+        else:
+            with np.load(path) as chunk:
+                assert chunk["images"].shape == (3, 128, 128, 3)
+    mtimes = {p: p.stat().st_mtime_ns for p in before}
+
+    assert main(args) == 0
+    assert not list(tmp_path.rglob("*.tmp"))  # temporaries of the killed run are gone
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items() if p.exists())  # finished work was kept, not redone
+    lines = _manifest(tmp_path)
+    assert [line["index"] for line in lines] == list(range(total))  # each image once, in order, none missing
+    if fmt == "png":
+        assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"{i:06d}.png" for i in range(total)]
+        assert len({line["file"] for line in lines}) == total
+    else:
+        with np.load(tmp_path / "samples.npz") as data:
+            assert data["arr_0"].shape == (total, 128, 128, 3)
+            resumed = data["arr_0"]
+        G = load_generator(tiny_deep_dir, device="cpu")
+        idx = [0, total - 1]  # one image from before the kill, one from after
+        x = G.generate(per_image_latents(idx, G.z_dim, 0.4, seed=5), balanced_class_ids(idx, [1, 207]), 0.4)
+        _assert_same_images(resumed[idx], ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_is_the_union_of_one_process(reference, tiny_deep_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "app" / "sample.py"), *_args(tiny_deep_dir, tmp_path, "--batch-size", "3")]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours, ref = _pngs(tmp_path), _pngs(reference)
+    assert sorted(ours) == sorted(ref)  # no gap; an overlap would show as rewritten files, not extra names
+    _assert_same_images(np.stack(list(ours.values())), np.stack(list(ref.values())))
+    assert _manifest(tmp_path) == _manifest(reference)  # rank 0's manifest covers both ranks' images, in order
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--classes": "goldfsh"}, "unknown ImageNet class name 'goldfsh'"),
+        ({"--per-class": "0"}, "--per-class must be >= 1"),
+        ({"--attn": "nope"}, "unknown attention 'nope'"),
+        ({"--attn-kwargs": "n_hashes"}, "key=value"),
+        ({"--truncation": "0"}, "--truncation must be in (0, 1]"),
+        ({"--out": "FILE/sub"}, "cannot write to --out"),
+        ({"--model": "/no/such/dir"}, "no such file or directory"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(tiny_deep_dir, tmp_path, capsys, change, message):
+    (tmp_path / "FILE").write_text("a file, not a directory")
+    args = _args(tiny_deep_dir, tmp_path / "out")
+    for flag, value in change.items():
+        args += [flag, value.replace("FILE", str(tmp_path / "FILE"))]  # argparse: the last occurrence wins
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    # One line on stderr saying what was wrong; fails on a traceback or a multi-line dump.
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_resume_with_other_settings_is_refused(reference, tiny_deep_dir, capsys):
+    args = _args(tiny_deep_dir, reference)
+    args[args.index("--seed") + 1] = "6"
+    assert main(args) == 2
+    assert "other settings (seed differ)" in capsys.readouterr().err
