@@ -1,0 +1,1 @@
+"""Metrics for BigGAN attention swaps: Inception features, FID, IS, attention error, the fid.py CLI."""

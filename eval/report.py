@@ -1,0 +1,120 @@
+"""Results on disk and on screen: results.json / .csv / .md, a stdout table, fid_vs_budget.png.
+
+results.json: ``{"methods": {label: {fid, is_mean, is_std, attn_rel_error, top1_changed,
+images_per_s, attn_ms, attn_peak_mb, n}}, "config": {...}, "versions": {...}}``.
+Every file is written to a temporary name and renamed, so a crash leaves no half-written file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import METRIC_FIELDS
+
+_FORMATS = {"fid": "{:.3f}", "is_mean": "{:.3f}", "is_std": "{:.3f}", "attn_rel_error": "{:.4f}", "top1_changed": "{:.4f}",
+            "images_per_s": "{:.2f}", "attn_ms": "{:.3f}", "attn_peak_mb": "{:.2f}", "n": "{}"}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    for dist in ("biggan-attn", "pytorch-fid", "torchvision"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return out
+
+
+def _cell(name: str, value) -> str:
+    return "-" if value is None else _FORMATS[name].format(value)
+
+
+def table_rows(methods: dict[str, dict]) -> list[list[str]]:
+    return [["method", *METRIC_FIELDS]] + [[label, *(_cell(f, row[f]) for f in METRIC_FIELDS)] for label, row in methods.items()]
+
+
+def text_table(methods: dict[str, dict]) -> str:
+    rows = table_rows(methods)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def markdown_table(methods: dict[str, dict]) -> str:
+    rows = table_rows(methods)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _csv_text(methods: dict[str, dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["method", *METRIC_FIELDS])
+    for label, row in methods.items():
+        writer.writerow([label, *("" if row[f] is None else row[f] for f in METRIC_FIELDS)])
+    return buf.getvalue()
+
+
+def plot_fid_vs_budget(methods: dict[str, dict], budgets: dict[str, tuple[str, float]]) -> bytes | None:
+    """PNG bytes of FID against budget, one line per approximate backend; exact as a dashed line.
+
+    ``budgets`` maps a method label to (backend name, budget). None when fewer than two budgets.
+    """
+    if len({b for _, b in budgets.values()}) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend in sorted({name for name, _ in budgets.values()}):
+        points = sorted((b, methods[label]["fid"]) for label, (name, b) in budgets.items() if name == backend)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=backend)
+    if "exact" in methods:
+        ax.axhline(methods["exact"]["fid"], color="k", linestyle="--", label="exact")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (fraction of the dense score matrix)")
+    ax.set_ylabel("FID")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_results(out: Path, methods: dict[str, dict], config: dict, budgets: dict[str, tuple[str, float]]) -> list[Path]:
+    """Write results.json, results.csv, results.md (and fid_vs_budget.png when budgets were swept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "results.json": json.dumps({"methods": methods, "config": config, "versions": versions()}, indent=2, default=str).encode(),
+        "results.csv": _csv_text(methods).encode(),
+        "results.md": markdown_table(methods).encode(),
+    }
+    png = plot_fid_vs_budget(methods, budgets)
+    if png is not None:
+        files["fid_vs_budget.png"] = png
+    for name, data in files.items():
+        _write_atomic(out / name, data)
+    return [out / name for name in files]
