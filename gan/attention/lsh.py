@@ -1,0 +1,210 @@
+"""Shared LSH machinery for SMYRF, Reformer and Scatterbrain: transform, hash, clusters, attention.
+
+Every layout carries the hash rounds as a second batch axis: (B, R, ...). A round sorts the
+queries by a scalar sort key and cuts the order into C equal clusters (padding slots spread
+evenly, so no cluster is mostly padding). Each query cluster then meets W keys: for Reformer the
+keys cut the same way (chunk i and chunk i-1), for SMYRF the W keys scoring highest against the
+cluster's summed queries (``top_keys_per_cluster``).
+
+``clustered_attention`` computes attention over the UNION of the rounds' supports: a (query, key)
+pair met in an earlier round is masked in later ones, so no pair is counted twice; rounds are
+accumulated one at a time under a running per-query log-shift.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+
+
+@dataclass
+class LowRankTerms:
+    """A low-rank estimate exp(log_offset_i) * a_i . b_j of exp(score_ij) (Scatterbrain's FAVOR+ part).
+
+    log_offset (B,Nq); a (B,Nq,m) and b (B,Nk,m) non-negative; num (B,Nq,dv) = a (b^T v) and
+    den (B,Nq) = a (b^T 1): the estimate's sums over ALL keys, in units of exp(log_offset).
+    """
+
+    log_offset: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    num: torch.Tensor
+    den: torch.Tensor
+
+
+def xbox_plus(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric XBOX+ transform: q (B,Nq,d), k (B,Nk,d) -> (B,Nq,d+2), (B,Nk,d+2), all on the unit sphere.
+
+    With M the max norm over BOTH sets: q -> [q, 0, sqrt(M^2-|q|^2)] / M, k -> [k, sqrt(M^2-|k|^2), 0] / M,
+    so |q' - k'|^2 = 2 - 2 q.k / M^2: the largest inner products become the nearest neighbours.
+    """
+    q_sq = q.square().sum(-1, keepdim=True)  # (B, Nq, 1)
+    k_sq = k.square().sum(-1, keepdim=True)  # (B, Nk, 1)
+    m_sq = torch.maximum(q_sq.amax(1, keepdim=True), k_sq.amax(1, keepdim=True)).clamp_min(1e-30)  # (B, 1, 1)
+    q_fill = (m_sq - q_sq).clamp_min(0).sqrt()
+    k_fill = (m_sq - k_sq).clamp_min(0).sqrt()
+    qx = torch.cat([q, torch.zeros_like(q_fill), q_fill], dim=-1) / m_sq.sqrt()
+    kx = torch.cat([k, k_fill, torch.zeros_like(k_fill)], dim=-1) / m_sq.sqrt()
+    return qx, kx
+
+
+def centroid_sort_key(x: torch.Tensor, centroids: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """x (B,N,D), centroids (B,R,c,D), directions (R,D) -> float64 sort keys (B,R,N), one order per round.
+
+    The key is the nearest centroid's id (by inner product) plus a (0, 1) fraction from the
+    projection on the round's direction: one sort groups points by centroid and orders each group
+    along an angular coordinate, so cutting the order into equal pieces splits big groups along it.
+    """
+    nearest = (x.unsqueeze(1) @ centroids.transpose(-1, -2)).max(-1).indices  # (B, R, N), scores contiguous in c
+    fraction = torch.sigmoid(torch.einsum("bnd,rd->brn", x, directions))  # (B, R, N) in (0, 1)
+    return nearest.double() + fraction.double()
+
+
+def balanced_slots(sort_key: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """(B,R,N) sort keys -> (B,R,N) slot of each element in a sorted layout of ``n_slots`` >= N slots.
+
+    Padding slots are spread evenly: rank p goes to slot floor(p * n_slots / N).
+    """
+    n = sort_key.shape[-1]
+    order = sort_key.argsort(dim=-1)  # (B, R, N)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(n, device=order.device).expand_as(order))
+    return rank * n_slots // n
+
+
+def slot_rows(slots: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """(B,R,N) slots -> (B,R,n_slots) flat row id (b*N + i) of the element in each slot; -1 for padding."""
+    b, r, n = slots.shape
+    rows = torch.arange(b * n, device=slots.device).view(b, 1, n).expand(b, r, n)
+    return torch.full((b, r, n_slots), -1, dtype=torch.long, device=slots.device).scatter_(-1, slots, rows)
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (B,N,f), rows (...) flat ids into B*N (-1 = padding, filled with row 0) -> (..., f)."""
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.index_select(0, rows.clamp_min(0).reshape(-1)).view(*rows.shape, x.shape[-1])
+
+
+def cluster_size(n: int, n_clusters: int) -> int:
+    """Elements per cluster when n elements (padded) fill ``n_clusters`` equal clusters."""
+    return -(-n // n_clusters)
+
+
+@dataclass
+class RoundLayout:
+    """Who meets whom in each of R hash rounds.
+
+    q_rows (B,R,C,qs): flat query row ids (b*Nq + i) of each query cluster, -1 for padding;
+    q_cluster (B,R,Nq): the cluster of every query in every round; k_rows (B,R,C,W): flat key row
+    ids (b*Nk + j) each query cluster attends to, -1 for padding, no key twice in one cluster.
+    """
+
+    q_rows: torch.Tensor
+    q_cluster: torch.Tensor
+    k_rows: torch.Tensor
+
+
+def query_clusters(q_key: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,R,Nq) sort keys -> q_rows (B,R,C,qs) and q_cluster (B,R,Nq): equal clusters by rank."""
+    qs = cluster_size(q_key.shape[-1], n_clusters)
+    q_slots = balanced_slots(q_key, n_clusters * qs)
+    q_rows = rearrange(slot_rows(q_slots, n_clusters * qs), "b r (c i) -> b r c i", c=n_clusters)
+    return q_rows, q_slots // qs
+
+
+def top_keys_per_cluster(
+    q: torch.Tensor, k: torch.Tensor, q_rows: torch.Tensor, q_cluster: torch.Tensor, width: int
+) -> RoundLayout:
+    """Each query cluster meets the ``width`` keys scoring highest against the sum of its queries.
+
+    q (B,Nq,d), k (B,Nk,d); the clusters' (q_rows, q_cluster) from ``query_clusters``. Holds C * Nk
+    selection scores at a time: one round per step, since all rounds at once would cost as much
+    as the support itself at the usual budgets.
+    """
+    padding = (q_rows < 0).sum(-1, keepdim=True)  # (B, R, C, 1): slots that gathered row 0
+    centre = gather_rows(q, q_rows).sum(-2) - padding * q.reshape(-1, q.shape[-1])[0]  # (B, R, C, d)
+    k_ids = torch.stack(
+        [torch.einsum("bcd,bnd->bcn", centre[:, r], k).topk(width, dim=-1).indices for r in range(centre.shape[1])], dim=1
+    )  # (B, R, C, W)
+    k_rows = k_ids + (torch.arange(k.shape[0], device=k.device) * k.shape[1]).view(-1, 1, 1, 1)
+    return RoundLayout(q_rows, q_cluster, k_rows)
+
+
+def chunk_neighbours(q_key: torch.Tensor, k_key: torch.Tensor, n_chunks: int) -> RoundLayout:
+    """Queries and keys both cut by rank into C equal chunks; query chunk i meets key chunks i-1 and i."""
+    ks = cluster_size(k_key.shape[-1], n_chunks)
+    q_rows, q_cluster = query_clusters(q_key, n_chunks)
+    k_rows = rearrange(slot_rows(balanced_slots(k_key, n_chunks * ks), n_chunks * ks), "b r (c j) -> b r c j", c=n_chunks)
+    if n_chunks > 1:
+        k_rows = torch.cat([k_rows.roll(1, dims=2), k_rows], dim=-1)  # (B, R, C, 2ks): previous and own chunk
+    return RoundLayout(q_rows, q_cluster, k_rows)
+
+
+def clustered_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RoundLayout, low_rank: LowRankTerms | None = None
+) -> torch.Tensor:
+    """Attention over the union of the rounds' supports -> (B,Nq,dv) fp32.
+
+    q (B,Nq,d) already multiplied by the scale, k (B,Nk,d), v (B,Nk,dv), all fp32. A pair met in an
+    earlier round is masked. Rounds are accumulated one at a time into per-query numerator and
+    denominator sums under a running log-shift (rescaled when a round raises a query's maximum), so
+    only one round's scores are alive at once. With ``low_rank`` the result is Scatterbrain's
+    estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate.
+    """
+    b, n_rounds, nq = layout.q_cluster.shape
+    dump = b * nq  # padding query slots write to this extra row, dropped at the end
+    if low_rank is None:
+        shift = torch.full((dump + 1,), -1e30, device=q.device)  # finite: exp(-inf - shift) stays 0
+        num = torch.zeros(dump + 1, v.shape[-1], device=q.device)
+        den = torch.zeros(dump + 1, device=q.device)
+    else:
+        shift = torch.cat([low_rank.log_offset.reshape(-1), low_rank.log_offset.new_full((1,), -1e30)])
+        num = torch.cat([low_rank.num.reshape(-1, v.shape[-1]), v.new_zeros(1, v.shape[-1])])
+        den = torch.cat([low_rank.den.reshape(-1), low_rank.den.new_zeros(1)])
+    seen = RoundMembership(layout, k.shape[1])
+    for r in range(n_rounds):
+        q_rows, k_rows = layout.q_rows[:, r], layout.k_rows[:, r]  # (B, C, qs), (B, C, W)
+        scores = gather_rows(q, q_rows) @ gather_rows(k, k_rows).transpose(-1, -2)  # (B, C, qs, W)
+        masked = seen.met_before(r) | (k_rows < 0).unsqueeze(-2)  # duplicates of earlier rounds, padding keys
+        scores.masked_fill_(masked, -math.inf)
+        rows = torch.where(q_rows < 0, dump, q_rows).reshape(-1)  # (B*C*qs,)
+        new_shift = shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
+        rescale = (shift - new_shift).exp_()  # (B*Nq + 1,) <= 1
+        num *= rescale.unsqueeze(-1)
+        den *= rescale
+        shift = new_shift
+        row_shift = shift.index_select(0, rows).view(*q_rows.shape, 1)  # (B, C, qs, 1)
+        weights = scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
+        if low_rank is not None:
+            estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(-1, -2)  # (B,C,qs,W)
+            offset = low_rank.log_offset.reshape(-1).index_select(0, rows.clamp_max(dump - 1)).view_as(row_shift)
+            weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
+        num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))
+        den.index_add_(0, rows, weights.sum(-1).reshape(-1))
+    return (num[:dump] / den[:dump].unsqueeze(-1)).view(b, nq, -1)
+
+
+class RoundMembership:
+    """Which keys each cluster of each round attends to, to find pairs already met in earlier rounds."""
+
+    def __init__(self, layout: RoundLayout, nk: int):
+        b, n_rounds, n_clusters, _ = layout.k_rows.shape
+        self.layout = layout
+        self.key_ids = torch.where(layout.k_rows < 0, nk, layout.k_rows % nk)  # (B, R, C, W), nk = padding
+        member = torch.zeros(b, n_rounds, n_clusters, nk + 1, dtype=torch.bool, device=layout.k_rows.device)
+        member.scatter_(-1, self.key_ids, True)
+        member[..., nk] = False
+        self.table = member.view(-1)
+        # Flat table offset of (b, r', cluster of the query in r'), for every query row of every round.
+        rounds = torch.arange(b * n_rounds, device=member.device).view(b, n_rounds, 1)
+        offset = (rounds * n_clusters + layout.q_cluster) * (nk + 1)  # (B, R', Nq)
+        self.q_offset = gather_rows(rearrange(offset, "b r n -> b n r"), layout.q_rows)  # (B, R, C, qs, R')
+
+    def met_before(self, r: int) -> torch.Tensor:
+        """(B,C,qs,W) bool: round r's pair (query, key) was in a cluster of some round r' < r."""
+        b, _, n_clusters, qs = self.layout.q_rows.shape
+        met = torch.zeros(b, n_clusters, qs, self.key_ids.shape[-1], dtype=torch.bool, device=self.table.device)
+        for earlier in range(r):
+            met |= self.table.take(self.q_offset[:, r, ..., earlier, None] + self.key_ids[:, r].unsqueeze(-2))
+        return met

@@ -1,0 +1,165 @@
+"""SMYRF (Daras et al., 2020): asymmetric LSH clustering, dense attention inside balanced clusters.
+
+Hash, per round: queries (rescaled to the keys' max norm: a query's key ranking does not depend
+on its norm) and keys go through the XBOX+ transform onto one sphere where large inner products
+are short distances; every query takes the id of its nearest of C centroids (transformed keys
+drawn from ``seed``) plus a fraction from a random projection, and the sorted queries are cut into
+C equal clusters, so big centroid groups split along an angular coordinate.
+
+Keys, per cluster: instead of cutting the key order into C equal pieces by rank (the reference
+design, which misaligns query and key cuts wherever a bucket holds more or fewer keys than its
+share, so queries often miss their heaviest keys), each query cluster takes the Nk/C keys that
+score highest against the sum of its queries: same number of scores, keys chosen by what the
+cluster actually attends to. The C * Nk selection scores of a round are freed before the support
+is scored; the budget bounds both.
+
+Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
+pair met in an earlier round is masked in later ones, so no pair is counted twice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .base import AttentionBackend
+from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attention, query_clusters, top_keys_per_cluster, xbox_plus
+
+DEFAULT_N_HASHES = 8
+DEFAULT_BUDGET = 0.125
+
+
+def positive_int(name: str, value: Any) -> int | None:
+    """``value`` if it is None or an int >= 1, else ValueError naming ``name``."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{name} must be a positive int (>= 1) or None, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Resolved clustering for (Nq, Nk): ``n_hashes`` rounds of ``n_clusters`` query clusters."""
+
+    n_hashes: int
+    n_clusters: int
+    q_cluster_size: int
+    k_cluster_size: int
+
+    @classmethod
+    def of(cls, n_hashes: int, n_clusters: int, nq: int, nk: int) -> ClusterPlan:
+        return cls(n_hashes, n_clusters, cluster_size(nq, n_clusters), cluster_size(nk, n_clusters))
+
+    def score_entries(self, nk: int) -> int:
+        """Peak scores held: the support (padding included) or, before it exists, one round's C * Nk
+        key-selection scores, whichever is larger."""
+        selection = self.n_clusters * nk if self.n_clusters > 1 else 0
+        return max(self.n_hashes * self.n_clusters * self.q_cluster_size * self.k_cluster_size, selection)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_clusters(
+    nq: int, nk: int, n_hashes: int | None, q_cluster_size: int | None, k_cluster_size: int | None, budget: float | None
+) -> ClusterPlan:
+    """Explicit cluster sizes win; otherwise the fewest clusters whose score entries fit the budget.
+
+    Budget b (default 1/8): n_hashes rounds (default: the most of 8, 4, 2, 1 that fit) and the
+    smallest C >= n_hashes / b with score_entries <= b * Nq * Nk. b = 1 means one cluster (exact
+    attention). C never exceeds Nk.
+    """
+    if q_cluster_size is not None or k_cluster_size is not None:
+        n_clusters = max(-(-nq // (q_cluster_size or nq)), -(-nk // (k_cluster_size or nk)))
+        if n_clusters > nk:
+            raise ValueError(
+                f"q_cluster_size={q_cluster_size} makes {n_clusters} clusters but there are only Nk={nk} keys; "
+                f"accepted q_cluster_size >= {-(-nq // nk)}"
+            )
+        return ClusterPlan.of(n_hashes or DEFAULT_N_HASHES, n_clusters, nq, nk)
+    fraction = DEFAULT_BUDGET if budget is None else budget
+    if fraction >= 1.0:
+        return ClusterPlan.of(n_hashes or 1, 1, nq, nk)
+    allowed = fraction * nq * nk
+    for hashes in [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1]:
+        for n_clusters in range(min(nk, math.ceil(hashes / fraction - 1e-9)), nk + 1):
+            plan = ClusterPlan.of(hashes, n_clusters, nq, nk)
+            if plan.score_entries(nk) <= allowed:
+                return plan
+    # Nothing fits (budgets below ~1/Nq): the cheapest single round.
+    return min((ClusterPlan.of(1, c, nq, nk) for c in range(1, nk + 1)), key=lambda plan: plan.score_entries(nk))
+
+
+class SmyrfHash:
+    """Per-round centroid seeds and projection directions, drawn once per shape/device from ``seed``."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._draws: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def draws(self, n_hashes: int, n_centroids: int, nk: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, c) distinct key indices seeding the centroids and (R, dim) unit directions."""
+        key = (n_hashes, n_centroids, nk, dim, str(device))
+        if key not in self._draws:
+            generator = torch.Generator().manual_seed(self.seed)
+            seeds = torch.rand(n_hashes, nk, generator=generator).argsort(-1)[:, :n_centroids]
+            directions = torch.randn(n_hashes, dim, generator=generator)
+            self._draws[key] = (seeds.to(device), (directions / directions.norm(dim=-1, keepdim=True)).to(device))
+        return self._draws[key]
+
+    def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan) -> RoundLayout:
+        """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys."""
+        key_norm = k.norm(dim=-1).amax(-1).view(-1, 1, 1)  # (B, 1, 1)
+        qx, kx = xbox_plus(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-30) * key_norm, k)
+        seeds, directions = self.draws(plan.n_hashes, plan.n_clusters, k.shape[1], qx.shape[-1], q.device)
+        q_rows, q_cluster = query_clusters(centroid_sort_key(qx, kx[:, seeds], directions), plan.n_clusters)
+        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size)
+
+
+class SmyrfAttention(AttentionBackend):
+    """SMYRF with ``n_hashes`` rounds and query/key clusters of ``q_cluster_size`` / ``k_cluster_size``.
+
+    Holds n_hashes * Nq * k_cluster_size support scores (C * Nk selection scores before). From ``budget``
+    (default 1/8) it picks C clusters of Nq/C queries and Nk/C keys to fit (``plan_clusters``).
+    """
+
+    name = "smyrf"
+
+    def __init__(
+        self,
+        *,
+        n_hashes: int | None = None,
+        q_cluster_size: int | None = None,
+        k_cluster_size: int | None = None,
+        budget: float | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(budget=budget, seed=seed)
+        self.n_hashes = positive_int("n_hashes", n_hashes)
+        self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
+        self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
+        self.hash = SmyrfHash(seed)
+
+    def plan(self, nq: int, nk: int) -> ClusterPlan:
+        return plan_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, self.budget)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        qf, kf = q.float() * scale, k.float()
+        return clustered_attention(qf, kf, v.float(), self.layout(qf, kf)).to(q.dtype)  # (B, Nq, dv)
+
+    def layout(self, q: torch.Tensor, k: torch.Tensor) -> RoundLayout:
+        """Query clusters and their keys for fp32 q (B,Nq,d) (already scaled) and k (B,Nk,d)."""
+        return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]))
+
+    def score_entries(self, nq: int, nk: int, d: int) -> int:
+        return self.plan(nq, nk).score_entries(nk)
+
+    def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
+        return self.plan(nq, nk).as_dict()
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
+            f"k_cluster_size={self.k_cluster_size}, {super().extra_repr()}"
+        )

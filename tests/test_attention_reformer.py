@@ -1,0 +1,103 @@
+"""Reformer LSH attention: exact with one bucket, chunk + look-back support, budgets, numerics."""
+import json
+import math
+
+import pytest
+import torch
+
+from gan.attention import build_attention
+
+
+def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
+    gain = math.sqrt(logit_std / math.sqrt(d))
+    return q * gain, k * gain, v
+
+
+def exact(q, k, v, scale=1.0, mask=None):
+    s = (q.double() @ k.double().transpose(1, 2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
+    return torch.softmax(s, -1) @ v.double()
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def support_mask(layout, nq, nk):
+    """(B, Nq, Nk) bool: pairs any round's chunks put together."""
+    b = layout.q_cluster.shape[0]
+    q_rows = layout.q_rows.unsqueeze(-1).expand(*layout.q_rows.shape, layout.k_rows.shape[-1])
+    k_rows = layout.k_rows.unsqueeze(-2).expand_as(q_rows)
+    valid = (q_rows >= 0) & (k_rows >= 0)
+    mask = torch.zeros(b * nq * nk, dtype=torch.bool)
+    mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
+    return mask.view(b, nq, nk)
+
+
+@pytest.mark.parametrize("params", [{"budget": 1.0}, {"n_buckets": 1, "n_hashes": 4}, {"n_buckets": 2, "n_hashes": 3}])
+def test_one_bucket_or_full_coverage_is_exact(params):
+    # One bucket, or two chunks with look-back (every key), over several rounds: duplicates across
+    # rounds and the look-back must be counted once, giving exact attention (1e-4).
+    q, k, v = qkv()
+    assert rel_err(build_attention("reformer", **params)(q, k, v, scale=0.8), exact(q, k, v, 0.8)) < 1e-4
+
+
+@pytest.mark.parametrize("nq,nk", [(256, 64), (250, 62)])
+def test_output_is_softmax_over_chunk_and_previous_chunk(nq, nk):
+    # Nq = 4 Nk, with and without padding. Dense softmax restricted to the union of the rounds'
+    # (chunk, previous chunk) pairs must match to 1e-5; fails on double counting or padding leaks.
+    q, k, v = qkv(nq=nq, nk=nk)
+    attn = build_attention("reformer", n_hashes=3, n_buckets=8, seed=5)
+    out = attn(q, k, v)
+    layout = attn.layout(q, k)
+    assert layout.k_rows.shape[-1] == 2 * math.ceil(nk / 8)  # own chunk + the previous one
+    mask = support_mask(layout, nq, nk)
+    assert 0 < mask.float().mean() < 1
+    assert rel_err(out, exact(q, k, v, mask=mask)) < 1e-5
+
+
+def test_same_rotations_hash_queries_and_keys():
+    # A key equal to a query direction lands in the query's bucket in every round (shared rotations).
+    q, _, _ = qkv(nq=64, nk=16)
+    attn = build_attention("reformer", n_hashes=2, n_buckets=8)
+    rotations = attn.rotations(2, 8, q.shape[2], q.device)
+    assert torch.equal(attn.sort_key(q, rotations, 8).floor(), attn.sort_key(3 * q, rotations, 8).floor())
+
+
+def test_deterministic_by_seed():
+    q, k, v = qkv()
+    a = build_attention("reformer", budget=0.25, seed=1)(q, k, v)
+    assert torch.equal(a, build_attention("reformer", budget=0.25, seed=1)(q, k, v))
+    assert not torch.equal(a, build_attention("reformer", budget=0.25, seed=2)(q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_and_large_logits_finite(dtype):
+    q, k, v = qkv(logit_std=30.0)
+    assert (q @ k.transpose(1, 2)).abs().max() > 90
+    out = build_attention("reformer", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(build_attention("reformer", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
+
+
+@pytest.mark.parametrize("nq,nk", [(4096, 1024), (1024, 256), (1000, 250)])
+@pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4, 1.0])
+def test_budget_resolves_within_budget(nq, nk, budget):
+    attn = build_attention("reformer", budget=budget)
+    json.dumps(attn.resolve(nq, nk, 32))
+    assert attn.score_entries(nq, nk, 32) <= budget * nq * nk
+
+
+@pytest.mark.parametrize("params,name", [({"n_hashes": 0}, "n_hashes"), ({"n_buckets": "8"}, "n_buckets"), ({"chunk": 2}, "chunk")])
+def test_bad_params_name_the_parameter(params, name):
+    with pytest.raises(ValueError, match=name):
+        build_attention("reformer", **params)
+
+
+def test_more_buckets_than_keys_rejected():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="n_buckets=65 exceeds the number of keys Nk=64"):
+        build_attention("reformer", n_buckets=65)(q, k, v)

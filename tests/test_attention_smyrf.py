@@ -1,0 +1,145 @@
+"""SMYRF: exact at full budget, the union-of-rounds support computed right, budgets, numerics."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gan.attention import build_attention
+from gan.attention.lsh import xbox_plus
+
+
+def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
+    gain = math.sqrt(logit_std / math.sqrt(d))
+    return q * gain, k * gain, v
+
+
+def clustered_qkv(b=2, nq=1024, nk=256, d=32, dv=16, logit_std=6.0, seed=0):
+    """32 unit centres plus noise (cosine ~0.8 within a cluster): queries attend within their cluster."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(32, d, generator=g), dim=-1)
+    q = centres[torch.randint(32, (b, nq), generator=g)] + torch.randn(b, nq, d, generator=g) * 0.5 / math.sqrt(d)
+    k = centres[torch.randint(32, (b, nk), generator=g)] + torch.randn(b, nk, d, generator=g) * 0.5 / math.sqrt(d)
+    gain = math.sqrt(logit_std / (q @ k.transpose(1, 2)).std().item())
+    return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)
+
+
+def exact(q, k, v, scale=1.0, mask=None):
+    s = (q.double() @ k.double().transpose(1, 2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
+    return torch.softmax(s, -1) @ v.double()
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def support_mask(layout, nq, nk):
+    """(B, Nq, Nk) bool: pairs any round's clusters put together (the reference for the union)."""
+    b = layout.q_cluster.shape[0]
+    q_rows = layout.q_rows.unsqueeze(-1).expand(*layout.q_rows.shape, layout.k_rows.shape[-1])
+    k_rows = layout.k_rows.unsqueeze(-2).expand_as(q_rows)
+    valid = (q_rows >= 0) & (k_rows >= 0)
+    mask = torch.zeros(b * nq * nk, dtype=torch.bool)
+    mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
+    return mask.view(b, nq, nk)
+
+
+def test_full_budget_is_exact():
+    # Fails if one cluster/one round does not cover every key or the log-sum-exp combination is off.
+    q, k, v = qkv()
+    assert rel_err(build_attention("smyrf", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
+
+
+def test_rounds_do_not_double_count():
+    # Four rounds of one cluster meet every pair four times; counted once each it is exact (1e-4).
+    q, k, v = qkv()
+    attn = build_attention("smyrf", n_hashes=4, q_cluster_size=256, k_cluster_size=64)
+    assert rel_err(attn(q, k, v, scale=0.7), exact(q, k, v, 0.7)) < 1e-4
+
+
+@pytest.mark.parametrize("nq,nk", [(256, 64), (250, 62)])
+def test_output_is_softmax_over_union_of_round_supports(nq, nk):
+    # Nq = 4 Nk, and sizes that do not divide into clusters (padding). Dense softmax restricted to
+    # the union of the rounds' pairs must match to 1e-5: fails on double counting, a dropped or
+    # padded key leaking in, or a query written back to the wrong row.
+    q, k, v = qkv(nq=nq, nk=nk)
+    attn = build_attention("smyrf", n_hashes=3, q_cluster_size=16, k_cluster_size=4, seed=3)
+    out = attn(q, k, v, scale=0.5)
+    mask = support_mask(attn.layout(q * 0.5, k), nq, nk)
+    assert out.shape == (2, nq, 8)
+    assert 0 < mask.float().mean() < 1
+    assert rel_err(out, exact(q, k, v, 0.5, mask)) < 1e-5
+
+
+def test_deterministic_by_seed():
+    # Same seed -> bit-identical output; another seed hashes differently (randomness really from seed).
+    q, k, v = qkv()
+    a = build_attention("smyrf", budget=0.25, seed=1)(q, k, v)
+    b = build_attention("smyrf", budget=0.25, seed=1)(q, k, v)
+    c = build_attention("smyrf", budget=0.25, seed=2)(q, k, v)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_and_large_logits_finite(dtype):
+    # Logits up to ~100 and half-precision inputs: scores are fp32 with max subtraction, so finite.
+    q, k, v = qkv(logit_std=30.0)
+    assert (q @ k.transpose(1, 2)).abs().max() > 90
+    out = build_attention("smyrf", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    full = build_attention("smyrf", budget=1.0)(q, k, v)
+    assert rel_err(full, exact(q, k, v)) < 1e-4
+
+
+def test_clustered_peaked_error_far_below_reference():
+    # The issue's hard regime at budget 1/8: the public SMYRF's error was 1.3-3.0. Ours must stay
+    # under a quarter of the lower end (0.3) at this small size; fails if the hash stops putting
+    # queries with their heaviest keys.
+    q, k, v = clustered_qkv()
+    err = rel_err(build_attention("smyrf", budget=0.125)(q, k, v), exact(q, k, v))
+    assert err < 0.3
+
+
+def test_xbox_plus_turns_inner_products_into_distances():
+    # |q' - k'|^2 = 2 - 2 q.k / M^2 on the unit sphere (1e-5): the transform behind the hashing.
+    q, k, _ = qkv(nq=32, nk=8)
+    qx, kx = xbox_plus(q, k)
+    m_sq = torch.maximum(q.square().sum(-1).amax(1), k.square().sum(-1).amax(1)).view(2, 1, 1)  # per batch element
+    assert torch.allclose(qx.norm(dim=-1), torch.ones(2, 32), atol=1e-5)
+    assert torch.allclose(torch.cdist(qx, kx).square(), 2 - 2 * (q @ k.transpose(1, 2)) / m_sq, atol=1e-5)
+
+
+@pytest.mark.parametrize("nq,nk", [(4096, 1024), (1024, 256), (16384, 4096)])
+@pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4, 1.0])
+def test_budget_resolves_within_budget(nq, nk, budget):
+    # score_entries (support + key selection) must fit the budget; resolve() must be JSON for reports.
+    attn = build_attention("smyrf", budget=budget)
+    json.dumps(attn.resolve(nq, nk, 32))
+    assert attn.score_entries(nq, nk, 32) <= budget * nq * nk
+
+
+def test_reference_setting_resolves_to_the_issue_parameters():
+    plan = build_attention("smyrf", n_hashes=8, q_cluster_size=64, k_cluster_size=16).resolve(4096, 1024, 32)
+    assert plan == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16}
+
+
+@pytest.mark.parametrize(
+    "params,name",
+    [({"n_hashes": 0}, "n_hashes"), ({"q_cluster_size": -1}, "q_cluster_size"), ({"k_cluster_size": 1.5}, "k_cluster_size"),
+     ({"budget": 2.0}, "budget"), ({"n_buckets": 4}, "n_buckets")],
+)
+def test_bad_params_name_the_parameter(params, name):
+    with pytest.raises(ValueError, match=name):
+        build_attention("smyrf", **params)
+
+
+def test_more_clusters_than_keys_rejected():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="q_cluster_size"):
+        build_attention("smyrf", q_cluster_size=1)(q, k, v)
