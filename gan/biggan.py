@@ -8,9 +8,8 @@ configured) and ``output_layer.{0,2}`` (batch norm, conv; index 1 is the ReLU).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +17,8 @@ from einops import rearrange
 from torch import nn
 
 from .attention import AttentionBackend
-from .generator import Generator
-from .layers import SelfAttention
+from .generator import Generator, GeneratorConfig
+from .layers import SelfAttention, conditional_batch_norm
 
 BOTTOM_WIDTH = 4  # the linear layer's output is a 4x4 map in every published configuration
 OUTPUT_BN_EPS = 1e-5  # ajbrock's output batch norm is built with its default eps, whatever BN_eps says
@@ -35,13 +34,15 @@ CHANNEL_MULTIPLIERS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 @dataclass(frozen=True)
-class BigGANConfig:
+class BigGANConfig(GeneratorConfig):
     """Architecture of an ajbrock BigGAN generator; the defaults are the public ImageNet-128 "138k" model.
 
     ``hier``: z is split into one chunk for the linear layer and one per GBlock, each chunk
     concatenated to the shared class embedding to condition that block's batch norms.
     ``attention_resolutions``: output resolutions of the GBlocks followed by self-attention.
     """
+
+    label: ClassVar[str] = "BigGAN"
 
     G_ch: int = 96
     dim_z: int = 120
@@ -114,19 +115,6 @@ class BigGANConfig:
         """Input size of the conditional batch norms' gain/bias linears."""
         return self.shared_dim + self.z_chunk
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["attention_resolutions"] = list(self.attention_resolutions)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BigGANConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(f"unknown BigGAN config field(s) {unknown}; accepted: {sorted(fields)}")
-        return cls(**dict(data))
-
 
 class ConditionalBatchNorm(nn.Module):
     """ajbrock's ``ccbn`` at inference: ``bn(x; stored stats) * (1 + gain(y)) + bias(y)``, fused into one affine map."""
@@ -141,9 +129,7 @@ class ConditionalBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B,C,H,W), y (B,cond_dim) -> (B,C,H,W)."""
-        scale = (1 + self.gain(y)) * torch.rsqrt(self.stored_var + self.eps)  # (B, C)
-        shift = self.bias(y) - self.stored_mean * scale  # (B, C)
-        return torch.addcmul(rearrange(shift, "b c -> b c 1 1"), x, rearrange(scale, "b c -> b c 1 1"))
+        return conditional_batch_norm(x, self.stored_mean, self.stored_var, self.eps, 1 + self.gain(y), self.bias(y))
 
 
 class StoredBatchNorm(nn.Module):
@@ -174,8 +160,9 @@ class GBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B,Cin,H,W), y (B,cond_dim) -> (B,Cout,2H,2W)."""
-        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        # each batch norm returns a fresh tensor, so the ReLUs can work in place
+        h = F.interpolate(F.relu(self.bn1(x, y), inplace=True), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y), inplace=True))
         # a 1x1 conv commutes with nearest upsampling: convolve the small map, then upsample
         return h + F.interpolate(self.conv_sc(x), scale_factor=2, mode="nearest")
 

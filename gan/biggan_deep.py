@@ -10,11 +10,9 @@ Two deliberate differences from the published modules, both exact at inference:
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +20,8 @@ from einops import rearrange
 from torch import nn
 
 from .attention import AttentionBackend
-from .generator import Generator
-from .layers import SelfAttention
+from .generator import Generator, GeneratorConfig
+from .layers import SelfAttention, conditional_batch_norm
 from .sampling import one_hot
 
 Layer = tuple[bool, int, int]  # (upsample?, input channels, output channels) in units of channel_width
@@ -40,8 +38,10 @@ _LAYERS_512: list[Layer] = _LAYERS_256 + [(False, 1, 1), (True, 1, 1)]
 
 
 @dataclass
-class BigGANDeepConfig:
+class BigGANDeepConfig(GeneratorConfig):
     """The fields of the published ``config.json`` (defaults: biggan-deep-128)."""
+
+    label: ClassVar[str] = "BigGAN-deep"
 
     output_dim: int = 128
     z_dim: int = 128
@@ -90,32 +90,6 @@ class BigGANDeepConfig:
             raise ValueError(f"layers upsample 4x4 to {4 * 2 ** sum(up for up, _, _ in self.layers)}, not output_dim {self.output_dim}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BigGANDeepConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown BigGAN-deep config field(s) {unknown}; accepted: {sorted(names)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["layers"] = [list(layer) for layer in self.layers]
-        return data
-
-    @classmethod
-    def from_json(cls, text: str) -> "BigGANDeepConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"BigGAN-deep config is not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError("BigGAN-deep config must be a JSON object")
-        return cls.from_dict(data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    @classmethod
     def preset(cls, resolution: int, **overrides: Any) -> "BigGANDeepConfig":
         """The published biggan-deep-{128,256,512} config, with ``overrides`` applied."""
         layers = {128: _LAYERS_128, 256: _LAYERS_256, 512: _LAYERS_512}
@@ -159,9 +133,7 @@ class ConditionalBatchNorm(TruncationBatchNorm):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, truncation: float) -> torch.Tensor:
         mean, var = self.statistics(truncation)
-        gain = (1 + self.scale(cond)) * torch.rsqrt(var + self.eps)  # (B, C)
-        shift = self.offset(cond) - mean * gain  # (B, C)
-        return torch.addcmul(shift[:, :, None, None], x, gain[:, :, None, None])
+        return conditional_batch_norm(x, mean, var, self.eps, 1 + self.scale(cond), self.offset(cond))
 
 
 class AffineTruncationBatchNorm(TruncationBatchNorm):

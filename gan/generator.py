@@ -1,11 +1,53 @@
-"""What every generator family shares: attention swapping and the ``generate`` contract."""
+"""What every generator family shares: config (de)serialisation, attention swapping, the ``generate`` contract."""
 from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar, Mapping, Self
 
 import torch
 from torch import nn
 
 from .attention import AttentionBackend, build_attention
 from .layers import SelfAttention
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (nested too) as lists, as JSON holds them."""
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+class GeneratorConfig:
+    """Mixin for a family's config dataclass: ``from_dict`` that names the accepted fields, JSON round trip."""
+
+    label: ClassVar[str] = "generator"  # the family's name in error messages
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"unknown {cls.label} config field(s) {unknown}; accepted: {sorted(fields)}")
+        try:
+            return cls(**data)
+        except TypeError as err:  # a value of the wrong type reached the dataclass
+            raise ValueError(f"invalid {cls.label} config: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: _plain(value) for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cls.label} config is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.label} config must be a JSON object of fields, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 class Generator(nn.Module):
@@ -40,17 +82,19 @@ class Generator(nn.Module):
     def generate(self, z: torch.Tensor, class_ids: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         """z (B, z_dim) as the network consumes it (already truncated), class_ids (B,) int -> (B,3,H,W) in [-1,1].
 
-        z is moved to the generator's device and dtype.
+        z and class ids move to the generator's device (z also to its dtype); ids are range-checked
+        where they arrive, so CPU ids cost no device sync.
         """
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape (B, {self.z_dim}), got {tuple(z.shape)}")
-        weight = next(self.parameters())
-        z = z.to(device=weight.device, dtype=weight.dtype)
-        class_ids = torch.as_tensor(class_ids, device=z.device).long().reshape(-1)
-        if class_ids.shape[0] != z.shape[0]:
-            raise ValueError(f"got {class_ids.shape[0]} class ids for {z.shape[0]} latents")
-        if class_ids.numel() and (class_ids.min() < 0 or class_ids.max() >= self.num_classes):
-            raise ValueError(f"class ids must be in [0, {self.num_classes - 1}], got {class_ids.tolist()}")
         if not (0.0 < float(truncation) <= 1.0):
             raise ValueError(f"truncation must be in (0, 1], got {truncation}")
-        return self(z, class_ids, float(truncation))
+        class_ids = torch.as_tensor(class_ids).long().reshape(-1)
+        if class_ids.shape[0] != z.shape[0]:
+            raise ValueError(f"got {class_ids.shape[0]} class ids for {z.shape[0]} latents")
+        outside = (class_ids < 0) | (class_ids >= self.num_classes)
+        if outside.any():
+            raise ValueError(f"class ids must be in [0, {self.num_classes - 1}], got {class_ids[outside][:5].tolist()}")
+        weight = next(self.parameters())
+        z = z.to(device=weight.device, dtype=weight.dtype)
+        return self(z, class_ids.to(weight.device), float(truncation))

@@ -1,4 +1,4 @@
-"""Layers shared by both BigGAN families: the self-attention block with a swappable backend.
+"""Layers shared by both BigGAN families: conditional batch norm at inference, the self-attention block.
 
 Spectral norm is folded into plain weights when a checkpoint is loaded (``weights/``), so the
 convolutions here are ordinary ``nn.Conv2d`` / ``nn.Linear``.
@@ -16,6 +16,18 @@ from .attention import AttentionBackend, build_attention
 
 # probe(backend, q, k, v) -> out: wraps the backend call (timing, error against exact, memory).
 AttentionProbe = Callable[[AttentionBackend, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def conditional_batch_norm(
+    x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float, gain: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps) * gain + bias`` as one fused affine map.
+
+    x (B,C,H,W); stored statistics mean, var (C,); per-sample gain, bias (B,C) -> (B,C,H,W).
+    """
+    scale = gain * torch.rsqrt(var + eps)  # (B, C)
+    shift = bias - mean * scale  # (B, C)
+    return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
 
 
 class SelfAttention(nn.Module):

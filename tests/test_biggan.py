@@ -14,14 +14,13 @@ import torch.nn.functional as F
 from gan.attention import AttentionBackend
 from gan.biggan import BigGAN, BigGANConfig
 from weights.ajbrock import (
-    fold_spectral_norm,
-    fold_torch_spectral_norm,
     generator_from_ajbrock_state_dict,
     looks_like_ajbrock,
     random_ajbrock_state_dict,
     sidecar_path,
     write_random_ajbrock_checkpoint,
 )
+from weights.spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
 
 SN_EPS = 1e-6  # the 138k model's --SN_eps
 BN_EPS = 1e-5  # its --BN_eps, and the fixed eps of ajbrock's output-layer bn
@@ -181,6 +180,8 @@ def test_config_json_round_trip_and_validation():
     assert BigGANConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown BigGAN config field"):
         BigGANConfig.from_dict({"G_ch": 8, "channel_width": 8})
+    with pytest.raises(ValueError, match="invalid BigGAN config"):  # a JSON value of the wrong type
+        BigGANConfig.from_dict({"attention_resolutions": 64})
     with pytest.raises(ValueError, match="attention resolutions"):
         BigGANConfig(attention_resolutions=(4,))
     with pytest.raises(ValueError, match="multiple of 6"):
@@ -225,11 +226,11 @@ def test_spectral_norm_folding_matches_ajbrock_eval_forward():
     gen = torch.Generator().manual_seed(0)
     for shape in [(64, 32, 3, 3), (24, 148), (3, 8, 3, 3)]:
         weight, u0 = torch.randn(shape, generator=gen), torch.randn(1, shape[0], generator=gen)
-        torch.testing.assert_close(fold_spectral_norm(weight, u0, SN_EPS), ajbrock_sn_weight(weight, u0), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fold_ajbrock_spectral_norm(weight, u0, SN_EPS), ajbrock_sn_weight(weight, u0), rtol=1e-6, atol=1e-7)
     # starting from the exact top left singular vector, the one iteration lands on sigma_max: ||W/sv||_2 = 1
     weight = torch.randn(40, 30, generator=gen, dtype=torch.float64)
     u_top = torch.linalg.svd(weight).U[:, :1].t()
-    assert abs(torch.linalg.matrix_norm(fold_spectral_norm(weight, u_top, SN_EPS), ord=2).item() - 1) < 1e-10
+    assert abs(torch.linalg.matrix_norm(fold_ajbrock_spectral_norm(weight, u_top, SN_EPS), ord=2).item() - 1) < 1e-10
 
 
 def test_folded_weights_in_model(small):

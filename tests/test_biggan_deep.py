@@ -106,7 +106,7 @@ def test_generate_validates_inputs(tiny_deep_dir):
     z = torch.zeros(2, 128)
     with pytest.raises(ValueError, match="truncation"):
         model.generate(z, torch.tensor([0, 1]), 0.0)
-    with pytest.raises(ValueError, match="class ids"):
-        model.generate(z, torch.tensor([0, 1000]), 0.5)
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 999\], got \[1000\]"):
+        model.generate(z, torch.tensor([0, 1000]), 0.5)  # only the offending id is listed
     with pytest.raises(ValueError, match="z must have shape"):
         model.generate(torch.zeros(2, 120), torch.tensor([0, 1]), 0.5)

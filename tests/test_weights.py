@@ -112,6 +112,15 @@ def test_missing_key_and_wrong_shape_are_listed(tiny_deep_dir, tmp_path):
     assert "generator.layers.8.gamma (checkpoint (2,), expected (1,))" in message
 
 
+def test_corrupt_spectral_norm_vectors(tiny_deep_dir, tmp_path):
+    folder = _copy(tiny_deep_dir, tmp_path / "sn")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["generator.layers.2.conv_1.weight_u"] *= -1  # u.Wv < 0: no valid spectral norm
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="generator.layers.2.conv_1.weight_orig: spectral-norm estimate -"):
+        load_generator(folder)
+
+
 def test_bad_config_json(tiny_deep_dir, tmp_path):
     folder = _copy(tiny_deep_dir, tmp_path / "cfg")
     (folder / "config.json").write_text('{"output_dim": 128, "colour": 1}')

@@ -15,8 +15,8 @@ from gan.biggan_deep import BigGANDeepConfig
 from gan.generator import Generator
 
 from .download import fetch
-from .formats import BIGGAN, BIGGAN_DEEP, FORMATS, detect_format, read_checkpoint
-from .hf_deep import CONFIG_NAME, WEIGHTS_NAME, build_from_state_dict, infer_config, random_state_dict, read_config, write_checkpoint_dir
+from .formats import BIGGAN, BIGGAN_DEEP, FORMATS, detect_format, read_checkpoint, read_config
+from .hf_deep import CONFIG_NAME, WEIGHTS_NAME, build_from_state_dict, infer_config, random_state_dict, write_checkpoint_dir
 from .registry import MODELS, available_models
 
 __all__ = ["available_models", "load_generator", "write_random_checkpoint"]
@@ -129,5 +129,5 @@ def _load_file(path: Path) -> Generator:
 
         return generator_from_ajbrock_state_dict(state, source=source)
     config_path = path.with_name(CONFIG_NAME)
-    config = read_config(config_path) if config_path.is_file() else infer_config(state, source)
+    config = read_config(config_path, BigGANDeepConfig) if config_path.is_file() else infer_config(state, source)
     return build_from_state_dict(state, config, source)

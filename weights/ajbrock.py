@@ -5,13 +5,13 @@ The checkpoint is a plain state dict. Every spectral-normed layer (``linear``, e
 ``theta/phi/g/o``, ``output_layer.2``) stores its raw ``weight`` (plus ``bias`` where it has one) and
 the buffers ``u0`` (1, out) and ``sv0`` (1,). At inference ajbrock's SN layer runs one power
 iteration from ``u0`` without updating it and divides the weight by the singular value estimate
-of that iteration; ``sv0`` is a training log and is not used. ``fold_spectral_norm`` does exactly
-that once, at load.
+of that iteration; ``sv0`` is a training log and is not used. ``fold_ajbrock_spectral_norm`` does
+exactly that once, at load.
 
 Config: every shape-determined field (G_ch, dim_z, shared_dim, hier, resolution, attention
 resolutions, num_classes) is inferred from the tensor shapes. The two epsilons cannot be, so a
 checkpoint whose config differs from what inference gives (non-default ``sn_eps`` / ``bn_eps``) has
-a sidecar ``<file>.json`` (``BigGANConfig.to_dict``) next to it; an explicit ``config`` overrides both.
+a sidecar ``<file>.json`` (``BigGANConfig.to_json``) next to it; an explicit ``config`` overrides both.
 
 OpenMMLab's conversion of the same checkpoint (mmgeneration / mmagic ``BigGANGenerator``, e.g.
 ``biggan_imagenet1k_128x128_cvt_BigGAN-PyTorch_rgb_*.pth``) is the same network under other names
@@ -19,23 +19,22 @@ OpenMMLab's conversion of the same checkpoint (mmgeneration / mmagic ``BigGANGen
 ``bn.running_*``, ``output_layer.{bn,conv}``). It is accepted as a raw state dict or a full checkpoint
 (``state_dict`` with ``generator_ema.`` / ``generator.`` prefixes, EMA preferred), renamed to the
 ajbrock names, and loaded the same way. Its spectral norm is either torch's (``weight_orig``,
-``weight_u``, ``weight_v``: folded as ``W / (u . W v)``, torch's eval-mode formula) or ajbrock's
-(``u0``/``sv0``). Its ``rgb2bgr`` flag only flips the output for OpenMMLab's BGR pipeline; the
-weights are RGB, as here.
+``weight_u``, ``weight_v``) or ajbrock's (``u0``/``sv0``); ``weights.spectral_norm`` folds both.
+Its ``rgb2bgr`` flag only flips the output for OpenMMLab's BGR pipeline; the weights are RGB, as here.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from gan.biggan import BOTTOM_WIDTH, BigGAN, BigGANConfig, CHANNEL_MULTIPLIERS
 
+from .formats import read_config, save_checkpoint
+from .spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
 from .strict import check_state_dict
 
 SN_BUFFERS = ("u0", "sv0", "weight_u", "weight_v")  # power-iteration state: not part of the folded model
@@ -164,24 +163,6 @@ def _torch_sn_layout(layout: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[i
     return out
 
 
-def fold_spectral_norm(weight: torch.Tensor, u0: torch.Tensor, eps: float) -> torch.Tensor:
-    """``weight / sv`` as ajbrock's SN layer computes it in eval mode: one power iteration from u0, no update.
-
-    weight (out, ...), u0 (1, out): v = normalize(u0 W), u = normalize(v W^T), sv = (v W^T) . u.
-    """
-    w = weight.reshape(weight.shape[0], -1)  # (out, in)
-    v = F.normalize(u0 @ w, eps=eps)  # (1, in)
-    wv = v @ w.t()  # (1, out)
-    u = F.normalize(wv, eps=eps)
-    sv = (wv @ u.t()).squeeze()
-    return weight / sv
-
-
-def fold_torch_spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``weight / sigma`` as ``torch.nn.utils.spectral_norm`` computes it in eval mode: sigma = u . (W v), no iteration."""
-    return weight / torch.dot(u, weight.reshape(weight.shape[0], -1) @ v)
-
-
 def infer_ajbrock_config(state_dict: Mapping[str, torch.Tensor], source: str) -> BigGANConfig:
     """The config implied by the tensor shapes (epsilons at their defaults)."""
     if not _is_ajbrock_layout(state_dict):
@@ -227,10 +208,7 @@ def sidecar_path(path: str | Path) -> Path:
 def _config_for(state_dict: Mapping[str, torch.Tensor], source: str) -> BigGANConfig:
     sidecar = sidecar_path(source) if source else None
     if sidecar is not None and sidecar.is_file():
-        try:
-            return BigGANConfig.from_dict(json.loads(sidecar.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise ValueError(f"{sidecar} is not a valid BigGAN config JSON: {err}") from None
+        return read_config(sidecar, BigGANConfig)
     return infer_ajbrock_config(state_dict, source)
 
 
@@ -257,15 +235,15 @@ def generator_from_ajbrock_state_dict(
     check_state_dict(_torch_sn_layout(layout) if torch_sn else layout, state_dict, source)
     folded: dict[str, torch.Tensor] = {}
     for prefix in spectral_norm_prefixes(layout):
-        weight = state_dict[f"{prefix}.weight"]
+        key = f"{prefix}.weight"
         if torch_sn:
             u, v = state_dict[f"{prefix}.weight_u"], state_dict[f"{prefix}.weight_v"]
-            folded[f"{prefix}.weight"] = fold_torch_spectral_norm(weight, u, v)
+            folded[key] = fold_torch_spectral_norm(state_dict[key], u, v, key)
         else:
-            folded[f"{prefix}.weight"] = fold_spectral_norm(weight, state_dict[f"{prefix}.u0"], config.sn_eps)
+            folded[key] = fold_ajbrock_spectral_norm(state_dict[key], state_dict[f"{prefix}.u0"], config.sn_eps, key)
     for key, value in state_dict.items():
         if key.rsplit(".", 1)[1] not in SN_BUFFERS:
-            folded.setdefault(key, value)
+            folded.setdefault(key, value.float())
     with torch.device("meta"):  # no throw-away initialisation: the checkpoint tensors are assigned
         model = BigGAN(config)
     model.load_state_dict(folded, strict=True, assign=True)
@@ -302,14 +280,11 @@ def write_random_ajbrock_checkpoint(path: str | Path, seed: int = 0, **config_ov
     """
     config = BigGANConfig(**config_overrides)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = random_ajbrock_state_dict(config, seed)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_checkpoint(state, path)
     sidecar = sidecar_path(path)
     if infer_ajbrock_config(state, str(path)) != config:
-        sidecar.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        sidecar.write_text(config.to_json(), encoding="utf-8")
     elif sidecar.exists():
         sidecar.unlink()
     return path

@@ -1,10 +1,14 @@
-"""Reading checkpoint files safely and telling the two published formats apart by their keys."""
+"""Checkpoint and config files: safe reading, atomic writing, telling the two published formats apart."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 import torch
+
+from gan.generator import GeneratorConfig
+
+Config = TypeVar("Config", bound=GeneratorConfig)
 
 BIGGAN_DEEP = "biggan-deep"  # Hugging Face port: config.json + pytorch_model.bin
 BIGGAN = "biggan"  # ajbrock's BigGAN-PyTorch: G_ema.pth / G.pth
@@ -23,6 +27,25 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not state:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: it holds a {type(state).__name__}, not a state dict")
     return dict(state)
+
+
+def save_checkpoint(state: Mapping[str, torch.Tensor], path: Path) -> Path:
+    """``torch.save`` to a temporary name, then rename: an interrupted write never leaves ``path`` half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    torch.save(dict(state), partial)
+    partial.replace(path)
+    return path
+
+
+def read_config(path: Path, config_class: type[Config]) -> Config:
+    """The ``config_class`` held as JSON in ``path``; ValueError naming the file if it is unreadable or invalid."""
+    try:
+        return config_class.from_json(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 JSON config file") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def looks_like_biggan_deep(state: Mapping[str, object]) -> bool:

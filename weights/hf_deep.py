@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from gan.biggan_deep import BigGANDeep, BigGANDeepConfig
 
+from .formats import save_checkpoint
+from .spectral_norm import fold_torch_spectral_norm
 from .strict import check_state_dict
 
 CONFIG_NAME = "config.json"
@@ -68,14 +70,6 @@ def hf_layout(config: BigGANDeepConfig) -> dict[str, tuple[int, ...]]:
     return layout
 
 
-def fold_spectral_norm(weight_orig: torch.Tensor, u: torch.Tensor, v: torch.Tensor, key: str) -> torch.Tensor:
-    """W / (u . W v): the weight torch's ``spectral_norm`` uses in eval mode (no power iteration)."""
-    sigma = torch.dot(u, torch.mv(weight_orig.reshape(weight_orig.shape[0], -1), v))
-    if not torch.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"{key}: spectral-norm estimate u.Wv = {float(sigma):.3g} is not a positive number")
-    return weight_orig / sigma
-
-
 def generator_state_dict(state: Mapping[str, torch.Tensor], config: BigGANDeepConfig) -> dict[str, torch.Tensor]:
     """Published state dict -> ``BigGANDeep`` state dict: folds spectral norm, renames attention, keeps RGB rows."""
     attention = f"generator.layers.{config.attention_layer_position}."
@@ -86,7 +80,7 @@ def generator_state_dict(state: Mapping[str, torch.Tensor], config: BigGANDeepCo
         value = value.float()
         if key.endswith(".weight_orig"):
             prefix = key[: -len("_orig")]
-            value = fold_spectral_norm(value, state[prefix + "_u"].float(), state[prefix + "_v"].float(), key)
+            value = fold_torch_spectral_norm(value, state[prefix + "_u"], state[prefix + "_v"], key)
             key = prefix
         if key.startswith(attention):
             module, _, rest = key[len(attention):].partition(".")
@@ -106,17 +100,6 @@ def build_from_state_dict(state: Mapping[str, torch.Tensor], config: BigGANDeepC
         model = BigGANDeep(config)
     model.load_state_dict(generator_state_dict(state, config), strict=True, assign=True)
     return model
-
-
-def read_config(path: Path) -> BigGANDeepConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not a text config.json") from None
-    try:
-        return BigGANDeepConfig.from_json(text)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
 
 
 def infer_config(state: Mapping[str, torch.Tensor], source: str) -> BigGANDeepConfig:
@@ -178,10 +161,6 @@ def _power_iteration(weight: torch.Tensor, gen: torch.Generator, steps: int = 3)
 
 def write_checkpoint_dir(path: Path, config: BigGANDeepConfig, state: Mapping[str, torch.Tensor]) -> Path:
     """Write ``config.json`` and ``pytorch_model.bin`` into directory ``path`` (created)."""
-    path.mkdir(parents=True, exist_ok=True)
-    weights = path / WEIGHTS_NAME
-    partial = weights.with_name(weights.name + ".part")
-    torch.save(dict(state), partial)
-    partial.replace(weights)
+    save_checkpoint(state, path / WEIGHTS_NAME)
     (path / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
     return path
