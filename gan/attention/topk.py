@@ -1,0 +1,97 @@
+"""Query-chunked top-k attention (Gupta et al., 2021, "Memory-efficient Transformers via Top-k Attention").
+
+For each chunk of queries: scores against every key, keep the k largest per query, softmax over
+those only, and sum the k gathered values with those weights (one fused ``embedding_bag``). Peak
+working memory is one chunk of scores, B * chunk_size * Nk, never B * Nq * Nk.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .base import AttentionBackend
+
+DEFAULT_K = 32
+DEFAULT_CHUNK_SIZE = 256  # fastest on 2 cores at Nk=1024..4096 (cache-sized score chunks)
+# Keys per group in the group-max prefilter (see top_k_scores).
+GROUP = 4
+PREFILTER_RATIO = 8
+
+
+class TopKAttention(AttentionBackend):
+    """Exact softmax restricted to each query's k highest-scoring keys.
+
+    ``k`` defaults to round(budget * Nk) (at least 1) when a budget is given, else min(32, Nk).
+    It holds Nq * k score entries (peak working set chunk_size * Nk per batch element).
+    ``seed`` is accepted for the common interface; the method draws nothing at random.
+    """
+
+    name = "topk"
+
+    def __init__(self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, budget: float | None = None, seed: int = 0):
+        super().__init__(budget=budget, seed=seed)
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"k must be a positive int (keys kept per query, 1..Nk), got {k!r}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int (queries per chunk), got {chunk_size!r}")
+        self.k = k
+        self.chunk_size = chunk_size
+
+    def k_for(self, nk: int) -> int:
+        """Keys kept per query when there are ``nk`` keys."""
+        if self.k is not None:
+            if self.k > nk:
+                raise ValueError(f"k={self.k} exceeds the number of keys Nk={nk}; accepted 1..Nk")
+            return self.k
+        if self.budget is None:
+            return min(DEFAULT_K, nk)
+        return min(nk, max(1, round(self.budget * nk)))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        batch, nk = k.shape[0], k.shape[1]
+        top = self.k_for(nk)
+        keys = rearrange(k.float() * scale, "b n d -> b d n")  # (B, d, Nk)
+        values = rearrange(v.float(), "b n e -> (b n) e")  # (B*Nk, dv)
+        key_offset = torch.arange(batch, device=k.device).view(batch, 1, 1) * nk  # (B, 1, 1)
+        chunks = []
+        for queries in q.float().split(self.chunk_size, dim=1):  # (B, C, d)
+            scores = torch.bmm(queries, keys)  # (B, C, Nk) fp32
+            top_scores, top_keys = top_k_scores(scores, top)  # (B, C, k)
+            weights = torch.softmax(top_scores, dim=-1)
+            rows = F.embedding_bag(
+                (top_keys + key_offset).flatten(0, 1), values, per_sample_weights=weights.flatten(0, 1), mode="sum"
+            )  # (B*C, dv)
+            chunks.append(rearrange(rows, "(b c) e -> b c e", b=batch))
+        return torch.cat(chunks, dim=1).to(q.dtype)  # (B, Nq, dv)
+
+    def score_entries(self, nq: int, nk: int, d: int) -> int:
+        return nq * self.k_for(nk)
+
+    def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
+        return {"k": self.k_for(nk), "chunk_size": min(self.chunk_size, nq)}
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, chunk_size={self.chunk_size}, {super().extra_repr()}"
+
+
+def top_k_scores(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores (..., Nk) -> (values, indices) (..., k) of the k largest, in no particular order.
+
+    A group-max prefilter cuts the selection work where it pays: the k largest scores all lie in
+    the k groups (of GROUP adjacent keys) with the largest maxima, since any score outside those
+    groups is beaten by each of their k maxima. On the CPU, torch.topk uses a heap when
+    64 k <= Nk and a full nth_element otherwise; for Nk/64 < k <= Nk/(GROUP * PREFILTER_RATIO)
+    the prefilter measured 1.2-1.8x faster on 2 cores (Nk = 1024..16384), elsewhere slower.
+    """
+    nk = scores.shape[-1]
+    if scores.device.type != "cpu" or nk % GROUP or 64 * k <= nk or k * GROUP * PREFILTER_RATIO > nk:
+        return scores.topk(k, dim=-1, sorted=False)
+    group_max = rearrange(scores, "... (g s) -> ... g s", s=GROUP).amax(dim=-1)  # (..., Nk/GROUP)
+    _, groups = group_max.topk(k, dim=-1, sorted=False)  # (..., k)
+    members = torch.arange(GROUP, device=scores.device)
+    candidates = (groups.unsqueeze(-1) * GROUP + members).flatten(-2)  # (..., k*GROUP) key indices
+    values, picked = scores.gather(-1, candidates).topk(k, dim=-1, sorted=False)
+    return values, candidates.gather(-1, picked)

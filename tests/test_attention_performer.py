@@ -1,0 +1,144 @@
+"""Performer (FAVOR+) and the random-feature helper: unbiasedness, convergence, stability, contract."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gan.attention import build_attention
+from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
+
+
+def qkv(b=2, nq=100, nk=25, d=12, dv=8, logit_std=0.5, seed=0):
+    """Nq = 4 Nk, sizes not multiples of d; q, k scaled so the logits have about ``logit_std``."""
+    gen = torch.Generator().manual_seed(seed)
+    gain = (logit_std / math.sqrt(d)) ** 0.5
+    return (torch.randn(b, nq, d, generator=gen) * gain, torch.randn(b, nk, d, generator=gen) * gain,
+            torch.randn(b, nk, dv, generator=gen))
+
+
+def exact(q, k, v, scale=1.0):
+    return torch.softmax(scale * q.double() @ k.double().transpose(1, 2), dim=-1) @ v.double()
+
+
+def rel_error(out, ref):
+    return float((out.double() - ref).norm() / ref.norm())
+
+
+def test_projection_is_seeded_block_orthogonal_with_gaussian_rows():
+    proj = draw_orthogonal_projection(40, 16, seed=7)
+    assert proj.shape == (40, 16) and proj.dtype == torch.float32
+    assert torch.equal(proj, draw_orthogonal_projection(40, 16, seed=7))
+    assert not torch.equal(proj, draw_orthogonal_projection(40, 16, seed=8))
+    unit = torch.nn.functional.normalize(proj[:16], dim=1)
+    torch.testing.assert_close(unit @ unit.t(), torch.eye(16), atol=1e-5, rtol=0)  # one block: orthonormal directions
+    # Rows are marginally N(0, I_d): E|w|^2 = d. 4000 rows of chi^2_16 (sd sqrt(32)): sd of the mean 0.09, allow 0.5.
+    assert abs(draw_orthogonal_projection(4000, 16, seed=0).square().sum(1).mean().item() - 16) < 0.5
+
+
+def test_kernel_estimate_is_unbiased():
+    # n = 4000 independent estimators (one orthogonal block of d = 8 features each, fixed seed):
+    # their mean must lie within 4 standard errors of exp(q.k) for every pair (an unsigned QR or
+    # a wrong -|x|^2/2 term biases it by 5-10 SE). The SE itself must be < 5% so the test has power.
+    d, n = 8, 4000
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(1, 3, d, generator=gen) * 0.3, torch.randn(1, 2, d, generator=gen) * 0.3
+    proj = draw_orthogonal_projection(n * d, d, seed=5)
+    per_block = 0.5 * math.log(n * d) - 0.5 * math.log(d)  # undo the 1/sqrt(m) of the whole draw, keep 1/sqrt(d)
+    lx = (favor_log_features(x, proj, 1.0) + per_block).view(3, 1, n, d)
+    ly = (favor_log_features(y, proj, 1.0) + per_block).view(1, 2, n, d)
+    estimates = torch.exp(lx + ly).sum(-1).double()  # (3, 2, n)
+    truth = torch.exp(x[0].double() @ y[0].double().t())
+    standard_error = estimates.std(-1) / math.sqrt(n)
+    assert (standard_error / truth).max() < 0.05
+    assert ((estimates.mean(-1) - truth).abs() / standard_error).max() < 4
+
+
+def test_log_stable_form_equals_the_plain_favor_estimator():
+    # The stabilised evaluation must be the same estimator as phi(q)(phi(k)^T v)/(phi(q)phi(k)^T 1)
+    # computed naively in float64 with the same features (1e-5: fp32 vs fp64 on O(1) outputs).
+    q, k, v = qkv(logit_std=2.0)
+    scale, m = 0.7, 48
+    attn = build_attention("performer", num_features=m, seed=4)
+    proj = draw_orthogonal_projection(m, q.shape[-1], seed=4)
+    def phi(x):  # float64 FAVOR+ features exp(w.x' - |x'|^2/2) / sqrt(m), x' = sqrt(scale) x
+        x = x.double() * math.sqrt(scale)
+        return torch.exp(x @ proj.double().t() - 0.5 * x.square().sum(-1, keepdim=True)) / math.sqrt(m)
+
+    phi_q, phi_k = phi(q), phi(k)
+    plain = (phi_q @ (phi_k.transpose(1, 2) @ v.double())) / (phi_q @ phi_k.sum(1, keepdim=True).transpose(1, 2))
+    torch.testing.assert_close(attn(q, k, v, scale=scale).double(), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_error_falls_as_features_grow():
+    # Mean relative error over 8 seeds at 16, 64, 256, 1024 features. Variance ~ 1/m predicts a
+    # factor ~2 per 4x features; require each step to shrink the error by at least 1.15x
+    # (measured: 0.82, 0.58, 0.40, 0.25), so a seed-independent bias or ignored num_features fails.
+    q, k, v = qkv()
+    ref = exact(q, k, v)
+    means = [sum(rel_error(build_attention("performer", num_features=m, seed=s)(q, k, v), ref) for s in range(8)) / 8
+             for m in (16, 64, 256, 1024)]
+    assert all(a > 1.15 * b for a, b in zip(means, means[1:])), means
+    assert means[-1] < 0.35, means
+
+
+def test_logits_up_to_100_stay_finite_and_convex():
+    # Peaked attention with logits up to 100: exp of raw features would overflow fp32. The output
+    # must be finite and, being a convex combination of values, inside [min v, max v] per channel
+    # (1e-5 slack for rounding); it is not asserted close to exact (FAVOR+ is poor when peaked).
+    q, k, v = qkv(d=32, logit_std=1.0)
+    q = q * 100 / (q @ k.transpose(1, 2)).abs().max()
+    out = build_attention("performer", num_features=64)(q, k, v, scale=1.0)
+    assert torch.isfinite(out).all()
+    lo, hi = v.amin(dim=1, keepdim=True), v.amax(dim=1, keepdim=True)
+    assert (out >= lo - 1e-5).all() and (out <= hi + 1e-5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    # Computed in fp32 and returned in the input dtype; differs from the fp32 run only by input and
+    # output rounding (2^-8 relative for bf16), so 3e-2 absolute on O(1) outputs.
+    q, k, v = qkv()
+    attn = build_attention("performer", num_features=32)
+    out = attn(q.to(dtype), k.to(dtype), v.to(dtype), scale=1.0)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), attn(q, k, v, scale=1.0), atol=3e-2, rtol=3e-2)
+
+
+def test_determinism_by_seed_and_redraw():
+    q, k, v = qkv()
+    a = build_attention("performer", num_features=32, seed=1)
+    assert torch.equal(a(q, k, v), build_attention("performer", num_features=32, seed=1)(q, k, v))
+    assert torch.equal(a(q, k, v), a(q, k, v))  # features cached, not redrawn
+    assert (a(q, k, v) - build_attention("performer", num_features=32, seed=2)(q, k, v)).abs().max() > 1e-3
+    r1, r2 = (build_attention("performer", num_features=32, seed=1, redraw=True) for _ in range(2))
+    first, second = r1(q, k, v), r1(q, k, v)
+    assert (first - second).abs().max() > 1e-3  # fresh features on every call
+    assert torch.equal(first, r2(q, k, v)) and torch.equal(second, r2(q, k, v))  # same seed -> same sequence
+
+
+def test_budget_resolution_and_score_entries():
+    nq, nk, d = 4096, 1024, 32
+    attn = build_attention("performer", budget=1 / 8)
+    assert attn.resolve(nq, nk, d) == {"num_features": 102, "redraw": False}  # floor(4096*1024/8 / 5120)
+    assert attn.score_entries(nq, nk, d) <= nq * nk / 8
+    assert build_attention("performer", budget=1e-6).resolve(nq, nk, d)["num_features"] == 1
+    assert build_attention("performer", num_features=64, budget=1 / 8).resolve(nq, nk, d)["num_features"] == 64
+    assert build_attention("performer").resolve(nq, nk, d)["num_features"] == 256
+
+
+@pytest.mark.parametrize("params, word", [
+    ({"num_features": 0}, "num_features"), ({"num_features": 2.5}, "num_features"),
+    ({"num_features": True}, "num_features"), ({"redraw": "yes"}, "redraw"), ({"budget": 0}, "budget"),
+])
+def test_bad_params_raise_value_error_naming_the_parameter(params, word):
+    with pytest.raises(ValueError, match=word):
+        build_attention("performer", **params)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_non_positive_scale_is_rejected(scale):
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="scale"):
+        build_attention("performer")(q, k, v, scale=scale)

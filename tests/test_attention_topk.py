@@ -1,0 +1,114 @@
+"""Top-k attention against a naive float64 masked softmax, chunking, the prefilter, and the contract."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gan.attention import build_attention
+from gan.attention.topk import top_k_scores
+
+
+def qkv(b=2, nq=100, nk=25, d=8, dv=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(b, nq, d, generator=gen), torch.randn(b, nk, d, generator=gen), torch.randn(b, nk, dv, generator=gen)
+
+
+def naive_topk(q, k, v, top, scale=1.0):
+    """float64 softmax over each query's ``top`` largest scores (-inf elsewhere)."""
+    scores = scale * q.double() @ k.double().transpose(1, 2)
+    threshold = scores.topk(top, dim=-1).values[..., -1:]
+    return torch.softmax(scores.masked_fill(scores < threshold, float("-inf")), dim=-1) @ v.double()
+
+
+@pytest.mark.parametrize("params", [{"k": 25}, {"budget": 1.0}])
+def test_full_k_equals_exact(params):
+    # k = Nk keeps every key: must match exact attention to 1e-4 (Nq = 4 Nk, 100 queries in chunks of 64).
+    q, k, v = qkv()
+    out = build_attention("topk", chunk_size=64, **params)(q, k, v, scale=0.5)
+    torch.testing.assert_close(out, build_attention("exact")(q, k, v, scale=0.5), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("top, nk, scale", [(3, 25, 1.0), (8, 256, 0.3), (12, 400, 2.0), (50, 257, 1.0), (2, 256, 1.0)])
+def test_matches_naive_topk(top, nk, scale):
+    # (8, 256) and (12, 400) take the group-max prefilter path (Nk/64 < k <= Nk/32); the others
+    # the plain topk path. 1e-5: fp32 scores and softmax against float64 on O(1) outputs; a wrong
+    # candidate set or batch offset in the value gather gives O(0.1) errors.
+    q, k, v = qkv(nq=4 * nk + 3, nk=nk)
+    out = build_attention("topk", k=top, chunk_size=128)(q, k, v, scale=scale)
+    assert out.shape == (2, 4 * nk + 3, 12)
+    torch.testing.assert_close(out.double(), naive_topk(q, k, v, top, scale), atol=1e-5, rtol=1e-5)
+
+
+def test_prefilter_selects_the_true_top_k():
+    # The group-max prefilter (taken here: Nk/64 < k=16 <= Nk/32) must return exactly the k largest
+    # scores (as a set) and their indices.
+    scores = torch.randn(3, 50, 512, generator=torch.Generator().manual_seed(2))
+    values, indices = top_k_scores(scores, 16)
+    torch.testing.assert_close(values.sort(-1, descending=True).values, scores.topk(16, dim=-1).values, atol=0, rtol=0)
+    assert torch.equal(scores.gather(-1, indices), values)
+
+
+def test_k1_picks_the_argmax_key():
+    # Softmax over one key is 1: each output row is exactly the value of the highest-scoring key.
+    q, k, v = qkv()
+    out = build_attention("topk", k=1)(q, k, v, scale=1.0)
+    best = (q @ k.transpose(1, 2)).argmax(-1)  # (B, Nq)
+    torch.testing.assert_close(out, torch.gather(v, 1, best.unsqueeze(-1).expand(-1, -1, v.shape[-1])), atol=1e-6, rtol=0)
+
+
+def test_result_does_not_depend_on_chunk_size():
+    # The chunk only bounds memory (chunk_size * Nk scores at a time); per-query results are
+    # computed independently, so every chunking gives the same output up to fp32 rounding (1e-5:
+    # the BLAS blocking of the score matmul changes with the chunk shape).
+    q, k, v = qkv(nq=203, nk=64)
+    outs = [build_attention("topk", k=7, chunk_size=c)(q, k, v, scale=1.0) for c in (1, 13, 64, 203, 1000)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], atol=1e-5, rtol=0)
+
+
+def test_logits_up_to_100_and_low_precision():
+    # Logits up to 100 in fp32, bf16 and fp16 stay finite; low precision differs from the fp32
+    # result only by input/output rounding at these logits (3e-2 on O(1) outputs, against float64
+    # top-k on the same rounded inputs).
+    q, k, v = qkv()
+    q = q * 100 / (q @ k.transpose(1, 2)).abs().max()
+    attn = build_attention("topk", k=5)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        qd, kd, vd = q.to(dtype), k.to(dtype), v.to(dtype)
+        out = attn(qd, kd, vd, scale=1.0)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        torch.testing.assert_close(out.double(), naive_topk(qd, kd, vd, 5), atol=3e-2, rtol=3e-2)
+
+
+def test_deterministic_and_seed_independent():
+    # Top-k draws nothing at random: repeated calls and different seeds give identical outputs.
+    q, k, v = qkv()
+    out = build_attention("topk", k=4, seed=0)(q, k, v)
+    assert torch.equal(out, build_attention("topk", k=4, seed=0)(q, k, v))
+    assert torch.equal(out, build_attention("topk", k=4, seed=9)(q, k, v))
+
+
+def test_budget_resolution_and_score_entries():
+    nq, nk, d = 4096, 1024, 32
+    attn = build_attention("topk", budget=1 / 8)
+    assert attn.resolve(nq, nk, d) == {"k": 128, "chunk_size": 256}
+    assert attn.score_entries(nq, nk, d) == nq * 128 <= nq * nk / 8
+    assert build_attention("topk", budget=1e-6).resolve(nq, nk, d)["k"] == 1
+    assert build_attention("topk", budget=1.0).resolve(nq, nk, d)["k"] == nk
+    assert build_attention("topk", k=7, budget=1 / 8).resolve(nq, nk, d)["k"] == 7  # explicit k wins
+    assert build_attention("topk").resolve(100, 16, d)["k"] == 16  # default 32 capped at Nk
+
+
+@pytest.mark.parametrize("params, word", [
+    ({"k": 0}, "k"), ({"k": -3}, "k"), ({"k": 2.5}, "k"), ({"k": True}, "k"),
+    ({"chunk_size": 0}, "chunk_size"), ({"budget": 2.0}, "budget"),
+])
+def test_bad_params_raise_value_error_naming_the_parameter(params, word):
+    with pytest.raises(ValueError, match=rf"\b{word}\b"):
+        build_attention("topk", **params)
+
+
+def test_k_larger_than_keys_is_rejected_at_call():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match=r"k=26 exceeds the number of keys Nk=25; accepted 1\.\.Nk"):
+        build_attention("topk", k=26)(q, k, v)
