@@ -8,14 +8,13 @@ the exact images pixel by pixel.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from eval.attention_probe import AttentionProbe
+from eval.attention_probe import AttentionProbe, probed
 from gan.generator import Generator
 
 from .imaging import to_uint8
@@ -26,19 +25,6 @@ REFERENCE = "exact"
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@contextmanager
-def probed(G: Generator, probe: AttentionProbe) -> Iterator[AttentionProbe]:
-    """Install ``probe`` on every attention block of ``G`` for the duration of the block."""
-    blocks = G.attention_blocks()
-    for block in blocks:
-        block.probe = probe
-    try:
-        yield probe
-    finally:
-        for block in blocks:
-            block.probe = None
 
 
 @dataclass

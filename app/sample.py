@@ -19,23 +19,24 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from app.app import resolve_device  # noqa: E402
-from app.compare import probed  # noqa: E402
 from app.imaging import tile, to_uint8  # noqa: E402
 from app.params import parse_attention_kwargs  # noqa: E402
-from app.sample_store import (GRID, NpzStore, PngStore, atomic_write, check_run_settings,  # noqa: E402
+from app.sample_store import (GRID, NpzStore, PngStore, check_run_settings,  # noqa: E402
                               remove_stale_temporaries, write_manifest, write_run_settings)
-from eval.attention_probe import AttentionProbe  # noqa: E402
+from eval.attention_probe import AttentionProbe, probed  # noqa: E402
+from eval.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
+from eval.distributed import DistContext, init_distributed, shutdown  # noqa: E402
 from gan.attention import build_attention  # noqa: E402
 from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names, per_image_latents  # noqa: E402
 from weights import load_generator  # noqa: E402
+from weights.formats import write_atomic  # noqa: E402
 
 DEFAULT_MODEL = "biggan-deep-128"
 GRID_IMAGES = 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or local checkpoint path")
     p.add_argument("--attn", default="exact", help="attention backend (see gan.attention.available_attentions())")
     p.add_argument("--attn-kwargs", default="", help="backend parameters: JSON object or key=value,key=value")
@@ -76,23 +77,6 @@ def validate(args: argparse.Namespace) -> tuple[list[int], dict[str, Any]]:
     return classes, kwargs
 
 
-def distributed(device: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); joins the torchrun process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    chosen = torch.device(resolve_device(device))
-    if world > 1:
-        if chosen.type == "cuda" and chosen.index is None:
-            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    return rank, world, chosen
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
-
-
 def resolved_attention_params(G, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The backend's concrete parameters on this generator's attention shapes (one 1-image forward pass)."""
     with probed(G, AttentionProbe(measure_error=False)) as probe:
@@ -131,37 +115,44 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "npz":
         settings["npz_chunk"] = args.npz_chunk
     check_run_settings(out, settings)
-    rank, world, device = distributed(args.device)
+    ctx = init_distributed(args.device)
+    try:
+        return _run_rank(args, ctx, classes, kwargs, settings, total)
+    finally:
+        shutdown(ctx)
+
+
+def _run_rank(args: argparse.Namespace, ctx: DistContext, classes: list[int], kwargs: dict[str, Any], settings: dict[str, Any], total: int) -> int:
+    out = Path(args.out)
     store = PngStore(out, total) if args.format == "png" else NpzStore(out, total, args.npz_chunk)
-    if rank == 0:
+    if ctx.is_main:
         remove_stale_temporaries(out)
         write_run_settings(out, settings)
         store.prepare()
-    barrier(world)
+    ctx.barrier()
 
-    G = load_generator(args.model, attention=args.attn, attention_kwargs=kwargs, device=device).eval()
+    G = load_generator(args.model, attention=args.attn, attention_kwargs=kwargs, device=ctx.device).eval()
     if len(classes) and max(classes) >= G.num_classes:
         raise ValueError(f"class id {max(classes)} is out of range for {args.model}, which has {G.num_classes} classes")
     params = resolved_attention_params(G, kwargs)
-    todo = [i for u, unit in enumerate(store.units()) if u % world == rank and not store.unit_done(unit) for i in unit]
-    with tqdm(total=len(todo), unit="img", desc=f"{args.attn} rank {rank}/{world}", disable=rank != 0 or not todo) as progress:
+    todo = [i for u, unit in enumerate(store.units()) if ctx.owns(u) and not store.unit_done(unit) for i in unit]
+    desc = f"{args.attn} rank {ctx.rank}/{ctx.world_size}"
+    with tqdm(total=len(todo), unit="img", desc=desc, disable=not ctx.is_main or not todo) as progress:
         try:
-            generate_batches(G, todo, classes, args, store, device, progress)
+            generate_batches(G, todo, classes, args, store, ctx.device, progress)
         finally:
-            if world == 1:
+            if not ctx.active:
                 write_finished(G, args, params, classes, store, out)
-    barrier(world)
-    if rank == 0 and world > 1:
+    ctx.barrier()
+    if ctx.is_main and ctx.active:
         write_finished(G, args, params, classes, store, out)
-    if rank == 0 and args.grid:
+    if ctx.is_main and args.grid:
         head = store.head(GRID_IMAGES)
         if len(head):
-            atomic_write(out / GRID, lambda f: tile(head).save(f, format="PNG"))
-    if rank == 0:
+            write_atomic(out / GRID, lambda f: tile(head).save(f, format="PNG"))
+    if ctx.is_main:
         done = sum(1 for _ in store.done_rows())
         print(f"{done}/{total} images in {out} ({len(todo)} generated now)")
-    if world > 1:
-        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -178,12 +169,10 @@ def write_finished(G, args, params: dict[str, Any], classes: list[int], store, o
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-        return 2
+        return run(parse_args(argv))
+    except USER_ERRORS as err:
+        return report_error(err)
     except KeyboardInterrupt:
         print("interrupted: finished images are kept; run the same command again to resume", file=sys.stderr)
         return 130

@@ -17,31 +17,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
+
+from weights.formats import write_atomic
 
 RUN_FILE = "run.json"
 MANIFEST = "manifest.jsonl"
 GRID = "grid.png"
 MERGED = "samples.npz"
 _TEMP_GLOB = ".*.tmp"
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, then rename it into place."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            write(f)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def remove_stale_temporaries(out: Path) -> int:
@@ -66,11 +55,11 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def write_run_settings(out: Path, settings: dict[str, Any]) -> None:
-    atomic_write(out / RUN_FILE, lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
+    write_atomic(out / RUN_FILE, lambda f: f.write((json.dumps(settings, indent=2) + "\n").encode()))
 
 
 def write_manifest(out: Path, lines: Iterable[dict[str, Any]]) -> None:
-    atomic_write(out / MANIFEST, lambda f: f.writelines((json.dumps(line) + "\n").encode() for line in lines))
+    write_atomic(out / MANIFEST, lambda f: f.writelines((json.dumps(line) + "\n").encode() for line in lines))
 
 
 class PngStore:
@@ -94,7 +83,7 @@ class PngStore:
         return (self.dir / Path(self.relative(unit[0])).name).exists()
 
     def add(self, index: int, image: np.ndarray, label: int) -> None:
-        atomic_write(self.dir / Path(self.relative(index)).name, lambda f: Image.fromarray(image).save(f, format="PNG"))
+        write_atomic(self.dir / Path(self.relative(index)).name, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
     def finish(self) -> None:
         """Nothing to merge: every image is already its own file."""
@@ -144,7 +133,7 @@ class NpzStore:
             order = sorted(pending)
             images = np.stack([pending[i][0] for i in order])  # (n, H, W, 3) uint8
             labels = np.array([pending[i][1] for i in order], dtype=np.int64)
-            atomic_write(self._chunk_path(c), lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
+            write_atomic(self._chunk_path(c), lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
             del self._pending[c]
 
     def finish(self) -> None:
@@ -169,7 +158,7 @@ class NpzStore:
                 with zf.open("arr_1.npy", "w") as entry:
                     np.lib.format.write_array(entry, np.concatenate(labels))
 
-        atomic_write(self.merged, write)
+        write_atomic(self.merged, write)
         for path in paths:
             path.unlink()
         self.dir.rmdir()

@@ -11,11 +11,14 @@ Per call (one generator batch) it records
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from gan.attention import AttentionBackend
+from gan.generator import Generator
 
 
 class AttentionProbe:
@@ -82,3 +85,16 @@ class AttentionProbe:
             self.reference_seconds += sum(s.elapsed_time(e) for s, e in self._ref_events) / 1000.0
             self._events.clear()
             self._ref_events.clear()
+
+
+@contextmanager
+def probed(G: Generator, probe: AttentionProbe) -> Iterator[AttentionProbe]:
+    """Install ``probe`` on every attention block of ``G`` for the duration of the block."""
+    blocks = G.attention_blocks()
+    for block in blocks:
+        block.probe = probe
+    try:
+        yield probe
+    finally:
+        for block in blocks:
+            block.probe = None

@@ -1,7 +1,8 @@
 """torchrun support: one process per rank, gloo on CPU and NCCL on GPUs, results gathered on rank 0.
 
 Without torchrun (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) everything is a no-op single process.
-Work is split by shard: shard j goes to rank ``j % world_size``.
+Work is split by unit: unit j goes to rank ``j % world_size``. Used by ``eval/fid.py`` (shards of
+latents) and ``app/sample.py`` (images or npz chunks).
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class DistContext:
         dist.gather_object(obj, received, dst=0)
         return received
 
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.active:
+            dist.barrier()
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.active:
@@ -58,14 +64,15 @@ class DistContext:
 def init_distributed(device: str | None) -> DistContext:
     """Join the torchrun process group if there is one; pick this rank's device.
 
-    ``device`` None means cuda when available. Under torchrun on CUDA each rank uses ``cuda:LOCAL_RANK``.
+    ``device`` None means cuda when available. Under torchrun, ``cuda`` without an index means
+    ``cuda:LOCAL_RANK`` for each rank.
     """
+    from weights import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    wanted = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if wanted.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} requested but CUDA is not available; use --device cpu")
-    if wanted.type == "cuda" and world > 1:
+    wanted = resolve_device(device)
+    if wanted.type == "cuda" and wanted.index is None and world > 1:
         wanted = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if wanted.type == "cuda":
         torch.cuda.set_device(wanted)

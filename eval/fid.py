@@ -21,16 +21,13 @@ if __package__ in (None, ""):
 
 import torch
 
+from eval.cli import USER_ERRORS, OneLineParser, report_error
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse would add the usage)
-        raise ValueError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="eval/fid.py", description="Evaluate BigGAN attention backends on identical latents.")
+    p = OneLineParser(prog="eval/fid.py", description="Evaluate BigGAN attention backends on identical latents.")
     p.add_argument("--attn", default="exact", help="comma-separated backends, e.g. exact,smyrf,scatterbrain")
     p.add_argument("--attn-kwargs", action="append", default=[], metavar="NAME='{json}'",
                    help="parameters of one backend as a JSON object; repeatable")
@@ -244,11 +241,9 @@ def _resolved(spec, shape: tuple[int, ...]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return run(build_parser().parse_args(argv))
+    except USER_ERRORS as err:
+        return report_error(err)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ import torch
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) float in [-1,1] -> (B,3,H,W) uint8, rounding (x+1)*127.5 (as a saved PNG holds it)."""
+    return ((images.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) in [-1,1] -> the same images rounded to 8 bits, as float32 in [-1,1]."""
-    uint8 = ((images.float() + 1.0) * 127.5).round_().clamp_(0, 255)
-    return uint8 / 127.5 - 1.0
+    return to_uint8(images).float() / 127.5 - 1.0
 
 
 def list_images(folder: str | Path) -> list[Path]:

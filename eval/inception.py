@@ -235,16 +235,14 @@ def load_inception(weights: str | os.PathLike | None = None, device: str | torch
     The width is read from ``Conv2d_1a_3x3.conv.weight`` (32 output channels at full size); every other
     key must be present with the matching shape (``num_batches_tracked`` buffers are optional).
     """
+    from weights.formats import read_checkpoint
     from weights.strict import check_state_dict
 
     path = _fetch_default_weights() if weights is None else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights file not found: {path} (expected pytorch-fid's {FID_WEIGHTS_FILE} layout)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read Inception weights {path}: {type(err).__name__}: {err}") from None
-    if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
+    state = read_checkpoint(path)
+    if "Conv2d_1a_3x3.conv.weight" not in state:
         raise ValueError(f"{path} is not an FID Inception state dict (no Conv2d_1a_3x3.conv.weight key)")
     net = FIDInception(width=state["Conv2d_1a_3x3.conv.weight"].shape[0] / 32)
     expected = {k: v.shape for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}

@@ -36,15 +36,9 @@ def named_stats_path(name: str) -> Path:
 
 def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write mu/sigma to ``path`` atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from weights.formats import write_atomic
+
+    write_atomic(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
 
 def read_stats(path: str | Path, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:

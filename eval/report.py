@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from weights.formats import write_atomic
 
 from .metrics import METRIC_FIELDS
 
@@ -53,17 +53,6 @@ def markdown_table(methods: dict[str, dict]) -> str:
     rows = table_rows(methods)
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _csv_text(methods: dict[str, dict]) -> str:
@@ -116,5 +105,5 @@ def write_results(out: Path, methods: dict[str, dict], config: dict, budgets: di
     if png is not None:
         files["fid_vs_budget.png"] = png
     for name, data in files.items():
-        _write_atomic(out / name, data)
+        write_atomic(out / name, lambda f, data=data: f.write(data))
     return [out / name for name in files]

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 from gan.sampling import balanced_class_ids, per_image_latents
+from weights.formats import read_checkpoint, save_checkpoint
 
-from .attention_probe import AttentionProbe
+from .attention_probe import AttentionProbe, probed
 from .distributed import DistContext
 from .images import quantize
 
@@ -87,25 +86,13 @@ def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, num_samples)) for s in range(0, num_samples, shard_size)]
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _load_shard(path: Path, size: int) -> dict | None:
     """A finished shard, or None when missing or unreadable (then it is recomputed)."""
     if not path.is_file():
         return None
     try:
-        shard = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+        shard = read_checkpoint(path)
+    except ValueError:
         return None
     return shard if shard.get("features") is not None and shard["features"].shape[0] == size else None
 
@@ -124,12 +111,8 @@ def _check_finite(tensor: torch.Tensor, what: str, label: str, start: int) -> No
 def compute_shard(G, inception, image: ImageSpec, method: MethodSpec, start: int, end: int,
                   batch_size: int, device: torch.device, dtype: torch.dtype, bar: tqdm | None = None) -> dict:
     """Generate images [start, end) with ``G``'s current backend and extract their Inception outputs."""
-    probe = AttentionProbe(measure_error=not method.is_exact)
-    blocks = G.attention_blocks()
-    for block in blocks:
-        block.probe = probe
     feats, logits, errors, gen_seconds = [], [], [], 0.0
-    try:
+    with probed(G, AttentionProbe(measure_error=not method.is_exact)) as probe:
         for lo in range(start, end, batch_size):
             idx = torch.arange(lo, min(lo + batch_size, end))
             z = per_image_latents(idx, G.z_dim, image.truncation, image.seed).to(device=device, dtype=dtype)
@@ -148,9 +131,6 @@ def compute_shard(G, inception, image: ImageSpec, method: MethodSpec, start: int
             errors.append(probe.take_errors(len(idx)))
             if bar is not None:
                 bar.update(len(idx))
-    finally:
-        for block in blocks:
-            block.probe = None
     return {
         "features": torch.cat(feats), "logits": torch.cat(logits), "attn_error": torch.cat(errors),
         "gen_seconds": max(gen_seconds - probe.reference_seconds, 1e-9), "attn_seconds": probe.seconds,
@@ -173,7 +153,7 @@ def evaluate_method(G, inception, image: ImageSpec, method: MethodSpec, *, num_s
                 shard = _load_shard(path, e - s)
                 if shard is None:
                     shard = compute_shard(G, inception, image, method, s, e, batch_size, ctx.device, dtype, bar)
-                    _save_atomic(shard, path)
+                    save_checkpoint(shard, path)
                     generated += e - s
                 else:
                     bar.update(e - s)

@@ -47,7 +47,9 @@ def server(tiny_deep_dir, tmp_path_factory):
                         "GRADIO_TEMP_DIR": str(work / "gradio")}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "app.py"), "--model", str(tiny_deep_dir),
-                                 "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 # Ctrl-C must reach the app even when pytest runs as a background job (SIGINT ignored)
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 120

@@ -107,6 +107,7 @@ def test_heatmap_and_grid_shapes():
         (["--model", "/no/such/checkpoint"], "no such file or directory"),
         (["--model", "not-a-model"], "unknown model name 'not-a-model'"),
         (["--device", "tpu"], "device"),
+        (["--port", "http"], "argument --port: invalid int value"),  # argparse's own check, without the usage dump
     ],
 )
 def test_app_cli_bad_arguments_exit_2_with_one_line(argv, message, capsys):

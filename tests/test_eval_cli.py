@@ -71,6 +71,8 @@ def test_several_backends_paired_results_and_cache_reuse(tiny_deep_dir, assets, 
         row = results["methods"][label]
         assert set(row) == set(METRIC_FIELDS) and row["n"] == N
         assert all(np.isfinite(row[f]) for f in METRIC_FIELDS)
+        # cost was measured: every backend ran the attention layer and holds some score/feature memory
+        assert row["images_per_s"] > 0 and row["attn_ms"] > 0 and row["attn_peak_mb"] > 0, (label, row)
     assert results["methods"]["exact"]["attn_rel_error"] == 0.0 and results["methods"]["exact"]["top1_changed"] == 0.0
     for label in APPROX:  # an approximation moves the attention output (tiny d=2 maps: clearly > 1e-6)
         assert results["methods"][label]["attn_rel_error"] > 1e-6
@@ -127,6 +129,12 @@ def test_resume_after_interruption(tiny_deep_dir, assets, tmp_path, generate_cal
     assert sum(z.shape[0] for _, z, _ in generate_calls) == N - 4  # only the missing shard
     assert shards[0].stat().st_mtime_ns == first_mtime
     assert json.loads((out / "results.json").read_text())["methods"]["exact"]["n"] == N
+
+    # an added backend generates only its own images; exact's features come from the cache
+    generate_calls.clear()
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", f"exact,{CHEAP}")) == 0
+    assert {name for name, _, _ in generate_calls} == {CHEAP} - {"exact"}
+    assert sum(z.shape[0] for _, z, _ in generate_calls) == (N if CHEAP != "exact" else 0)
 
 
 def test_budget_sweep_labels_and_plot(tiny_deep_dir, assets, tmp_path):
@@ -202,6 +210,29 @@ def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, as
     err = capsys.readouterr().err
     assert "VIRTUAL_imagenet128_labeled.npz" in err and str(tmp_path / "cache" / "ref_stats" / "imagenet-128.npz") in err
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path, monkeypatch, capfd, generate_calls):
+    # No network at all (DNS fails) and an empty Hugging Face cache: the named model cannot be had.
+    # Fails if huggingface_hub's retry warnings reach stderr, if the back-off (about 25 s) is waited
+    # out, or if anything is generated or written before the error.
+    import socket
+    import time
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    argv = _argv("biggan-deep-128", assets, tmp_path / "out", "--attn", "exact")
+    start = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - start < 10
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: could not download biggan-deep-128"), err
+    assert str(tmp_path / "hf" / "biggan-attn" / "biggan-deep-128") in err  # where to put the files
+    assert generate_calls == [] and not (tmp_path / "out").exists()
 
 
 def test_nan_output_names_the_backend(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):

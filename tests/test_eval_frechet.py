@@ -28,7 +28,9 @@ def test_matches_pytorch_fid_on_2048d_stats():
 def test_identical_statistics_give_zero():
     # d(P, P) = 0 up to float64 round-off of a 256-d eigenproblem (|err| << 1e-6 of tr S = ~256)
     mu, s = _stats(256, 1024, 2)
+    threads = torch.get_num_threads()
     assert abs(frechet_distance(mu, s, mu, s)) < 1e-6
+    assert torch.get_num_threads() == threads  # the single-threaded eigvalsh restores the thread count
 
 
 def test_feature_statistics_equal_numpy():

@@ -186,6 +186,7 @@ def test_two_process_gloo_run_is_the_union_of_one_process(reference, tiny_deep_d
     [
         ({"--classes": "goldfsh"}, "unknown ImageNet class name 'goldfsh'"),
         ({"--per-class": "0"}, "--per-class must be >= 1"),
+        ({"--per-class": "ten"}, "argument --per-class: invalid int value: 'ten'"),  # argparse's own check, one line too
         ({"--attn": "nope"}, "unknown attention 'nope'"),
         ({"--attn-kwargs": "n_hashes"}, "key=value"),
         ({"--truncation": "0"}, "--truncation must be in (0, 1]"),

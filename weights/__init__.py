@@ -19,7 +19,7 @@ from .formats import BIGGAN, BIGGAN_DEEP, FORMATS, detect_format, read_checkpoin
 from .hf_deep import CONFIG_NAME, WEIGHTS_NAME, build_from_state_dict, infer_config, random_state_dict, write_checkpoint_dir
 from .registry import MODELS, available_models
 
-__all__ = ["available_models", "load_generator", "write_random_checkpoint"]
+__all__ = ["available_models", "load_generator", "resolve_device", "write_random_checkpoint"]
 
 AJBROCK_NAMES = ("G_ema.pth", "G.pth")
 _DTYPES = {
@@ -73,12 +73,16 @@ def write_random_checkpoint(path: str | Path, fmt: str = BIGGAN_DEEP, seed: int 
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda when available, else cpu; a named device must parse and, if CUDA, be present."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but CUDA is not available; use 'cpu'")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

@@ -2,13 +2,20 @@
 
 Files from URLs go to ``<HF hub cache>/biggan-attn/<name>/`` (HF_HUB_CACHE, else HF_HOME/hub, else
 ~/.cache/huggingface/hub), written under a temporary name and renamed when complete, so a second
-run needs no network. With ``HF_HUB_OFFLINE=1`` nothing touches the network.
+run needs no network. With ``HF_HUB_OFFLINE=1`` nothing touches the network. When the Hub's host
+name does not resolve (no network), the Hub is only asked for its local cache, so an offline run
+fails at once with one message instead of huggingface_hub's retry warnings and back-off.
 """
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
 
 from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
@@ -56,9 +63,34 @@ def download_url(url: str, dest: Path) -> Path:
     return dest
 
 
+def hub_resolves() -> bool:
+    """Whether the Hub endpoint's host name resolves (a cheap test for "no network at all")."""
+    from huggingface_hub import constants
+
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Hide huggingface_hub's retry warnings: a failure is reported once, by ``fetch``'s own error."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _from_hub(repo: str, filenames: list[str], offline: bool) -> Path:
     """The snapshot folder of ``repo`` holding ``filenames`` (one revision, so one folder)."""
-    paths = [Path(hf_hub_download(repo, name, cache_dir=hf_cache_dir(), local_files_only=offline)) for name in filenames]
+    local_only = offline or not hub_resolves()
+    with _quiet_hub():
+        paths = [Path(hf_hub_download(repo, name, cache_dir=hf_cache_dir(), local_files_only=local_only)) for name in filenames]
     return paths[0].parent
 
 

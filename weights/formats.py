@@ -1,8 +1,9 @@
 """Checkpoint and config files: safe reading, atomic writing, telling the two published formats apart."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Mapping, TypeVar
+from typing import BinaryIO, Callable, Mapping, TypeVar
 
 import torch
 
@@ -29,13 +30,26 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def save_checkpoint(state: Mapping[str, torch.Tensor], path: Path) -> Path:
-    """``torch.save`` to a temporary name, then rename: an interrupted write never leaves ``path`` half-written."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through ``write(file)`` into the hidden sibling ``.<name>.<pid>.tmp``, then rename it.
+
+    An interrupted write never leaves ``path`` half-written; a failed one removes its temporary.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    torch.save(dict(state), partial)
-    partial.replace(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            write(f)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def save_checkpoint(state: Mapping[str, torch.Tensor], path: Path) -> Path:
+    """``torch.save`` through ``write_atomic``: an interrupted write never leaves ``path`` half-written."""
+    return write_atomic(path, lambda f: torch.save(dict(state), f))
 
 
 def read_config(path: Path, config_class: type[Config]) -> Config:
