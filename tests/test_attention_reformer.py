@@ -64,7 +64,19 @@ def test_same_rotations_hash_queries_and_keys():
     q, _, _ = qkv(nq=64, nk=16)
     attn = build_attention("reformer", n_hashes=2, n_buckets=8)
     rotations = attn.rotations(2, 8, q.shape[2], q.device)
-    assert torch.equal(attn.sort_key(q, rotations, 8).floor(), attn.sort_key(3 * q, rotations, 8).floor())
+    assert torch.equal(attn.sort_key(q, rotations, 8, 64).floor(), attn.sort_key(3 * q, rotations, 8, 64).floor())
+
+
+@pytest.mark.parametrize("n_buckets", [1, 7, 8])
+def test_bucket_is_argmax_of_rotations_and_their_negatives(n_buckets):
+    # The hash finds argmax([xR, -xR][:n_buckets]) from max/min of xR, 5 points at a time; it must
+    # equal the concatenation's argmax exactly (odd counts drop the last -xR column; one bucket is 0).
+    q, _, _ = qkv(nq=64, nk=16)
+    attn = build_attention("reformer", n_hashes=2, n_buckets=n_buckets)
+    rotations = attn.rotations(2, n_buckets, q.shape[2], q.device)
+    rotated = torch.einsum("bnd,rdh->brnh", q, rotations)
+    expected = torch.cat([rotated, -rotated], dim=-1)[..., :n_buckets].argmax(-1)
+    assert torch.equal(attn.sort_key(q, rotations, n_buckets, 5).floor().long(), expected)
 
 
 def test_deterministic_by_seed():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gan.attention import build_attention
-from gan.attention.random_features import favor_log_features
+from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
 
 
 def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
@@ -53,6 +53,46 @@ def test_complete_support_is_exact(params):
     assert rel_err(build_attention("scatterbrain", **params)(q, k, v, scale=0.9), exact(q, k, v, 0.9)) < 1e-4
 
 
+def centred_favor_estimate(q, k, proj, scale):
+    """(B,Nq,Nk) float64 FAVOR+ estimate of exp(scale q.k) from features of per-element centred q, k:
+    q.k = (q - qm).(k - km) + q.km + qm.k - qm.km, the last three terms exact."""
+    qm, km = q.mean(1, keepdim=True), k.mean(1, keepdim=True)
+    lq = favor_log_features(q - qm, proj, scale).double() + scale * (q @ km.transpose(1, 2)).double()
+    lk = favor_log_features(k - km, proj, scale).double() + scale * ((k - km) @ qm.transpose(1, 2)).double()
+    return lq.exp() @ lk.exp().transpose(1, 2)
+
+
+def test_centred_kernel_estimate_is_unbiased_and_lower_variance():
+    # Inputs with a large common mean (|mean| 3.4, as real activations may have). Over 400 seeds of 32
+    # features, the centred estimate of exp(q.k) must be unbiased: mean ratio to the truth within 0.06
+    # of 1 on every pair (Monte-Carlo std of that mean ~0.014). Its RMS relative error (0.27) must be
+    # under half that of plain FAVOR+ on the raw inputs, whose heavy tail leaves its draws far below
+    # the truth (RMS ~1.0); fails if the centring correction is wrong or dropped.
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(1, 1, 8, generator=g)
+    q, k = torch.randn(1, 6, 8, generator=g) * 0.3 + mean, torch.randn(1, 5, 8, generator=g) * 0.3 + mean
+    truth = (q.double() @ k.double().transpose(1, 2)).exp()
+    centred, plain = [], []
+    for seed in range(400):
+        proj = draw_orthogonal_projection(32, 8, seed)
+        centred.append(centred_favor_estimate(q, k, proj, 1.0) / truth)
+        plain.append(favor_log_features(q, proj, 1.0).double().exp() @ favor_log_features(k, proj, 1.0).double().exp().transpose(1, 2) / truth)
+    centred, plain = torch.stack(centred), torch.stack(plain)
+    assert (centred.mean(0) - 1).abs().max() < 0.06
+    assert (centred - 1).square().mean().sqrt() < 0.5 * (plain - 1).square().mean().sqrt()
+
+
+def test_each_batch_element_hashed_and_estimated_on_its_own():
+    # Every statistic (norms, means, centroids, cluster sums) is per batch element: element 1 alone
+    # must give the output it gets next to element 0 (1e-5: only matmul round-off may differ), with
+    # padding (250 queries in clusters of 16).
+    q, k, v = qkv(nq=250, nk=62, logit_std=2.0)
+    attn = build_attention("scatterbrain", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=16, seed=1)
+    together = attn(q, k, v)
+    alone = attn(q[1:], k[1:], v[1:])
+    assert rel_err(alone[0], together[1].double()) < 1e-5
+
+
 @pytest.mark.parametrize("nq,nk", [(256, 64), (250, 62)])
 def test_matches_dense_sparse_plus_low_rank_estimator(nq, nk):
     # The estimator written densely in float64: est everywhere, exp(score) on the support.
@@ -62,7 +102,7 @@ def test_matches_dense_sparse_plus_low_rank_estimator(nq, nk):
     attn = build_attention("scatterbrain", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2)
     out = attn(q, k, v, scale=scale)
     proj = attn.projection(m, q.shape[2], q.device)
-    est = favor_log_features(q, proj, scale).double().exp() @ favor_log_features(k, proj, scale).double().exp().transpose(1, 2)
+    est = centred_favor_estimate(q, k, proj, scale)
     weights = torch.where(support_mask(attn.layout(q, k, scale), nq, nk), (q.double() @ k.double().transpose(1, 2) * scale).exp(), est)
     reference = (weights @ v.double()) / weights.sum(-1, keepdim=True)
     assert rel_err(out, reference) < 1e-4

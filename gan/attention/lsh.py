@@ -50,14 +50,20 @@ def xbox_plus(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return qx, kx
 
 
-def centroid_sort_key(x: torch.Tensor, centroids: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+def centroid_sort_key(x: torch.Tensor, centroids: torch.Tensor, directions: torch.Tensor, chunk: int) -> torch.Tensor:
     """x (B,N,D), centroids (B,R,c,D), directions (R,D) -> float64 sort keys (B,R,N), one order per round.
 
     The key is the nearest centroid's id (by inner product) plus a (0, 1) fraction from the
     projection on the round's direction: one sort groups points by centroid and orders each group
     along an angular coordinate, so cutting the order into equal pieces splits big groups along it.
+    The point-centroid scores are formed one round and ``chunk`` points at a time (chunk * c scores
+    per batch element alive), so hashing holds no more than the caller allows.
     """
-    nearest = (x.unsqueeze(1) @ centroids.transpose(-1, -2)).max(-1).indices  # (B, R, N), scores contiguous in c
+    nearest = torch.stack(
+        [torch.cat([(part @ centroids[:, r].transpose(-1, -2)).max(-1).indices for part in x.split(chunk, dim=1)], dim=1)
+         for r in range(centroids.shape[1])],
+        dim=1,
+    )  # (B, R, N)
     fraction = torch.sigmoid(torch.einsum("bnd,rd->brn", x, directions))  # (B, R, N) in (0, 1)
     return nearest.double() + fraction.double()
 
@@ -114,20 +120,25 @@ def query_clusters(q_key: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, 
 
 
 def top_keys_per_cluster(
-    q: torch.Tensor, k: torch.Tensor, q_rows: torch.Tensor, q_cluster: torch.Tensor, width: int
+    q: torch.Tensor, k: torch.Tensor, q_rows: torch.Tensor, q_cluster: torch.Tensor, width: int, chunk: int
 ) -> RoundLayout:
     """Each query cluster meets the ``width`` keys scoring highest against the sum of its queries.
 
-    q (B,Nq,d), k (B,Nk,d); the clusters' (q_rows, q_cluster) from ``query_clusters``. Holds C * Nk
-    selection scores at a time: one round per step, since all rounds at once would cost as much
-    as the support itself at the usual budgets.
+    q (B,Nq,d), k (B,Nk,d); the clusters' (q_rows, q_cluster) from ``query_clusters``. Selection
+    scores are formed one round and ``chunk`` clusters at a time (chunk * Nk per batch element alive).
+    Each cluster's query sum is a scatter-add over its own batch element's queries only.
     """
-    padding = (q_rows < 0).sum(-1, keepdim=True)  # (B, R, C, 1): slots that gathered row 0
-    centre = gather_rows(q, q_rows).sum(-2) - padding * q.reshape(-1, q.shape[-1])[0]  # (B, R, C, d)
-    k_ids = torch.stack(
-        [torch.einsum("bcd,bnd->bcn", centre[:, r], k).topk(width, dim=-1).indices for r in range(centre.shape[1])], dim=1
-    )  # (B, R, C, W)
-    k_rows = k_ids + (torch.arange(k.shape[0], device=k.device) * k.shape[1]).view(-1, 1, 1, 1)
+    b, n_rounds, n_clusters, _ = q_rows.shape
+    first_cluster = (torch.arange(b, device=q.device) * n_clusters).view(b, 1)  # (B, 1)
+    flat_q = q.reshape(-1, q.shape[-1])  # (B*Nq, d)
+    k_ids = []
+    for r in range(n_rounds):
+        clusters = (q_cluster[:, r] + first_cluster).reshape(-1)  # (B*Nq,) flat cluster id
+        centre = q.new_zeros(b * n_clusters, q.shape[-1]).index_add_(0, clusters, flat_q).view(b, n_clusters, -1)
+        k_ids.append(torch.cat(
+            [torch.einsum("bcd,bnd->bcn", part, k).topk(width, dim=-1).indices for part in centre.split(chunk, dim=1)], dim=1
+        ))  # (B, C, W)
+    k_rows = torch.stack(k_ids, dim=1) + (torch.arange(b, device=k.device) * k.shape[1]).view(-1, 1, 1, 1)  # (B, R, C, W)
     return RoundLayout(q_rows, q_cluster, k_rows)
 
 
@@ -150,27 +161,26 @@ def clustered_attention(
     earlier round is masked. Rounds are accumulated one at a time into per-query numerator and
     denominator sums under a running log-shift (rescaled when a round raises a query's maximum), so
     only one round's scores are alive at once. With ``low_rank`` the result is Scatterbrain's
-    estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate.
+    estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate
+    (``low_rank.num`` and ``low_rank.den`` are consumed: accumulated into in place).
     """
     b, n_rounds, nq = layout.q_cluster.shape
-    dump = b * nq  # padding query slots write to this extra row, dropped at the end
     if low_rank is None:
-        shift = torch.full((dump + 1,), -1e30, device=q.device)  # finite: exp(-inf - shift) stays 0
-        num = torch.zeros(dump + 1, v.shape[-1], device=q.device)
-        den = torch.zeros(dump + 1, device=q.device)
-    else:
-        shift = torch.cat([low_rank.log_offset.reshape(-1), low_rank.log_offset.new_full((1,), -1e30)])
-        num = torch.cat([low_rank.num.reshape(-1, v.shape[-1]), v.new_zeros(1, v.shape[-1])])
-        den = torch.cat([low_rank.den.reshape(-1), low_rank.den.new_zeros(1)])
+        shift = torch.full((b * nq,), -1e30, device=q.device)  # finite: exp(-inf - shift) stays 0
+        num = torch.zeros(b * nq, v.shape[-1], device=q.device)
+        den = torch.zeros(b * nq, device=q.device)
+    else:  # the low-rank sums are accumulated into in place: no copy of the (B*Nq, dv) numerator
+        shift, num, den = low_rank.log_offset.reshape(-1), low_rank.num.view(-1, v.shape[-1]), low_rank.den.view(-1)
     seen = RoundMembership(layout, k.shape[1])
     for r in range(n_rounds):
         q_rows, k_rows = layout.q_rows[:, r], layout.k_rows[:, r]  # (B, C, qs), (B, C, W)
         scores = gather_rows(q, q_rows) @ gather_rows(k, k_rows).transpose(-1, -2)  # (B, C, qs, W)
-        masked = seen.met_before(r) | (k_rows < 0).unsqueeze(-2)  # duplicates of earlier rounds, padding keys
+        # Duplicates of earlier rounds, padding keys, and padding query slots (they gathered row 0 and add nothing to it).
+        masked = seen.met_before(r) | (k_rows < 0).unsqueeze(-2) | (q_rows < 0).unsqueeze(-1)
         scores.masked_fill_(masked, -math.inf)
-        rows = torch.where(q_rows < 0, dump, q_rows).reshape(-1)  # (B*C*qs,)
+        rows = q_rows.clamp_min(0).reshape(-1)  # (B*C*qs,)
         new_shift = shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
-        rescale = (shift - new_shift).exp_()  # (B*Nq + 1,) <= 1
+        rescale = (shift - new_shift).exp_()  # (B*Nq,) <= 1
         num *= rescale.unsqueeze(-1)
         den *= rescale
         shift = new_shift
@@ -178,15 +188,20 @@ def clustered_attention(
         weights = scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
         if low_rank is not None:
             estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(-1, -2)  # (B,C,qs,W)
-            offset = low_rank.log_offset.reshape(-1).index_select(0, rows.clamp_max(dump - 1)).view_as(row_shift)
+            offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(row_shift)
             weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
         num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))
         den.index_add_(0, rows, weights.sum(-1).reshape(-1))
-    return (num[:dump] / den[:dump].unsqueeze(-1)).view(b, nq, -1)
+    return num.div_(den.unsqueeze(-1)).view(b, nq, -1)
 
 
 class RoundMembership:
-    """Which keys each cluster of each round attends to, to find pairs already met in earlier rounds."""
+    """Which keys each cluster of each round attends to, to find pairs already met in earlier rounds.
+
+    A (B, R, C, Nk+1) bool table of R * C * Nk bytes: C^2 / (4 Nq) times the support's fp32 bytes
+    (at most 1 for SMYRF and Scatterbrain at budgets >= 1/32 and Nq >= 4096; 2 for Reformer's 256
+    buckets at 1/32, Nq = 4096). Checking a round costs one int64 index per support pair.
+    """
 
     def __init__(self, layout: RoundLayout, nk: int):
         b, n_rounds, n_clusters, _ = layout.k_rows.shape
@@ -196,15 +211,18 @@ class RoundMembership:
         member.scatter_(-1, self.key_ids, True)
         member[..., nk] = False
         self.table = member.view(-1)
-        # Flat table offset of (b, r', cluster of the query in r'), for every query row of every round.
+        # Flat table offset of (b, r', cluster of the query in r') for every query: (B, Nq, R').
         rounds = torch.arange(b * n_rounds, device=member.device).view(b, n_rounds, 1)
-        offset = (rounds * n_clusters + layout.q_cluster) * (nk + 1)  # (B, R', Nq)
-        self.q_offset = gather_rows(rearrange(offset, "b r n -> b n r"), layout.q_rows)  # (B, R, C, qs, R')
+        self.offset = rearrange((rounds * n_clusters + layout.q_cluster) * (nk + 1), "b r n -> b n r")
 
     def met_before(self, r: int) -> torch.Tensor:
         """(B,C,qs,W) bool: round r's pair (query, key) was in a cluster of some round r' < r."""
         b, _, n_clusters, qs = self.layout.q_rows.shape
         met = torch.zeros(b, n_clusters, qs, self.key_ids.shape[-1], dtype=torch.bool, device=self.table.device)
+        if r == 0:
+            return met
+        q_offset = gather_rows(self.offset, self.layout.q_rows[:, r])  # (B, C, qs, R')
+        key_ids = self.key_ids[:, r].unsqueeze(-2)  # (B, C, 1, W)
         for earlier in range(r):
-            met |= self.table.take(self.q_offset[:, r, ..., earlier, None] + self.key_ids[:, r].unsqueeze(-2))
+            met |= self.table.take(q_offset[..., earlier, None] + key_ids)
         return met

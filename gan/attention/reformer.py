@@ -70,12 +70,27 @@ class ReformerAttention(AttentionBackend):
             self._rotations[key] = torch.randn(n_hashes, d, -(-n_buckets // 2), generator=generator).to(device)
         return self._rotations[key]
 
-    def sort_key(self, x: torch.Tensor, rotations: torch.Tensor, n_buckets: int) -> torch.Tensor:
-        """x (B,N,d) -> (B,R,N) float64 bucket + relative position (i / N) inside it."""
-        rotated = torch.einsum("bnd,rdh->brnh", x, rotations)  # (B, R, N, n_buckets/2)
-        bucket = torch.cat([rotated, -rotated], dim=-1)[..., :n_buckets].argmax(-1)  # (B, R, N)
+    def sort_key(self, x: torch.Tensor, rotations: torch.Tensor, n_buckets: int, chunk: int) -> torch.Tensor:
+        """x (B,N,d) -> (B,R,N) float64 bucket + relative position (i / N) inside it.
+
+        The bucket is argmax([xR, -xR][:n_buckets]), found from the max and min of xR without forming
+        the concatenation; one round and ``chunk`` points at a time (chunk * n_buckets/2 values alive).
+        """
+        half = rotations.shape[-1]  # ceil(n_buckets / 2); the last -xR column is dropped when n_buckets is odd
+        rounds = []
+        for rotation in rotations:  # (d, half)
+            parts = []
+            for part in x.split(chunk, dim=1):
+                rotated = part @ rotation  # (B, chunk, half)
+                top, top_id = rotated.max(-1)
+                if n_buckets == half:  # one bucket
+                    parts.append(top_id)
+                    continue
+                low, low_id = rotated[..., : n_buckets - half].min(-1)
+                parts.append(torch.where(top >= -low, top_id, half + low_id))  # ties go to xR, as argmax of the concatenation
+            rounds.append(torch.cat(parts, dim=1))
         position = torch.arange(x.shape[1], device=x.device, dtype=torch.float64) / x.shape[1]
-        return bucket.double() + position
+        return torch.stack(rounds, dim=1).double() + position  # (B, R, N)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         qf, kf = q.float() * scale, k.float()
@@ -87,7 +102,10 @@ class ReformerAttention(AttentionBackend):
         if n_buckets > k.shape[1]:
             raise ValueError(f"n_buckets={n_buckets} exceeds the number of keys Nk={k.shape[1]}; accepted 1..Nk")
         rotations = self.rotations(n_hashes, n_buckets, q.shape[2], q.device)
-        return chunk_neighbours(self.sort_key(q, rotations, n_buckets), self.sort_key(k, rotations, n_buckets), n_buckets)
+        chunk = max(1, support_entries(1, n_buckets, q.shape[1], k.shape[1]) // rotations.shape[-1])  # one round's support
+        return chunk_neighbours(
+            self.sort_key(q, rotations, n_buckets, chunk), self.sort_key(k, rotations, n_buckets, chunk), n_buckets
+        )
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
         return support_entries(*self.plan(nq, nk), nq, nk)

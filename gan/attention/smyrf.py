@@ -10,11 +10,17 @@ Keys, per cluster: instead of cutting the key order into C equal pieces by rank 
 design, which misaligns query and key cuts wherever a bucket holds more or fewer keys than its
 share, so queries often miss their heaviest keys), each query cluster takes the Nk/C keys that
 score highest against the sum of its queries: same number of scores, keys chosen by what the
-cluster actually attends to. The C * Nk selection scores of a round are freed before the support
-is scored; the budget bounds both.
+cluster actually attends to. Hashing (point-centroid scores, cluster-key selection scores) runs
+one round at a time in pieces of at most one round's support entries, so the support is the peak.
 
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
 pair met in an earlier round is masked in later ones, so no pair is counted twice.
+
+Batch independence: every statistic of the hash (norms, the XBOX+ maximum, centroids, cluster
+query sums) is taken per batch element, so an element's clusters do not depend on the others in
+its batch. The same latent can still come out slightly different at another batch size: the
+generator's batched convolutions round q and k differently, and a discrete decision (nearest
+centroid, sort order, top-W keys) near a tie can flip, moving a few queries to other clusters.
 """
 from __future__ import annotations
 
@@ -29,6 +35,10 @@ from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attenti
 
 DEFAULT_N_HASHES = 8
 DEFAULT_BUDGET = 0.125
+# Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
+# 8 rounds of 4 keys had higher error than 4 rounds of 8 in 3 of the 4 benchmark regimes, and a
+# round's int64 sort bookkeeping per query (about 32 bytes) outgrows its W fp32 scores.
+MIN_KEYS_PER_CLUSTER = 8
 
 
 def positive_int(name: str, value: Any) -> int | None:
@@ -51,11 +61,19 @@ class ClusterPlan:
     def of(cls, n_hashes: int, n_clusters: int, nq: int, nk: int) -> ClusterPlan:
         return cls(n_hashes, n_clusters, cluster_size(nq, n_clusters), cluster_size(nk, n_clusters))
 
-    def score_entries(self, nk: int) -> int:
-        """Peak scores held: the support (padding included) or, before it exists, one round's C * Nk
-        key-selection scores, whichever is larger."""
-        selection = self.n_clusters * nk if self.n_clusters > 1 else 0
-        return max(self.n_hashes * self.n_clusters * self.q_cluster_size * self.k_cluster_size, selection)
+    def score_entries(self) -> int:
+        """Scores held: the support, padding included. Hashing works in pieces of at most one round's
+        support (``work_rows``), so it never holds more."""
+        return self.n_hashes * self.round_entries()
+
+    def round_entries(self) -> int:
+        """One round's support: C clusters of q_cluster_size queries times k_cluster_size keys."""
+        return self.n_clusters * self.q_cluster_size * self.k_cluster_size
+
+    def work_rows(self, width: int) -> int:
+        """Rows of ``width`` scores (points against C centroids, clusters against Nk keys) that fit in
+        one round's support entries: the hashing's working set."""
+        return max(1, self.round_entries() // width)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,9 +84,9 @@ def plan_clusters(
 ) -> ClusterPlan:
     """Explicit cluster sizes win; otherwise the fewest clusters whose score entries fit the budget.
 
-    Budget b (default 1/8): n_hashes rounds (default: the most of 8, 4, 2, 1 that fit) and the
-    smallest C >= n_hashes / b with score_entries <= b * Nq * Nk. b = 1 means one cluster (exact
-    attention). C never exceeds Nk.
+    Budget b (default 1/8): n_hashes rounds (default: the most of 8, 4, 2, 1 that fit with at least
+    MIN_KEYS_PER_CLUSTER keys per cluster) and the smallest C >= n_hashes / b with score_entries
+    <= b * Nq * Nk. b = 1 means one cluster (exact attention). C never exceeds Nk.
     """
     if q_cluster_size is not None or k_cluster_size is not None:
         n_clusters = max(-(-nq // (q_cluster_size or nq)), -(-nk // (k_cluster_size or nk)))
@@ -82,13 +100,16 @@ def plan_clusters(
     if fraction >= 1.0:
         return ClusterPlan.of(n_hashes or 1, 1, nq, nk)
     allowed = fraction * nq * nk
-    for hashes in [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1]:
+    candidates = [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1]
+    for hashes in candidates:
         for n_clusters in range(min(nk, math.ceil(hashes / fraction - 1e-9)), nk + 1):
             plan = ClusterPlan.of(hashes, n_clusters, nq, nk)
-            if plan.score_entries(nk) <= allowed:
-                return plan
+            if plan.score_entries() <= allowed:
+                if plan.k_cluster_size >= MIN_KEYS_PER_CLUSTER or hashes == candidates[-1]:
+                    return plan
+                break  # fits, but its clusters are too small: try fewer rounds
     # Nothing fits (budgets below ~1/Nq): the cheapest single round.
-    return min((ClusterPlan.of(1, c, nq, nk) for c in range(1, nk + 1)), key=lambda plan: plan.score_entries(nk))
+    return min((ClusterPlan.of(1, c, nq, nk) for c in range(1, nk + 1)), key=lambda plan: plan.score_entries())
 
 
 class SmyrfHash:
@@ -113,14 +134,15 @@ class SmyrfHash:
         key_norm = k.norm(dim=-1).amax(-1).view(-1, 1, 1)  # (B, 1, 1)
         qx, kx = xbox_plus(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-30) * key_norm, k)
         seeds, directions = self.draws(plan.n_hashes, plan.n_clusters, k.shape[1], qx.shape[-1], q.device)
-        q_rows, q_cluster = query_clusters(centroid_sort_key(qx, kx[:, seeds], directions), plan.n_clusters)
-        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size)
+        sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=plan.work_rows(plan.n_clusters))
+        q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
+        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
 
 
 class SmyrfAttention(AttentionBackend):
     """SMYRF with ``n_hashes`` rounds and query/key clusters of ``q_cluster_size`` / ``k_cluster_size``.
 
-    Holds n_hashes * Nq * k_cluster_size support scores (C * Nk selection scores before). From ``budget``
+    Holds n_hashes * Nq * k_cluster_size support scores (hashing works within one round's share). From ``budget``
     (default 1/8) it picks C clusters of Nq/C queries and Nk/C keys to fit (``plan_clusters``).
     """
 
@@ -153,7 +175,7 @@ class SmyrfAttention(AttentionBackend):
         return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]))
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
-        return self.plan(nq, nk).score_entries(nk)
+        return self.plan(nq, nk).score_entries()
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         return self.plan(nq, nk).as_dict()
