@@ -1,21 +1,32 @@
 """Attention benchmark: relative error, time and peak extra memory of every registered backend.
 
-    python bench/attention.py --out results/attention.json
-    python bench/attention.py --quick --methods exact,performer,topk
+    python bench/attention.py --quick                       # Nq=4096 tables + Nq=16384: ~1.5 min on 2 cores
+    python bench/attention.py --out results/attention.json  # + Nq=65536: ~13 min on 2 busy cores (Nov 2026)
+    python bench/attention.py --methods exact,performer,topk --sizes 4096 --repeats 7
 
-At the first size (Nq=4096, Nk=1024: BigGAN-deep-128's attention, B=2, d=32, dv=128, scale 1)
-every regime gets a table: per method and budget the relative error ||o - o_exact|| / ||o_exact||
-(reference: float64 SDPA), the error of exact top-k with the same number of score entries per
-query (the floor for any sparse support of that size), the median time and the peak extra
-memory of one call. The larger sizes (Nk = Nq/4) give time and memory on one regime for the
-scaling curve. Peak extra memory is measured at the allocator: CUDA's max_memory_allocated, or
-on the CPU the profiler's allocation trace (peak of live bytes allocated during the call, the
-output included).
+At the first size (default Nq=4096, Nk=1024: BigGAN-deep-128's attention, B=2, d=32, dv=128,
+scale 1) every regime gets a table: per method and budget the relative error
+||o - o_exact|| / ||o_exact|| (reference: float64 SDPA), the error of exact top-k with the same
+number of score entries per query (the floor for any sparse support of that size), the time and
+the peak extra memory of one call. The larger sizes (Nk = Nq/4) give time and memory on one
+regime (--scaling-regime) for the scaling curve.
+
+Method, per (method, budget): the first call runs under the memory profiler and is the warm-up
+(it draws and caches random projections; its output gives the error), then ``repeats`` timed
+calls (per size, --repeats) give the median and the min wall time. Repeats 0 (the default at
+Nq=65536, where one call takes seconds to a minute) times that first call instead: its one-time
+draws (ms) and the profiler's per-op cost are noise at that scale. Peak extra memory is the
+allocator's peak of live bytes allocated during that first call (CUDA: max_memory_allocated;
+CPU: the profiler's allocation records), output and cached draws (<1 MiB) included, inputs not.
+The output is markdown with a header (date, machine, torch, threads), ready for BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -35,7 +46,9 @@ from gan.attention import available_attentions, build_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BATCH, D, DV = 2, 32, 128
-QUICK_SIZES = (512, 1024)
+FULL_SIZES, FULL_REPEATS = "4096,16384,65536", "5,3,0"
+QUICK_SIZES, QUICK_REPEATS = "4096,16384", "3,1"
+MEMORY_EVENT = "[memory]"  # name of the profiler's allocation / free records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,14 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(config["threads"])
+    start = time.perf_counter()
     records = run(config)
-    print(markdown(records, config))
+    env = environment(config, argv, wall_s=time.perf_counter() - start)
+    print(markdown(records, config, env))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps({"config": config_json(config), "results": records}, indent=1))
+        tmp.write_text(json.dumps({"environment": env, "config": config_json(config), "results": records}, indent=1))
         tmp.replace(out)
     return 0
 
@@ -62,15 +77,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default="all", help="comma-separated backend names (default: all registered)")
     parser.add_argument("--budgets", default="1/32,1/8,1/4", help="comma-separated fractions of the dense score matrix")
     parser.add_argument("--sizes", default=None,
-                        help="comma-separated Nq (Nk = Nq/4); the first gets the per-regime error tables (default 4096,16384,65536)")
+                        help=f"comma-separated Nq (Nk = Nq/4); the first gets the per-regime error tables "
+                             f"(default {FULL_SIZES}; --quick {QUICK_SIZES})")
+    parser.add_argument("--repeats", default=None,
+                        help=f"timed calls after the warm-up per size, comma-separated in --sizes order, the last "
+                             f"reused; 0 times the warm-up call itself (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
     parser.add_argument("--regimes", default=",".join(REGIMES), help=f"comma-separated, from {', '.join(REGIMES)}")
     parser.add_argument("--scaling-regime", default="isotropic-diffuse", help="regime timed at the larger sizes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", default="float32", help=f"input dtype: {', '.join(DTYPES)}")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls at the first size (fewer at larger sizes, at least 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and of every backend")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: sizes {','.join(map(str, QUICK_SIZES))}, one repeat")
+    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, repeats {QUICK_REPEATS} (unless given)")
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     return parser.parse_args(argv)
 
@@ -82,10 +100,13 @@ def validate(args: argparse.Namespace) -> dict:
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available)}")
     budgets = [_fraction(b) for b in _split(args.budgets)]
-    sizes_text = args.sizes or ",".join(map(str, QUICK_SIZES if args.quick else (4096, 16384, 65536)))
+    sizes_text = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     sizes = [_positive_int(s, "--sizes") for s in _split(sizes_text)]
-    if any(s % 4 for s in sizes):
-        raise ValueError(f"--sizes must be multiples of 4 (Nk = Nq/4), got {sizes_text}")
+    if not sizes or any(s % 4 for s in sizes):
+        raise ValueError(f"--sizes takes multiples of 4 (Nk = Nq/4), got {sizes_text!r}")
+    repeats = [_count(r, "--repeats") for r in _split(args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS))]
+    if not repeats:
+        raise ValueError("--repeats takes non-negative integers, got nothing")
     regimes = _split(args.regimes)
     for regime in [*regimes, args.scaling_regime]:
         if regime not in REGIMES:
@@ -95,18 +116,31 @@ def validate(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available; accepted: cpu")
-    if args.repeats < 1 or args.threads < 1:
-        raise ValueError("--repeats and --threads must be positive")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be a positive int, got {args.threads}")
     return {
         "methods": methods, "budgets": budgets, "sizes": sizes, "regimes": regimes,
         "scaling_regime": args.scaling_regime, "device": device, "dtype": args.dtype,
-        "repeats": 1 if args.quick else args.repeats, "threads": args.threads, "seed": args.seed,
+        "repeats": {nq: repeats[min(i, len(repeats) - 1)] for i, nq in enumerate(sizes)},
+        "threads": args.threads, "seed": args.seed,
     }
 
 
 def config_json(config: dict) -> dict:
     return {**config, "device": str(config["device"]), "budgets": [str(b) for b in config["budgets"]],
-            "batch": BATCH, "d": D, "dv": DV, "torch": torch.__version__}
+            "batch": BATCH, "d": D, "dv": DV}
+
+
+def environment(config: dict, argv: list[str] | None, wall_s: float) -> dict:
+    """Where and when the numbers were taken: the header of the markdown and of the JSON."""
+    device = config["device"]
+    if device.type == "cuda":
+        machine = torch.cuda.get_device_name(device)
+    else:
+        machine = f"{_cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+    command = " ".join(["python bench/attention.py", *(sys.argv[1:] if argv is None else argv)])
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "command": command, "wall_s": round(wall_s, 1)}
 
 
 def run(config: dict) -> list[dict]:
@@ -125,9 +159,9 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
     """Records of every method and budget on one regime's inputs at Nq = ``nq``, Nk = nq/4."""
     nk, device, dtype = nq // 4, config["device"], DTYPES[config["dtype"]]
     q, k, v = regime_qkv(regime, batch=BATCH, nq=nq, nk=nk, d=D, dv=DV, seed=config["seed"])
-    reference = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=1.0) if with_error else None
     q, k, v = (t.to(device=device, dtype=dtype) for t in (q, k, v))
-    repeats = max(1, config["repeats"] * config["sizes"][0] ** 2 // nq**2)
+    # The reference sees the same (rounded) inputs as the backends, in float64 on the CPU.
+    reference = F.scaled_dot_product_attention(*(t.cpu().double() for t in (q, k, v)), scale=1.0) if with_error else None
     floor_errors: dict[int, float] = {}  # top-k error by k, shared by the methods of this shape
 
     def floor_error(top: int) -> float:
@@ -142,8 +176,9 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
                       "nq": nq, "nk": nk, "dense_bytes": BATCH * nq * nk * 4}
             try:
                 params = {} if budget is None else {"budget": float(budget)}
-                record.update(measure(build_attention(method, seed=config["seed"], **params), q, k, v, reference, floor_error, repeats))
-            except (ValueError, RuntimeError) as err:
+                attn = build_attention(method, seed=config["seed"], **params)
+                record.update(measure(attn, q, k, v, reference, floor_error, config["repeats"][nq]))
+            except (ValueError, RuntimeError) as err:  # a failing backend (or out of memory) is a row, not a crash
                 record["error"] = f"{type(err).__name__}: {err}"
             records.append(record)
             progress.set_postfix_str(f"{regime} Nq={nq} {method} {record['budget'] or ''}")
@@ -153,19 +188,19 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
 
 def measure(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor | None,
             floor_error, repeats: int) -> dict:
-    """Resolved params, score entries, (error and top-k floor error), times and peak memory of one backend."""
+    """Resolved params, score entries, peak memory, (error and top-k floor error) and times of one backend."""
     nq, nk = q.shape[1], k.shape[1]
     result = {"params": attn.resolve(nq, nk, D), "score_entries": attn.score_entries(nq, nk, D)}
-    out = attn(q, k, v, scale=1.0)  # warm-up: draws and caches random projections
+    out, first_ms, result["peak_extra_bytes"] = call_with_peak_memory(attn, q, k, v)  # also the warm-up
     if reference is not None:
         result["rel_error"] = relative_error(out, reference)
         result["topk_floor_k"] = min(nk, max(1, round(result["score_entries"] / nq)))  # same entries per query
         result["topk_floor_error"] = floor_error(result["topk_floor_k"])
     del out
-    times = time_calls(attn, q, k, v, repeats)
+    times = time_calls(attn, q, k, v, repeats) if repeats else [first_ms]
+    result["timed_calls"] = repeats
     result["time_ms"] = statistics.median(times)
     result["time_ms_min"] = min(times)
-    result["peak_extra_bytes"] = peak_extra_bytes(attn, q, k, v)
     return result
 
 
@@ -175,75 +210,119 @@ def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def time_calls(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int) -> list[float]:
-    """Wall time in ms of ``repeats`` calls (CUDA synchronised)."""
-    times = []
-    for _ in range(repeats):
-        _synchronize(q.device)
-        start = time.perf_counter()
-        attn(q, k, v, scale=1.0)
-        _synchronize(q.device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    """Wall time in ms of ``repeats`` calls."""
+    return [_timed_call(attn, q, k, v)[1] for _ in range(repeats)]
 
 
-def peak_extra_bytes(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    """Peak bytes allocated during one call beyond what was live before it (output included)."""
+def _timed_call(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(output, wall ms) of one call, CUDA synchronised on both sides."""
+    _synchronize(q.device)
+    start = time.perf_counter()
+    out = attn(q, k, v, scale=1.0)
+    _synchronize(q.device)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def call_with_peak_memory(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, float, int | None]:
+    """(output, wall ms, peak bytes allocated during the call beyond what was live before it or None if unmeasurable)."""
     if q.device.type == "cuda":
         torch.cuda.synchronize(q.device)
         torch.cuda.reset_peak_memory_stats(q.device)
         before = torch.cuda.memory_allocated(q.device)
-        attn(q, k, v, scale=1.0)
-        torch.cuda.synchronize(q.device)
-        return torch.cuda.max_memory_allocated(q.device) - before
+        out, ms = _timed_call(attn, q, k, v)
+        return out, ms, torch.cuda.max_memory_allocated(q.device) - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        attn(q, k, v, scale=1.0)
-    allocations = []  # (time ns, +bytes allocated / -bytes freed)
-    pending = list(prof.profiler.kineto_results.experimental_event_tree())
-    while pending:
-        event = pending.pop()
-        pending.extend(event.children)
-        if event.tag == torch._C._profiler._EventType.Allocation:
-            allocations.append((event.start_time_ns, event.extra_fields.alloc_size))
+        out, ms = _timed_call(attn, q, k, v)
+    return out, ms, peak_live_bytes(prof)
+
+
+def peak_live_bytes(prof: profile) -> int | None:
+    """Peak of the running sum of the profiler's allocation (+bytes) and free (-bytes) records, in time order.
+
+    Reads the ``[memory]`` records that torch.autograd.profiler itself builds its memory columns
+    from (a private interface, stable across torch 2.x); None if a torch version lacks it.
+    """
+    try:
+        events = prof.profiler.kineto_results.events()
+        records = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == MEMORY_EVENT)
+    except AttributeError:
+        return None
     live = peak = 0
-    for _, size in sorted(allocations):
-        live += size
+    for _, nbytes in records:
+        live += nbytes
         peak = max(peak, live)
     return peak
 
 
-def markdown(records: list[dict], config: dict) -> str:
+def markdown(records: list[dict], config: dict, env: dict) -> str:
+    """The header and every table, as markdown for BENCHMARKS.md."""
+    return "\n".join([*_header(config, env), *_regime_tables(records, config), *_scaling_table(records, config)])
+
+
+def _header(config: dict, env: dict) -> list[str]:
+    repeats = ", ".join(f"{r or 'the warm-up call itself'} at Nq={nq}" for nq, r in config["repeats"].items())
+    return [
+        f"## Attention benchmark, {env['date']}\n",
+        f"- machine: {env['machine']}; torch {env['torch']}, {env['threads']} thread(s), {config['dtype']} on {config['device']}",
+        f"- shapes: B={BATCH}, d={D}, dv={DV}, scale 1, Nk = Nq/4; seed {config['seed']}",
+        f"- time: median (min) of the timed calls after one warm-up call ({repeats})",
+        "- peak extra MiB: allocator peak during one call above what was live before it (output included)",
+        "- rel. error: ||o - o_exact|| / ||o_exact|| against float64 exact attention; top-k floor: exact "
+        "top-k with the same score entries per query",
+        f"- command: `{env['command']}` ({env['wall_s'] / 60:.1f} min)",
+    ]
+
+
+def _regime_tables(records: list[dict], config: dict) -> list[str]:
     base = config["sizes"][0]
     lines = []
     for regime in config["regimes"]:
         rows = [r for r in records if r["regime"] == regime and r["nq"] == base]
-        lines += [f"\n### {regime}: Nq={base}, Nk={base // 4}, B={BATCH}, d={D}, dv={DV}, {config['dtype']} on {config['device']}\n",
+        lines += [f"\n### {regime}: Nq={base}, Nk={base // 4}\n",
                   "| method | budget | params | entries / dense | rel. error | top-k floor (k) | time ms median (min) | peak extra MiB |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
         lines += [_row(r, with_error=True) for r in rows]
+    return lines
+
+
+def _scaling_table(records: list[dict], config: dict) -> list[str]:
     rows = [r for r in records if r["regime"] == config["scaling_regime"]]
-    lines += [f"\n### scaling ({config['scaling_regime']}): time and peak extra memory, Nk = Nq/4\n",
-              "| method | budget | params | Nq | time ms median (min) | peak extra MiB | peak / dense scores |",
-              "|---|---|---|---|---|---|---|"]
     rows.sort(key=lambda r: (config["methods"].index(r["method"]), Fraction(r["budget"] or 1), r["nq"]))
-    lines += [_row(r, with_error=False) for r in rows]
-    return "\n".join(lines)
+    exact_ms = {r["nq"]: r["time_ms"] for r in rows if r["method"] == "exact" and "time_ms" in r}
+    lines = [f"\n### scaling ({config['scaling_regime']}): time and peak extra memory, Nk = Nq/4\n",
+             "| method | budget | params | Nq | time ms median (min) | exact time / time | peak extra MiB | peak / dense scores |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    return lines + [_row(r, with_error=False, exact_ms=exact_ms.get(r["nq"])) for r in rows]
 
 
-def _row(r: dict, with_error: bool) -> str:
+def _row(r: dict, with_error: bool, exact_ms: float | None = None) -> str:
     budget = r["budget"] or "-"
     if "error" in r:
-        return f"| {r['method']} | {budget} | {r['error']} |" + " |" * (5 if with_error else 4)
+        return f"| {r['method']} | {budget} | {r['error']} |" + " |" * 5
     params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-    mib = r["peak_extra_bytes"] / 2**20
+    peak = r["peak_extra_bytes"]
+    mib = "n/a" if peak is None else f"{peak / 2**20:.1f}"
     if with_error:
         ratio = r["score_entries"] / (r["nq"] * r["nk"])
         return (f"| {r['method']} | {budget} | {params} | {ratio:.4f} | {r['rel_error']:.4f} | "
-                f"{r['topk_floor_error']:.4f} ({r['topk_floor_k']}) | {_ms(r)} | {mib:.1f} |")
-    return f"| {r['method']} | {budget} | {params} | {r['nq']} | {_ms(r)} | {mib:.1f} | {r['peak_extra_bytes'] / r['dense_bytes']:.3f} |"
+                f"{r['topk_floor_error']:.4f} ({r['topk_floor_k']}) | {_ms(r)} | {mib} |")
+    speedup = "n/a" if exact_ms is None else f"{exact_ms / r['time_ms']:.2f}"
+    of_dense = "n/a" if peak is None else f"{peak / r['dense_bytes']:.3f}"
+    return f"| {r['method']} | {budget} | {params} | {r['nq']} | {_ms(r)} | {speedup} | {mib} | {of_dense} |"
 
 
 def _ms(r: dict) -> str:
     return f"{r['time_ms']:.1f} ({r['time_ms_min']:.1f})"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -268,6 +347,12 @@ def _fraction(text: str) -> Fraction:
 def _positive_int(text: str, option: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{option} takes positive integers, got {text!r}")
+    return int(text)
+
+
+def _count(text: str, option: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{option} takes non-negative integers, got {text!r}")
     return int(text)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan.attention import build_attention
+from gan.attention import build_attention, exact
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -37,3 +37,14 @@ def test_exact_low_precision_and_large_logits_finite(dtype):
     # 3e-2 against float64 on the same rounded inputs: output rounding (bf16: 2^-8 relative) plus
     # low-precision score accumulation; a missing max subtraction would give inf/nan instead.
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, 1.0), atol=3e-2, rtol=3e-2)
+
+
+def test_query_chunks_for_large_inputs_give_the_same_result(monkeypatch):
+    # Beyond CHUNK_SCORES scores per call the queries go through SDPA in chunks (memory bound at
+    # Nq=65536); with a cap of 2*16*25 scores, 100 queries run as 6 full chunks and a tail of 4.
+    # Same 1e-5 against float64 as above: a wrong slice or a lost tail row gives O(1) errors.
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(2, 100, 8, generator=gen), torch.randn(2, 25, 8, generator=gen), torch.randn(2, 25, 12, generator=gen)
+    monkeypatch.setattr(exact, "CHUNK_SCORES", 2 * 16 * 25)
+    out = build_attention("exact")(q, k, v, scale=0.7)
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v, 0.7), atol=1e-5, rtol=1e-5)

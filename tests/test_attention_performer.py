@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from gan.attention import build_attention
+from bench.attention import call_with_peak_memory
+from gan.attention import build_attention, performer
 from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
 
 
@@ -71,6 +72,30 @@ def test_log_stable_form_equals_the_plain_favor_estimator():
     torch.testing.assert_close(attn(q, k, v, scale=scale).double(), plain, atol=1e-5, rtol=1e-5)
 
 
+def test_query_chunks_give_the_unchunked_result(monkeypatch):
+    # Queries go through in chunks of QUERY_CHUNK (4096: never reached by the small tests); with
+    # chunks of 7 (100 queries: 14 full chunks and a tail of 2) every query must get the same
+    # output up to fp32 rounding (1e-6: only the BLAS blocking of the (C, m) logits changes).
+    q, k, v = qkv()
+    attn = build_attention("performer", num_features=48, seed=2)
+    whole = attn(q, k, v, scale=0.8)
+    monkeypatch.setattr(performer, "QUERY_CHUNK", 7)
+    torch.testing.assert_close(attn(q, k, v, scale=0.8), whole, atol=1e-6, rtol=0)
+
+
+def test_peak_memory_is_linear_in_the_features():
+    # FAVOR+ never forms Nq x Nk: the allocator peak of one call (bench's measurement) stays within
+    # twice the budgeted feature entries in fp32 (key features, then the query-side logits and
+    # their softmax) plus the output. Forming the 8 MiB score matrix, or keeping extra copies of
+    # the (B, Nq, m) query features, exceeds it.
+    b, nq, nk, d, dv, m = 2, 2048, 512, 16, 16, 64
+    q, k, v = qkv(b=b, nq=nq, nk=nk, d=d, dv=dv)
+    attn = build_attention("performer", num_features=m)
+    _, _, peak = call_with_peak_memory(attn, q, k, v)
+    bound = 4 * (2 * b * (nq + nk) * m + b * nq * dv)
+    assert peak is not None and peak <= bound < b * nq * nk * 4 / 2, (peak, bound)
+
+
 def test_error_falls_as_features_grow():
     # Mean relative error over 8 seeds at 16, 64, 256, 1024 features. Variance ~ 1/m predicts a
     # factor ~2 per 4x features; require each step to shrink the error by at least 1.15x
@@ -126,6 +151,8 @@ def test_budget_resolution_and_score_entries():
     assert build_attention("performer", budget=1e-6).resolve(nq, nk, d)["num_features"] == 1
     assert build_attention("performer", num_features=64, budget=1 / 8).resolve(nq, nk, d)["num_features"] == 64
     assert build_attention("performer").resolve(nq, nk, d)["num_features"] == 256
+    # budget 1.0 is just the largest feature count: (Nq + Nk) * m <= Nq * Nk -> m = 819
+    assert build_attention("performer", budget=1.0).resolve(nq, nk, d)["num_features"] == 819
 
 
 @pytest.mark.parametrize("params, word", [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import attention as attention_bench
 from gan.attention import AttentionBackend, available_attentions, build_attention
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,29 +58,99 @@ def test_every_backend_takes_budget_and_seed_and_keeps_shapes(name):
 
 @pytest.mark.parametrize("name", available_attentions())
 def test_every_backend_rejects_bad_budget_and_seed(name):
-    with pytest.raises(ValueError, match="budget"):
-        build_attention(name, budget=1.5)
-    with pytest.raises(ValueError, match="seed"):
-        build_attention(name, seed="0")
+    # Checked once in AttentionBackend.__init__: a backend that skips super().__init__ or a check
+    # that lets bools, strings or NaN through fails here.
+    for budget in (1.5, 0, -0.1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="budget"):
+            build_attention(name, budget=budget)
+    for seed in ("0", 1.5, True):
+        with pytest.raises(ValueError, match="seed"):
+            build_attention(name, seed=seed)
 
 
-def test_benchmark_cli_runs_and_writes_json(tmp_path):
-    # The benchmark as users run it (script path, repo root put on sys.path by the script), at a
-    # tiny size: one table per regime plus the scaling table, and one JSON record per
-    # (regime, size, method, budget). Fails on an import-path bug or a broken record.
+def _tensors(*shapes, dtype=torch.float32):
+    return [torch.zeros(shape, dtype=dtype) for shape in shapes]
+
+
+@pytest.mark.parametrize("q, k, v, word", [
+    (*_tensors((2, 8, 4), (2, 2, 4), (2, 2)), "expects"),  # v not 3-d
+    (*_tensors((2, 8, 4), (1, 2, 4), (1, 2, 6)), "batch"),
+    (*_tensors((2, 8, 4), (2, 2, 5), (2, 2, 6)), "feature size d"),
+    (*_tensors((2, 8, 4), (2, 2, 4), (2, 3, 6)), "number of keys"),
+    (*_tensors((2, 8, 4), (2, 0, 4), (2, 0, 6)), "at least one key"),
+    (*_tensors((2, 8, 4), (2, 2, 4)), torch.zeros(2, 2, 6, dtype=torch.bfloat16), "dtype"),
+    (*_tensors((2, 8, 4), (2, 2, 4), (2, 2, 6), dtype=torch.int64), "floating dtype"),
+])
+def test_inputs_are_checked_before_any_backend_runs(q, k, v, word):
+    with pytest.raises(ValueError, match=word):
+        build_attention("exact")(q, k, v)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "1"])
+def test_scale_must_be_a_finite_number(scale):
+    q, k, v = _tensors((1, 4, 2), (1, 2, 2), (1, 2, 3))
+    with pytest.raises(ValueError, match="scale"):
+        build_attention("exact")(q, k, v, scale=scale)
+
+
+def test_benchmark_runs_and_writes_markdown_and_json(tmp_path, capsys):
+    # The benchmark at a tiny size: a header saying where and when, one table per regime plus the
+    # scaling table, and one JSON record per (regime, size, method, budget). Fails on a broken
+    # record, a missing table or header line, or top-k not being its own floor.
     out = tmp_path / "attention.json"
-    cmd = [sys.executable, str(REPO / "bench" / "attention.py"), "--quick", "--methods", "exact,topk,performer",
-           "--regimes", "clustered-peaked", "--budgets", "1/8", "--sizes", "256,512", "--threads", "1", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
-    assert result.returncode == 0, result.stderr
-    assert "### clustered-peaked" in result.stdout and "### scaling" in result.stdout
-    records = json.loads(out.read_text())["results"]
-    assert len(records) == 2 * 3 and not any("error" in r for r in records)
+    argv = ["--methods", "exact,topk,performer", "--regimes", "clustered-peaked", "--budgets", "1/8",
+            "--sizes", "256,512", "--repeats", "2,0", "--threads", "1", "--out", str(out)]
+    assert attention_bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"torch {torch.__version__}, 1 thread(s)" in text and " UTC" in text and "machine: " in text
+    assert "### clustered-peaked" in text and "### scaling" in text
+    assert "2 at Nq=256, the warm-up call itself at Nq=512" in text
+    saved = json.loads(out.read_text())
+    records = saved["results"]
+    assert saved["environment"]["threads"] == 1 and len(records) == 2 * 3 and not any("error" in r for r in records)
+    assert all(r["peak_extra_bytes"] > 0 and r["time_ms"] >= r["time_ms_min"] > 0 for r in records)
+    assert {r["timed_calls"] for r in records if r["nq"] == 512} == {0}  # repeats 0: the warm-up call is timed
     topk = next(r for r in records if r["method"] == "topk" and r["nq"] == 256)
     assert topk["rel_error"] == pytest.approx(topk["topk_floor_error"], abs=1e-9)  # top-k is its own floor
+    table_rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(table_rows) == len(records) and all(line.count("|") == 9 for line in table_rows)  # 8 columns each
 
 
-def test_benchmark_cli_rejects_bad_options_with_exit_code_2():
+def _sequential_buffers():
+    # Ten 4 MiB buffers, each freed before the next: 4 MiB live at most, 40 MiB allocated in total.
+    for _ in range(10):
+        torch.ones(1 << 20)
+    return torch.zeros(1)
+
+
+def _held_buffers():
+    # Ten 4 MiB buffers alive together, freed on return: 40 MiB peak.
+    buffers = [torch.ones(1 << 20) for _ in range(10)]
+    return buffers[0][:1].clone()
+
+
+@pytest.mark.parametrize("fn, mib", [(_sequential_buffers, 4), (_held_buffers, 40)])
+def test_benchmark_memory_is_the_peak_not_the_total(fn, mib):
+    # The CPU memory column must be the peak of live bytes (a total of allocations would read 40
+    # MiB for both). 1% slack covers the small output tensor and allocator bookkeeping.
+    x = torch.zeros(1)
+    _, _, peak = attention_bench.call_with_peak_memory(lambda q, k, v, scale: fn(), x, x, x)
+    assert peak is not None and mib * 2**20 <= peak <= 1.01 * mib * 2**20
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "nope"], "unknown method"), (["--budgets", "2"], "--budgets"), (["--sizes", "1000,6"], "--sizes"),
+    (["--repeats", "3,x"], "--repeats"), (["--regimes", "hot"], "unknown regime"), (["--dtype", "int8"], "--dtype"),
+])
+def test_benchmark_rejects_bad_options_with_exit_code_2(argv, message, capsys):
+    assert attention_bench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_benchmark_script_resolves_imports_from_any_folder(tmp_path):
+    # Run as users do (script path, from another folder, no PYTHONPATH): the script must put the
+    # repo root on sys.path itself so `bench.regimes` and `gan` import; a bad option then exits 2.
     cmd = [sys.executable, str(REPO / "bench" / "attention.py"), "--methods", "nope"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 2 and "unknown method" in result.stderr and "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.attention import call_with_peak_memory
 from gan.attention import build_attention
 from gan.attention.topk import top_k_scores
 
@@ -97,6 +98,23 @@ def test_budget_resolution_and_score_entries():
     assert build_attention("topk", budget=1.0).resolve(nq, nk, d)["k"] == nk
     assert build_attention("topk", k=7, budget=1 / 8).resolve(nq, nk, d)["k"] == 7  # explicit k wins
     assert build_attention("topk").resolve(100, 16, d)["k"] == 16  # default 32 capped at Nk
+    # k is floored so Nq * k never exceeds the budget (round would give 3 > 2.7 keys here), and
+    # float error in budget * Nk (0.29 * 100 = 28.999...) does not cost a key.
+    assert build_attention("topk", budget=0.1).resolve(nq, 27, d)["k"] == 2
+    assert build_attention("topk", budget=0.29).resolve(nq, 100, d)["k"] == 29
+
+
+def test_peak_memory_is_bounded_by_the_query_chunk():
+    # Gupta et al.'s point: only B * chunk_size * Nk scores live at a time, never B * Nq * Nk. The
+    # allocator peak of one call (bench's measurement) must stay within the output, the fp32 key
+    # and value copies and two chunks of scores (scores + top-k temporaries, k << Nk); forming
+    # all Nq * Nk scores (8 MiB here, 32x one chunk) fails it.
+    b, nq, nk, d, dv, chunk = 2, 2048, 512, 16, 16, 64
+    q, k, v = qkv(b=b, nq=nq, nk=nk, d=d, dv=dv)
+    attn = build_attention("topk", k=8, chunk_size=chunk)
+    _, _, peak = call_with_peak_memory(attn, q, k, v)
+    bound = 4 * (b * nq * dv + b * nk * (d + dv) + 2 * b * chunk * nk)
+    assert peak is not None and peak <= bound < b * nq * nk * 4 / 8, (peak, bound)
 
 
 @pytest.mark.parametrize("params, word", [

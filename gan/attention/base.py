@@ -10,36 +10,42 @@ override what the budget would choose.
 """
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
+from numbers import Integral, Real
 from typing import Any
 
 import torch
 from torch import nn
 
 
-class AttentionBackend(nn.Module):
+class AttentionBackend(nn.Module, ABC):
     """Base class: subclasses set ``name`` and implement ``attend`` and ``score_entries``."""
 
     name: str = ""
 
     def __init__(self, *, budget: float | None = None, seed: int = 0):
         super().__init__()
-        if budget is not None and not (0.0 < float(budget) <= 1.0):
+        if budget is not None and (not _is_number(budget, Real) or not 0.0 < float(budget) <= 1.0):
             raise ValueError(f"budget must be a fraction of the dense score matrix in (0, 1], got {budget!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
+        if not _is_number(seed, Integral):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.budget = None if budget is None else float(budget)
-        self.seed = seed
+        self.seed = int(seed)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         check_qkv(q, k, v)
+        if not _is_number(scale, Real) or not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number, got {scale!r}")
         return self.attend(q, k, v, float(scale))
 
+    @abstractmethod
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        raise NotImplementedError  # abstract: every registered backend overrides it
+        """q (B, Nq, d), k (B, Nk, d), v (B, Nk, dv) already checked -> (B, Nq, dv) in q's dtype."""
 
+    @abstractmethod
     def score_entries(self, nq: int, nk: int, d: int) -> int:
         """Score / feature entries this backend holds per batch element (and head) for these shapes."""
-        raise NotImplementedError  # abstract: every registered backend overrides it
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         """The concrete parameters used for these shapes (budget resolved); for reports."""
@@ -49,8 +55,13 @@ class AttentionBackend(nn.Module):
         return f"budget={self.budget}, seed={self.seed}"
 
 
+def _is_number(value: Any, kind: type) -> bool:
+    """True for int/float-like ``kind`` values (numpy scalars included), never for bools."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """Raise ValueError unless q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv) agree."""
+    """Raise ValueError unless q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv) agree in shape, dtype and device."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(
             f"attention expects q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv); got shapes "
@@ -62,3 +73,10 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q and k must share the feature size d: q has {q.shape[2]}, k has {k.shape[2]}")
     if k.shape[1] != v.shape[1]:
         raise ValueError(f"k and v must have the same number of keys: k has {k.shape[1]}, v has {v.shape[1]}")
+    if k.shape[1] == 0:
+        raise ValueError("attention needs at least one key (Nk >= 1), got Nk=0")
+    dtypes = {q.dtype, k.dtype, v.dtype}
+    if len(dtypes) != 1 or not q.dtype.is_floating_point:
+        raise ValueError(f"q, k, v must share one floating dtype (float32, float16, bfloat16); got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")

@@ -13,9 +13,10 @@ import math
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from .base import AttentionBackend
-from .random_features import draw_orthogonal_projection, favor_log_features, orthogonal_projection
+from .random_features import ProjectionCache, favor_log_features, orthogonal_projection
 
 DEFAULT_NUM_FEATURES = 256
 # Queries per chunk: bounds the (B, chunk, m) query-side logits and weights independently of Nq.
@@ -41,7 +42,7 @@ class PerformerAttention(AttentionBackend):
             raise ValueError(f"redraw must be True or False, got {redraw!r}")
         self.num_features = num_features
         self.redraw = redraw
-        self._projections: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._projections = ProjectionCache(seed)
         self._generator = torch.Generator().manual_seed(seed)
 
     def features_for(self, nq: int, nk: int) -> int:
@@ -56,25 +57,19 @@ class PerformerAttention(AttentionBackend):
         """(m, d) fp32 projection: cached from ``seed``, or a fresh draw when ``redraw``."""
         if self.redraw:
             return orthogonal_projection(num_features, d, self._generator).to(device)
-        key = (num_features, d, str(device))
-        if key not in self._projections:
-            self._projections[key] = draw_orthogonal_projection(num_features, d, self.seed, device)
-        return self._projections[key]
+        return self._projections(num_features, d, device)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
             raise ValueError(f"performer attention needs scale > 0 (softmax kernel features), got {scale}")
-        proj = self.projection(self.features_for(q.shape[1], k.shape[1]), q.shape[2], q.device)  # (m, d)
-        lk = favor_log_features(k, proj, scale)  # (B, Nk, m)
-        key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m)
-        key_weights = lk.sub_(key_max).exp_()  # (B, Nk, m) in place, max 1 per feature
-        mass = key_weights.sum(dim=1)  # (B, m), >= 1
-        kv = torch.einsum("bnm,bne->bme", key_weights, v.float()) / mass.unsqueeze(-1)  # (B, m, dv)
-        log_mass = (mass.log() + key_max.squeeze(1)).unsqueeze(1)  # (B, 1, m)
-        del lk, key_weights
-        scaled_proj = (proj * math.sqrt(scale)).t().expand(q.shape[0], -1, -1)  # (B, d, m)
-        chunks = [_mix_values(queries, scaled_proj, log_mass, kv) for queries in q.float().split(QUERY_CHUNK, dim=1)]
-        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)  # (B, Nq, dv)
+        batch, nq = q.shape[0], q.shape[1]
+        proj = self.projection(self.features_for(nq, k.shape[1]), q.shape[2], q.device)  # (m, d)
+        log_mass, kv = _summarise_keys(k, v, proj, scale)  # (B, 1, m), (B, m, dv)
+        scaled_proj = (proj * math.sqrt(scale)).t().expand(batch, -1, -1)  # (B, d, m)
+        out = kv.new_empty(batch, nq, kv.shape[2])  # (B, Nq, dv) fp32
+        for start in range(0, nq, QUERY_CHUNK):  # query chunks bound the (B, chunk, m) weights
+            queries = q[:, start : start + QUERY_CHUNK].float()  # (B, C, d)
+            out[:, start : start + queries.shape[1]] = _mix_values(queries, scaled_proj, log_mass, kv)
         return out.to(q.dtype)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
@@ -85,6 +80,17 @@ class PerformerAttention(AttentionBackend):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, redraw={self.redraw}, {super().extra_repr()}"
+
+
+def _summarise_keys(k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """k (B, Nk, d), v (B, Nk, dv) -> per feature m: log-mass log sum_j exp(lk_jm) (B, 1, m) and the
+    values' convex combination KV_m with weights exp(lk_jm) (B, m, dv), both fp32 and overflow-free."""
+    lk = favor_log_features(k, proj, scale)  # (B, Nk, m)
+    key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m)
+    key_weights = lk.sub_(key_max).exp_()  # (B, Nk, m) in place, max 1 per feature
+    mass = key_weights.sum(dim=1, keepdim=True)  # (B, 1, m), >= 1
+    kv = torch.einsum("bnm,bne->bme", key_weights, v.float()) / rearrange(mass, "b 1 m -> b m 1")  # (B, m, dv)
+    return mass.log_() + key_max, kv
 
 
 def _mix_values(queries: torch.Tensor, scaled_proj: torch.Tensor, log_mass: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,20 @@ def draw_orthogonal_projection(num_features: int, d: int, seed: int, device=None
     return orthogonal_projection(num_features, d, generator).to(device)
 
 
+class ProjectionCache:
+    """``cache(num_features, d, device)``: the (num_features, d) projection from ``seed``, drawn once per key."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._drawn: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def __call__(self, num_features: int, d: int, device) -> torch.Tensor:
+        key = (num_features, d, str(device))
+        if key not in self._drawn:
+            self._drawn[key] = draw_orthogonal_projection(num_features, d, self.seed, device)
+        return self._drawn[key]
+
+
 def orthogonal_projection(num_features: int, d: int, generator: torch.Generator) -> torch.Tensor:
     """(num_features, d) fp32 on the generator's device, advancing ``generator``.
 

@@ -6,6 +6,7 @@ working memory is one chunk of scores, B * chunk_size * Nk, never B * Nq * Nk.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ PREFILTER_RATIO = 8
 class TopKAttention(AttentionBackend):
     """Exact softmax restricted to each query's k highest-scoring keys.
 
-    ``k`` defaults to round(budget * Nk) (at least 1) when a budget is given, else min(32, Nk).
+    ``k`` defaults to floor(budget * Nk) (at least 1) when a budget is given, else min(32, Nk).
     It holds Nq * k score entries (peak working set chunk_size * Nk per batch element).
     ``seed`` is accepted for the common interface; the method draws nothing at random.
     """
@@ -48,24 +49,20 @@ class TopKAttention(AttentionBackend):
             return self.k
         if self.budget is None:
             return min(DEFAULT_K, nk)
-        return min(nk, max(1, round(self.budget * nk)))
+        # floor, so Nq * k never exceeds the budget (1e-9 absorbs float error in e.g. 0.29 * 100)
+        return min(nk, max(1, math.floor(self.budget * nk + 1e-9)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        batch, nk = k.shape[0], k.shape[1]
+        batch, nq, nk = q.shape[0], q.shape[1], k.shape[1]
         top = self.k_for(nk)
         keys = rearrange(k.float() * scale, "b n d -> b d n")  # (B, d, Nk)
         values = rearrange(v.float(), "b n e -> (b n) e")  # (B*Nk, dv)
         key_offset = torch.arange(batch, device=k.device).view(batch, 1, 1) * nk  # (B, 1, 1)
-        chunks = []
-        for queries in q.float().split(self.chunk_size, dim=1):  # (B, C, d)
-            scores = torch.bmm(queries, keys)  # (B, C, Nk) fp32
-            top_scores, top_keys = top_k_scores(scores, top)  # (B, C, k)
-            weights = torch.softmax(top_scores, dim=-1)
-            rows = F.embedding_bag(
-                (top_keys + key_offset).flatten(0, 1), values, per_sample_weights=weights.flatten(0, 1), mode="sum"
-            )  # (B*C, dv)
-            chunks.append(rearrange(rows, "(b c) e -> b c e", b=batch))
-        return torch.cat(chunks, dim=1).to(q.dtype)  # (B, Nq, dv)
+        out = values.new_empty(batch, nq, values.shape[1])  # (B, Nq, dv) fp32, filled chunk by chunk
+        for start in range(0, nq, self.chunk_size):  # query chunks: at most B * chunk_size * Nk scores live
+            queries = q[:, start : start + self.chunk_size].float()  # (B, C, d)
+            out[:, start : start + queries.shape[1]] = _attend_chunk(queries, keys, values, key_offset, top)
+        return out.to(q.dtype)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
         return nq * self.k_for(nk)
@@ -75,6 +72,18 @@ class TopKAttention(AttentionBackend):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, chunk_size={self.chunk_size}, {super().extra_repr()}"
+
+
+def _attend_chunk(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_offset: torch.Tensor, top: int) -> torch.Tensor:
+    """queries (B, C, d), keys (B, d, Nk) pre-scaled, values (B*Nk, dv) -> (B, C, dv), all fp32."""
+    scores = torch.bmm(queries, keys)  # (B, C, Nk)
+    top_scores, top_keys = top_k_scores(scores, top)  # (B, C, k)
+    del scores
+    weights = torch.softmax(top_scores, dim=-1)  # (B, C, k)
+    rows = F.embedding_bag(
+        (top_keys + key_offset).flatten(0, 1), values, per_sample_weights=weights.flatten(0, 1), mode="sum"
+    )  # (B*C, dv): per query the weighted sum of its k gathered values
+    return rearrange(rows, "(b c) e -> b c e", b=queries.shape[0])
 
 
 def top_k_scores(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
