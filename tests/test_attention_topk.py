@@ -97,7 +97,7 @@ def test_budget_resolution_and_score_entries():
     assert build_attention("topk", budget=1e-6).resolve(nq, nk, d)["k"] == 1
     assert build_attention("topk", budget=1.0).resolve(nq, nk, d)["k"] == nk
     assert build_attention("topk", k=7, budget=1 / 8).resolve(nq, nk, d)["k"] == 7  # explicit k wins
-    assert build_attention("topk").resolve(100, 16, d)["k"] == 16  # default 32 capped at Nk
+    assert build_attention("topk").resolve(nq, nk, d)["k"] == 128  # DEFAULT_BUDGET = 1/8 of Nk
     # k is floored so Nq * k never exceeds the budget (round would give 3 > 2.7 keys here), and
     # float error in budget * Nk (0.29 * 100 = 28.999...) does not cost a key.
     assert build_attention("topk", budget=0.1).resolve(nq, 27, d)["k"] == 2

@@ -6,7 +6,8 @@ and Nq may differ from Nk (BigGAN: Nq = 4 Nk). Every random draw comes from ``se
 
 ``budget`` is a fraction of the dense Nq x Nk score matrix; a backend built with a budget resolves
 its own parameters from the shapes it sees at call time (``resolve``), and explicit parameters
-override what the budget would choose.
+override what the budget would choose. With neither, every approximate backend resolves its
+parameters from ``DEFAULT_BUDGET``, so methods built with defaults compare at equal memory.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+DEFAULT_BUDGET = 1 / 8  # the papers' usual operating point (SMYRF: 8 hashes, clusters 64 q / 16 k at 4096 x 1024)
 
 
 class AttentionBackend(nn.Module, ABC):

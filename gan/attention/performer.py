@@ -15,16 +15,15 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from .base import AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend
 from .random_features import ProjectionCache, favor_log_features, orthogonal_projection
 
-DEFAULT_NUM_FEATURES = 256
 # Queries per chunk: bounds the (B, chunk, m) query-side logits and weights independently of Nq.
 QUERY_CHUNK = 4096
 
 
 class PerformerAttention(AttentionBackend):
-    """FAVOR+ attention with ``num_features`` random features (from ``budget`` when not given).
+    """FAVOR+ attention with ``num_features`` random features (from ``budget``, default 1/8, when not given).
 
     At a budget the method holds (Nq + Nk) * num_features feature entries, so
     num_features = floor(budget * Nq * Nk / (Nq + Nk)) (at least 1). Features are drawn once from
@@ -49,9 +48,8 @@ class PerformerAttention(AttentionBackend):
         """Number of random features used for these shapes."""
         if self.num_features is not None:
             return self.num_features
-        if self.budget is None:
-            return DEFAULT_NUM_FEATURES
-        return max(1, int(self.budget * nq * nk / (nq + nk)))
+        budget = DEFAULT_BUDGET if self.budget is None else self.budget
+        return max(1, int(budget * nq * nk / (nq + nk)))
 
     def projection(self, num_features: int, d: int, device: torch.device) -> torch.Tensor:
         """(m, d) fp32 projection: cached from ``seed``, or a fresh draw when ``redraw``."""

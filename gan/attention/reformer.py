@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 
-from .base import AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend
 from .lsh import RoundLayout, chunk_neighbours, clustered_attention
 from .smyrf import positive_int
 
 DEFAULT_N_HASHES = 4
-DEFAULT_BUDGET = 0.125
 
 
 def chunk_width(n_chunks: int, nk: int) -> int:

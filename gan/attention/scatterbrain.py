@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 
-from .base import AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend
 from .lsh import LowRankTerms, RoundLayout, clustered_attention
 from .random_features import draw_orthogonal_projection, favor_log_features
 from .smyrf import ClusterPlan, SmyrfHash, plan_clusters, positive_int
 
-DEFAULT_BUDGET = 0.125
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
 
 

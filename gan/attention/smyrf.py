@@ -30,11 +30,10 @@ from typing import Any
 
 import torch
 
-from .base import AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend
 from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attention, query_clusters, top_keys_per_cluster, xbox_plus
 
 DEFAULT_N_HASHES = 8
-DEFAULT_BUDGET = 0.125
 # Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
 # 8 rounds of 4 keys had higher error than 4 rounds of 8 in 3 of the 4 benchmark regimes, and a
 # round's int64 sort bookkeeping per query (about 32 bytes) outgrows its W fp32 scores.

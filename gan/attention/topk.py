@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend
 
-DEFAULT_K = 32
 DEFAULT_CHUNK_SIZE = 256  # fastest on 2 cores at Nk=1024..4096 (cache-sized score chunks)
 # Keys per group in the group-max prefilter (see top_k_scores).
 GROUP = 4
@@ -25,7 +24,7 @@ PREFILTER_RATIO = 8
 class TopKAttention(AttentionBackend):
     """Exact softmax restricted to each query's k highest-scoring keys.
 
-    ``k`` defaults to floor(budget * Nk) (at least 1) when a budget is given, else min(32, Nk).
+    ``k`` defaults to floor(budget * Nk) (at least 1) (``DEFAULT_BUDGET`` when no budget is given).
     It holds Nq * k score entries (peak working set chunk_size * Nk per batch element).
     ``seed`` is accepted for the common interface; the method draws nothing at random.
     """
@@ -47,10 +46,9 @@ class TopKAttention(AttentionBackend):
             if self.k > nk:
                 raise ValueError(f"k={self.k} exceeds the number of keys Nk={nk}; accepted 1..Nk")
             return self.k
-        if self.budget is None:
-            return min(DEFAULT_K, nk)
+        budget = DEFAULT_BUDGET if self.budget is None else self.budget
         # floor, so Nq * k never exceeds the budget (1e-9 absorbs float error in e.g. 0.29 * 100)
-        return min(nk, max(1, math.floor(self.budget * nk + 1e-9)))
+        return min(nk, max(1, math.floor(budget * nk + 1e-9)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         batch, nq, nk = q.shape[0], q.shape[1], k.shape[1]
