@@ -29,7 +29,7 @@ import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend
 from .lsh import LowRankTerms, RoundLayout, clustered_attention
-from .random_features import draw_orthogonal_projection, favor_log_features
+from .random_features import ProjectionCache, favor_log_features
 from .smyrf import ClusterPlan, SmyrfHash, plan_clusters, positive_int
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
@@ -79,7 +79,7 @@ class ScatterbrainAttention(AttentionBackend):
         self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
         self.hash = SmyrfHash(seed)
-        self._projections: dict[tuple, torch.Tensor] = {}
+        self.projection = ProjectionCache(seed)  # (num_features, d, device) -> (m, d), drawn once
 
     def plan(self, nq: int, nk: int) -> tuple[ClusterPlan, int]:
         """(sparse support plan, number of random features) for these shapes."""
@@ -92,12 +92,6 @@ class ScatterbrainAttention(AttentionBackend):
             return clusters, 1
         left = fraction * nq * nk - clusters.score_entries()  # the features get what the support left
         return clusters, max(1, int(left / (nq + nk)))
-
-    def projection(self, num_features: int, d: int, device: torch.device) -> torch.Tensor:
-        key = (num_features, d, str(device))
-        if key not in self._projections:
-            self._projections[key] = draw_orthogonal_projection(num_features, d, self.seed, device)
-        return self._projections[key]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
