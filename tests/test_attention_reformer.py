@@ -5,36 +5,8 @@ import math
 import pytest
 import torch
 
+from attention_inputs import exact, qkv, rel_err, support_mask
 from gan.attention import build_attention
-
-
-def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
-    gain = math.sqrt(logit_std / math.sqrt(d))
-    return q * gain, k * gain, v
-
-
-def exact(q, k, v, scale=1.0, mask=None):
-    s = (q.double() @ k.double().transpose(1, 2)) * scale
-    if mask is not None:
-        s = s.masked_fill(~mask, -math.inf)
-    return torch.softmax(s, -1) @ v.double()
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
-def support_mask(layout, nq, nk):
-    """(B, Nq, Nk) bool: pairs any round's chunks put together."""
-    b = layout.q_cluster.shape[0]
-    q_rows = layout.q_rows.unsqueeze(-1).expand(*layout.q_rows.shape, layout.k_rows.shape[-1])
-    k_rows = layout.k_rows.unsqueeze(-2).expand_as(q_rows)
-    valid = (q_rows >= 0) & (k_rows >= 0)
-    mask = torch.zeros(b * nq * nk, dtype=torch.bool)
-    mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
-    return mask.view(b, nq, nk)
 
 
 @pytest.mark.parametrize("params", [{"budget": 1.0}, {"n_buckets": 1, "n_hashes": 4}, {"n_buckets": 2, "n_hashes": 3}])

@@ -1,47 +1,17 @@
 """Scatterbrain: the sparse + low-rank estimator computed right, exact on full support, vs Performer."""
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from attention_inputs import clustered_qkv as _clustered_qkv
+from attention_inputs import exact, qkv, rel_err, support_mask
 from gan.attention import build_attention
 from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
 
 
-def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
-    gain = math.sqrt(logit_std / math.sqrt(d))
-    return q * gain, k * gain, v
-
-
 def clustered_qkv(b=2, nq=512, nk=128, d=16, dv=8, logit_std=2.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = F.normalize(torch.randn(16, d, generator=g), dim=-1)
-    q = centres[torch.randint(16, (b, nq), generator=g)] + torch.randn(b, nq, d, generator=g) * 0.5 / math.sqrt(d)
-    k = centres[torch.randint(16, (b, nk), generator=g)] + torch.randn(b, nk, d, generator=g) * 0.5 / math.sqrt(d)
-    gain = math.sqrt(logit_std / (q @ k.transpose(1, 2)).std().item())
-    return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)
-
-
-def exact(q, k, v, scale=1.0):
-    return torch.softmax((q.double() @ k.double().transpose(1, 2)) * scale, -1) @ v.double()
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
-def support_mask(layout, nq, nk):
-    b = layout.q_cluster.shape[0]
-    q_rows = layout.q_rows.unsqueeze(-1).expand(*layout.q_rows.shape, layout.k_rows.shape[-1])
-    k_rows = layout.k_rows.unsqueeze(-2).expand_as(q_rows)
-    valid = (q_rows >= 0) & (k_rows >= 0)
-    mask = torch.zeros(b * nq * nk, dtype=torch.bool)
-    mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
-    return mask.view(b, nq, nk)
+    return _clustered_qkv(b, nq, nk, d, dv, logit_std, n_centres=16, seed=seed)
 
 
 @pytest.mark.parametrize(
@@ -169,3 +139,16 @@ def test_non_positive_scale_rejected():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="scale"):
         build_attention("scatterbrain")(q, k, v, scale=-1.0)
+
+
+def test_budget_features_capped_where_the_correction_would_cost_as_much_as_exact():
+    # Each support pair's correction costs num_features multiply-adds: budget-resolved features stop at
+    # 256 (at Nq=65536, budget 1/4 the budget alone would give 830); small shapes and explicit values are untouched.
+    big = build_attention("scatterbrain", budget=1 / 4).resolve(65536, 16384, 32)
+    small = build_attention("scatterbrain", budget=1 / 4).resolve(4096, 1024, 32)
+    assert big["num_features"] == 256
+    assert 1 <= small["num_features"] < 256
+    assert build_attention("scatterbrain", budget=1 / 4, num_features=512).resolve(65536, 16384, 32)["num_features"] == 512
+    for shapes in [(65536, 16384, 32), (4096, 1024, 32)]:
+        attn = build_attention("scatterbrain", budget=1 / 4)
+        assert attn.score_entries(*shapes) <= shapes[0] * shapes[1] / 4

@@ -1,52 +1,12 @@
 """SMYRF: exact at full budget, the union-of-rounds support computed right, budgets, numerics."""
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from attention_inputs import clustered_qkv, exact, qkv, rel_err, support_mask
 from gan.attention import build_attention
 from gan.attention.lsh import xbox_plus
-
-
-def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
-    gain = math.sqrt(logit_std / math.sqrt(d))
-    return q * gain, k * gain, v
-
-
-def clustered_qkv(b=2, nq=1024, nk=256, d=32, dv=16, logit_std=6.0, seed=0):
-    """32 unit centres plus noise (cosine ~0.8 within a cluster): queries attend within their cluster."""
-    g = torch.Generator().manual_seed(seed)
-    centres = F.normalize(torch.randn(32, d, generator=g), dim=-1)
-    q = centres[torch.randint(32, (b, nq), generator=g)] + torch.randn(b, nq, d, generator=g) * 0.5 / math.sqrt(d)
-    k = centres[torch.randint(32, (b, nk), generator=g)] + torch.randn(b, nk, d, generator=g) * 0.5 / math.sqrt(d)
-    gain = math.sqrt(logit_std / (q @ k.transpose(1, 2)).std().item())
-    return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)
-
-
-def exact(q, k, v, scale=1.0, mask=None):
-    s = (q.double() @ k.double().transpose(1, 2)) * scale
-    if mask is not None:
-        s = s.masked_fill(~mask, -math.inf)
-    return torch.softmax(s, -1) @ v.double()
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
-def support_mask(layout, nq, nk):
-    """(B, Nq, Nk) bool: pairs any round's clusters put together (the reference for the union)."""
-    b = layout.q_cluster.shape[0]
-    q_rows = layout.q_rows.unsqueeze(-1).expand(*layout.q_rows.shape, layout.k_rows.shape[-1])
-    k_rows = layout.k_rows.unsqueeze(-2).expand_as(q_rows)
-    valid = (q_rows >= 0) & (k_rows >= 0)
-    mask = torch.zeros(b * nq * nk, dtype=torch.bool)
-    mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
-    return mask.view(b, nq, nk)
 
 
 def test_full_budget_is_exact():
@@ -189,3 +149,18 @@ def test_more_clusters_than_keys_rejected():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="q_cluster_size"):
         build_attention("smyrf", q_cluster_size=1)(q, k, v)
+
+
+@pytest.mark.parametrize("name", ["smyrf", "reformer", "scatterbrain"])
+def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
+    # clustered_attention scores a round in steps of whole clusters (PAIRS_PER_STEP bounds the working
+    # set); tiny steps (one or two clusters each) must give the one-step result to float round-off (1e-5):
+    # fails if a step drops clusters, misses earlier-round duplicates or rescales other queries wrongly.
+    import gan.attention.lsh as lsh
+
+    q, k, v = qkv(nq=250, nk=62)
+    attn = build_attention(name, n_hashes=3, seed=1, **({} if name == "reformer" else {"q_cluster_size": 16, "k_cluster_size": 4}))
+    whole = attn(q, k, v, scale=0.7)
+    monkeypatch.setattr(lsh, "PAIRS_PER_STEP", 2 * 16 * 8)
+    stepped = attn(q, k, v, scale=0.7)
+    assert rel_err(stepped, whole.double()) < 1e-5

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
+# (query, key) pairs scored per step of clustered_attention: 2^23 pairs hold 32 MiB of fp32 scores and
+# 64 MiB of duplicate-lookup indices, whatever Nq; one step covers a whole round at BigGAN's 4096 x 1024.
+PAIRS_PER_STEP = 1 << 23
+
 
 @dataclass
 class LowRankTerms:
@@ -159,8 +163,9 @@ def clustered_attention(
 
     q (B,Nq,d) already multiplied by the scale, k (B,Nk,d), v (B,Nk,dv), all fp32. A pair met in an
     earlier round is masked. Rounds are accumulated one at a time into per-query numerator and
-    denominator sums under a running log-shift (rescaled when a round raises a query's maximum), so
-    only one round's scores are alive at once. With ``low_rank`` the result is Scatterbrain's
+    denominator sums under a running log-shift (rescaled when a round raises a query's maximum), in
+    steps of whole clusters holding at most ``PAIRS_PER_STEP`` (query, key) pairs, so the working set
+    (scores, masks, duplicate lookups) stays a bounded slice of one round. With ``low_rank`` the result is Scatterbrain's
     estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate
     (``low_rank.num`` and ``low_rank.den`` are consumed: accumulated into in place).
     """
@@ -172,26 +177,30 @@ def clustered_attention(
     else:  # the low-rank sums are accumulated into in place: no copy of the (B*Nq, dv) numerator
         shift, num, den = low_rank.log_offset.reshape(-1), low_rank.num.view(-1, v.shape[-1]), low_rank.den.view(-1)
     seen = RoundMembership(layout, k.shape[1])
+    n_clusters, qs, width = layout.q_rows.shape[2], layout.q_rows.shape[3], layout.k_rows.shape[3]
+    step = max(1, PAIRS_PER_STEP // (b * qs * width))  # clusters per step: bounds the working set
     for r in range(n_rounds):
-        q_rows, k_rows = layout.q_rows[:, r], layout.k_rows[:, r]  # (B, C, qs), (B, C, W)
-        scores = gather_rows(q, q_rows) @ gather_rows(k, k_rows).transpose(-1, -2)  # (B, C, qs, W)
-        # Duplicates of earlier rounds, padding keys, and padding query slots (they gathered row 0 and add nothing to it).
-        masked = seen.met_before(r) | (k_rows < 0).unsqueeze(-2) | (q_rows < 0).unsqueeze(-1)
-        scores.masked_fill_(masked, -math.inf)
-        rows = q_rows.clamp_min(0).reshape(-1)  # (B*C*qs,)
-        new_shift = shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
-        rescale = (shift - new_shift).exp_()  # (B*Nq,) <= 1
-        num *= rescale.unsqueeze(-1)
-        den *= rescale
-        shift = new_shift
-        row_shift = shift.index_select(0, rows).view(*q_rows.shape, 1)  # (B, C, qs, 1)
-        weights = scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
-        if low_rank is not None:
-            estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(-1, -2)  # (B,C,qs,W)
-            offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(row_shift)
-            weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
-        num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))
-        den.index_add_(0, rows, weights.sum(-1).reshape(-1))
+        for first in range(0, n_clusters, step):
+            clusters = slice(first, first + step)
+            q_rows, k_rows = layout.q_rows[:, r, clusters], layout.k_rows[:, r, clusters]  # (B, c, qs), (B, c, W)
+            scores = gather_rows(q, q_rows) @ gather_rows(k, k_rows).transpose(-1, -2)  # (B, c, qs, W)
+            # Duplicates of earlier rounds, padding keys, and padding query slots (they gathered row 0 and add nothing to it).
+            masked = seen.met_before(r, clusters) | (k_rows < 0).unsqueeze(-2) | (q_rows < 0).unsqueeze(-1)
+            scores.masked_fill_(masked, -math.inf)
+            rows = q_rows.clamp_min(0).reshape(-1)  # (B*c*qs,)
+            new_shift = shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
+            rescale = (shift - new_shift).exp_()  # (B*Nq,) <= 1; 1 for queries outside these clusters
+            num *= rescale.unsqueeze(-1)
+            den *= rescale
+            shift = new_shift
+            row_shift = shift.index_select(0, rows).view(*q_rows.shape, 1)  # (B, c, qs, 1)
+            weights = scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
+            if low_rank is not None:
+                estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(-1, -2)  # (B,c,qs,W)
+                offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(row_shift)
+                weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
+            num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))
+            den.index_add_(0, rows, weights.sum(-1).reshape(-1))
     return num.div_(den.unsqueeze(-1)).view(b, nq, -1)
 
 
@@ -215,14 +224,13 @@ class RoundMembership:
         rounds = torch.arange(b * n_rounds, device=member.device).view(b, n_rounds, 1)
         self.offset = rearrange((rounds * n_clusters + layout.q_cluster) * (nk + 1), "b r n -> b n r")
 
-    def met_before(self, r: int) -> torch.Tensor:
-        """(B,C,qs,W) bool: round r's pair (query, key) was in a cluster of some round r' < r."""
-        b, _, n_clusters, qs = self.layout.q_rows.shape
-        met = torch.zeros(b, n_clusters, qs, self.key_ids.shape[-1], dtype=torch.bool, device=self.table.device)
+    def met_before(self, r: int, clusters: slice) -> torch.Tensor:
+        """(B,c,qs,W) bool: the pairs (query, key) of round r's ``clusters`` already met in a round r' < r."""
+        q_rows, key_ids = self.layout.q_rows[:, r, clusters], self.key_ids[:, r, clusters]  # (B, c, qs), (B, c, W)
+        met = torch.zeros(*q_rows.shape, key_ids.shape[-1], dtype=torch.bool, device=self.table.device)
         if r == 0:
             return met
-        q_offset = gather_rows(self.offset, self.layout.q_rows[:, r])  # (B, C, qs, R')
-        key_ids = self.key_ids[:, r].unsqueeze(-2)  # (B, C, 1, W)
+        q_offset = gather_rows(self.offset, q_rows)  # (B, c, qs, R')
         for earlier in range(r):
-            met |= self.table.take(q_offset[..., earlier, None] + key_ids)
+            met |= self.table.take(q_offset[..., earlier, None] + key_ids.unsqueeze(-2))
         return met

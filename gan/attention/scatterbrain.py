@@ -12,7 +12,7 @@ evaluated in log space with one shift per query shared by every round and the lo
 logits up to 100 stay finite. With a complete support the low-rank terms cancel: exact attention.
 
 Budget b: three quarters for the support (SMYRF at 3b/4), the rest for the features:
-num_features = floor((b Nq Nk - support entries) / (Nq + Nk)), at least 1. At b = 1 the support
+num_features = floor((b Nq Nk - support entries) / (Nq + Nk)), at least 1 and at most 256. At b = 1 the support
 is complete and one feature is kept. Measured on the benchmark regimes (Nq=4096, seeds 0-2,
 budgets 1/32, 1/8, 1/4): shares 1/2 and 7/8 were each better in some cells and worse in more;
 in the peaked regimes the features add next to nothing (their estimate of the mass outside the
@@ -33,6 +33,10 @@ from .random_features import ProjectionCache, favor_log_features
 from .smyrf import ClusterPlan, SmyrfHash, plan_clusters, positive_int
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
+# The sparse correction costs num_features multiply-adds per support pair (the low-rank estimate of
+# each pair), so budget-resolved features stop here: at Nq=65536 and budget 1/4 the budget would
+# give 830 features and make the correction as costly as exact attention. Explicit values are kept.
+MAX_BUDGET_FEATURES = 256
 
 
 def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> LowRankTerms:
@@ -91,7 +95,7 @@ class ScatterbrainAttention(AttentionBackend):
         if fraction >= 1.0:
             return clusters, 1
         left = fraction * nq * nk - clusters.score_entries()  # the features get what the support left
-        return clusters, max(1, int(left / (nq + nk)))
+        return clusters, min(MAX_BUDGET_FEATURES, max(1, int(left / (nq + nk))))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:

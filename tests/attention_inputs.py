@@ -1,0 +1,46 @@
+"""Inputs and dense references shared by the LSH-based attention tests (SMYRF, Reformer, Scatterbrain)."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
+    """Isotropic Gaussian q, k (logit std ~ ``logit_std``) and v."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
+    gain = math.sqrt(logit_std / math.sqrt(d))
+    return q * gain, k * gain, v
+
+
+def clustered_qkv(b=2, nq=1024, nk=256, d=32, dv=16, logit_std=6.0, n_centres=32, seed=0):
+    """Unit centres plus noise (cosine ~0.8 within a cluster): queries attend within their cluster."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(n_centres, d, generator=g), dim=-1)
+    q = centres[torch.randint(n_centres, (b, nq), generator=g)] + torch.randn(b, nq, d, generator=g) * 0.5 / math.sqrt(d)
+    k = centres[torch.randint(n_centres, (b, nk), generator=g)] + torch.randn(b, nk, d, generator=g) * 0.5 / math.sqrt(d)
+    gain = math.sqrt(logit_std / (q @ k.transpose(1, 2)).std().item())
+    return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)
+
+
+def exact(q, k, v, scale=1.0, mask=None):
+    """float64 softmax(scale q k^T) v, restricted to ``mask`` (B,Nq,Nk) when given."""
+    s = (q.double() @ k.double().transpose(1, 2)) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
+    return torch.softmax(s, -1) @ v.double()
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def support_mask(layout, nq, nk):
+    """(B, Nq, Nk) bool: the pairs any round's clusters put together (the reference for the union)."""
+    b = layout.q_cluster.shape[0]
+    q_rows = layout.q_rows.unsqueeze(-1).expand(*layout.q_rows.shape, layout.k_rows.shape[-1])
+    k_rows = layout.k_rows.unsqueeze(-2).expand_as(q_rows)
+    valid = (q_rows >= 0) & (k_rows >= 0)
+    mask = torch.zeros(b * nq * nk, dtype=torch.bool)
+    mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
+    return mask.view(b, nq, nk)
