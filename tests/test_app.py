@@ -94,8 +94,14 @@ def _request(**overrides):
 
 
 def test_server_binds_localhost_only(server):
-    # Could fail if the app ignored --host's default and listened on every interface.
-    assert server.startswith("http://127.0.0.1:")
+    # The server was started without --host. A socket bound to 127.0.0.1 refuses connections
+    # addressed to 127.0.0.2 (another loopback address on Linux); one bound to 0.0.0.0 or :: accepts
+    # them, so this fails if the default host listened on every interface.
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.2", port), timeout=5):
+        pass
 
 
 def test_generate_gives_one_row_per_backend(client, tiny_deep_dir):

@@ -67,7 +67,11 @@ def test_out_of_memory_is_reported_and_app_stays_usable(comparison, tiny_deep_di
 
 
 def test_random_class_is_seeded_and_names_resolve():
-    assert resolve_classes("random", 4, seed=3, num_classes=1000) == resolve_classes("random", 4, seed=3, num_classes=1000)
+    drawn = resolve_classes("random", 8, seed=3, num_classes=1000)
+    assert drawn == resolve_classes("random", 8, seed=3, num_classes=1000)  # reproducible from the seed
+    assert all(0 <= c < 1000 for c in drawn) and len(set(drawn)) > 1  # real ids, not one constant class
+    # another seed draws other classes (8 draws from 1000 coincide with probability 1e-24)
+    assert drawn != resolve_classes("random", 8, seed=4, num_classes=1000)
     assert resolve_classes("207: golden retriever", 2, 0, 1000) == [207, 207]  # the dropdown's own label
     assert resolve_classes("goldfish,207", 3, 0, 1000) == [1, 207, 1]  # several classes cycle over the images
     with pytest.raises(ValueError, match="unknown ImageNet class name"):

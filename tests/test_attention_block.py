@@ -5,7 +5,7 @@ import torch
 from pytorch_pretrained_biggan.model import SelfAttn
 from torch.nn.utils import remove_spectral_norm
 
-from gan.attention import AttentionBackend, build_attention
+from gan.attention import AttentionBackend
 from gan.layers import SelfAttention
 from gan.sampling import truncated_noise_sample
 from weights import load_generator
@@ -87,15 +87,36 @@ def test_set_attention_swaps_in_place_without_reload(tiny_deep_dir):
     assert storage == {name: p.data_ptr() for name, p in model.named_parameters()}
 
 
-def test_probe_sees_biggan_shapes_and_unit_scale(tiny_deep_dir):
-    model = load_generator(tiny_deep_dir, device="cpu", attention=build_attention("exact"))
+class RecordingAttention(AttentionBackend):
+    """Exact attention that records the shapes and the scale the block calls it with."""
+
+    name = "recording-test"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def attend(self, q, k, v, scale):
+        self.calls.append((tuple(q.shape), tuple(k.shape), tuple(v.shape), scale))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    def score_entries(self, nq, nk, d):
+        return nq * nk
+
+
+def test_block_calls_backend_with_biggan_shapes_and_unit_scale(tiny_deep_dir):
+    recorder = RecordingAttention()
+    model = load_generator(tiny_deep_dir, device="cpu", attention=recorder)
     seen = []
 
     def probe(backend, q, k, v):
         seen.append((tuple(q.shape), tuple(k.shape), tuple(v.shape)))
         return backend(q, k, v, scale=1.0)
 
+    model.generate(torch.zeros(1, 128), torch.tensor([0]), 1.0)
+    # 64x64 map at channel_width 8: 16 channels -> N=4096 queries, N/4=1024 keys, d=2, dv=8; BigGAN
+    # attention is unscaled: fails if the block passed 1/sqrt(d) (or anything but 1.0) to the backend
+    assert recorder.calls == [((1, 4096, 2), (1, 1024, 2), (1, 1024, 8), 1.0)]
     model.attention_blocks()[0].probe = probe
     model.generate(torch.zeros(1, 128), torch.tensor([0]), 1.0)
-    # 64x64 map at channel_width 8: 16 channels -> N=4096 queries, N/4=1024 keys, d=2, dv=8
-    assert seen == [((1, 4096, 2), (1, 1024, 2), (1, 1024, 8))]
+    assert seen == [((1, 4096, 2), (1, 1024, 2), (1, 1024, 8))]  # the probe gets the same q, k, v

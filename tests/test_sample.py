@@ -137,7 +137,7 @@ def test_resume_after_kill(tiny_deep_dir, tmp_path, fmt):
     finished = (lambda: list((tmp_path / "images").glob("*.png"))) if fmt == "png" else (lambda: list((tmp_path / "chunks").glob("*.npz")))
     deadline = time.monotonic() + 120
     while len(finished()) < (2 if fmt == "png" else 1) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)  # poll often: the kill must land before the last batch is written
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = finished()

@@ -20,14 +20,19 @@ CLASS = torch.tensor([7])
 
 @pytest.fixture
 def network_attempts(monkeypatch):
-    """Socket connections attempted during the test (each one refused)."""
+    """Name lookups and socket connections attempted during the test (each one refused)."""
     attempts = []
 
-    def refuse(self, address):
+    def refuse_connect(self, address):
         attempts.append(address)
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    def refuse_lookup(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse_lookup)
     return attempts
 
 
@@ -137,6 +142,18 @@ def test_bare_weights_file_infers_published_config(tiny_deep_dir, tmp_path):
     assert torch.equal(load_generator(bare, device="cpu").generate(Z, CLASS, 0.5), expected)
 
 
+@pytest.mark.parametrize("hub_offline", [False, True])
+def test_local_paths_load_without_network(hf_cache, network_attempts, monkeypatch, tiny_deep_dir, tmp_path, hub_offline):
+    # An empty cache and no network, with or without HF_HUB_OFFLINE=1: a local directory or file (either
+    # format) needs neither; fails if loading a path looks anything up online or writes to the cache.
+    if hub_offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ajbrock = write_random_checkpoint(tmp_path / "G_ema.pth", fmt="biggan", G_ch=8)
+    for path, family in ((tiny_deep_dir, "biggan-deep"), (tiny_deep_dir / "pytorch_model.bin", "biggan-deep"), (ajbrock, "biggan")):
+        assert load_generator(path, device="cpu").family == family
+    assert network_attempts == [] and not hf_cache.exists()
+
+
 def test_write_random_checkpoint_rejects_unknown_format(tmp_path):
     with pytest.raises(ValueError, match="unknown checkpoint format 'onnx'; accepted: biggan-deep, biggan"):
         write_random_checkpoint(tmp_path / "x", fmt="onnx")
@@ -206,9 +223,13 @@ def test_hub_snapshot_in_cache_is_used_offline(hf_cache, network_attempts, monke
 
 
 def test_hub_failure_falls_back_to_urls(hf_cache, monkeypatch, tiny_deep_dir):
+    hub_calls = []
+
     def hub_down(*args, **kwargs):
+        hub_calls.append(args)
         raise OSError("hub unreachable")
 
+    monkeypatch.setattr(weights.download, "hub_resolves", lambda: True)  # the Hub's name resolves, then its download fails
     monkeypatch.setattr(weights.download, "hf_hub_download", hub_down)
     source = ModelSource(
         "biggan-deep-test", "biggan-deep", hub_repo="someone/unreachable",
@@ -216,6 +237,7 @@ def test_hub_failure_falls_back_to_urls(hf_cache, monkeypatch, tiny_deep_dir):
     )
     monkeypatch.setitem(MODELS, source.name, source)
     assert load_generator(source.name, device="cpu").family == "biggan-deep"
+    assert hub_calls  # the Hub was tried first
 
 
 def test_cache_directory_follows_hf_environment(monkeypatch, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from tqdm.auto import tqdm
 
 from .registry import ModelSource
@@ -88,9 +88,16 @@ def _quiet_hub() -> Iterator[None]:
 
 def _from_hub(repo: str, filenames: list[str], offline: bool) -> Path:
     """The snapshot folder of ``repo`` holding ``filenames`` (one revision, so one folder)."""
-    local_only = offline or not hub_resolves()
+    if offline or not hub_resolves():
+        # Read the cache directly: hf_hub_download(local_files_only=True) still asks the Hub for its
+        # user-agent registry unless HF_HUB_OFFLINE was already set when huggingface_hub was imported.
+        cached = [try_to_load_from_cache(repo, name, cache_dir=hf_cache_dir()) for name in filenames]
+        missing = [name for name, path in zip(filenames, cached) if not isinstance(path, str)]
+        if missing:
+            raise FileNotFoundError(f"{repo}: {', '.join(missing)} not in the local Hub cache")
+        return Path(cached[0]).parent
     with _quiet_hub():
-        paths = [Path(hf_hub_download(repo, name, cache_dir=hf_cache_dir(), local_files_only=local_only)) for name in filenames]
+        paths = [Path(hf_hub_download(repo, name, cache_dir=hf_cache_dir())) for name in filenames]
     return paths[0].parent
 
 
