@@ -63,9 +63,19 @@ def test_every_backend_rejects_bad_budget_and_seed(name):
     for budget in (1.5, 0, -0.1, float("nan"), True, "0.5"):
         with pytest.raises(ValueError, match="budget"):
             build_attention(name, budget=budget)
-    for seed in ("0", 1.5, True):
+    for seed in ("0", 1.5, True, 2**64, -(2**63) - 1):  # the last two: outside torch.Generator's seed range
         with pytest.raises(ValueError, match="seed"):
             build_attention(name, seed=seed)
+
+
+@pytest.mark.parametrize("name", available_attentions())
+@pytest.mark.parametrize("b, nq", [(0, 8), (2, 0)])
+def test_every_backend_returns_an_empty_output_for_empty_inputs(name, b, nq):
+    # An empty batch (or no queries) reaches the block from an empty generate() call: the output must be
+    # the empty (B, Nq, dv) tensor in the input dtype (exact used to divide by B * Nk = 0).
+    q, k, v = (torch.zeros(shape, dtype=torch.bfloat16) for shape in [(b, nq, 4), (b, 3, 4), (b, 3, 5)])
+    out = build_attention(name)(q, k, v)
+    assert out.shape == (b, nq, 5) and out.dtype == torch.bfloat16
 
 
 def _tensors(*shapes, dtype=torch.float32):

@@ -129,6 +129,15 @@ def test_budget_split_within_budget(nq, nk, budget):
     assert attn.score_entries(nq, nk, 32) <= budget * nq * nk
 
 
+@pytest.mark.parametrize("nq,nk", [(4096, 1024), (65536, 16384), (7, 3)])
+def test_full_budget_holds_the_dense_matrix_and_no_more(nq, nk):
+    # Budget 1: the support is complete, so random features would cancel; none are drawn and the entries
+    # are Nq*Nk exactly (fails if a feature is kept: that adds Nq+Nk entries over the budget).
+    attn = build_attention("scatterbrain", budget=1.0)
+    assert attn.resolve(nq, nk, 32)["num_features"] == 0
+    assert attn.score_entries(nq, nk, 32) <= nq * nk
+
+
 @pytest.mark.parametrize("params,name", [({"num_features": 0}, "num_features"), ({"n_hashes": -2}, "n_hashes"), ({"q_cluster_size": 0}, "q_cluster_size"), ({"seed": 1.5}, "seed")])
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):

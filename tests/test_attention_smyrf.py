@@ -164,3 +164,12 @@ def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     monkeypatch.setattr(lsh, "PAIRS_PER_STEP", 2 * 16 * 8)
     stepped = attn(q, k, v, scale=0.7)
     assert rel_err(stepped, whole.double()) < 1e-5
+
+
+def test_explicit_cluster_sizes_must_make_the_same_number_of_clusters():
+    # 32 queries per cluster makes 128 query clusters of 4096, 32 keys per cluster only 32 of 1024:
+    # SMYRF pairs query and key clusters one to one, so this is an error, not a silent k_cluster_size=8.
+    q, k, v = qkv(nq=4096, nk=1024, d=8, dv=4)
+    with pytest.raises(ValueError, match="k_cluster_size=32 makes 32 key clusters.*accepted k_cluster_size = 8"):
+        build_attention("smyrf", q_cluster_size=32, k_cluster_size=32)(q, k, v)
+    assert build_attention("smyrf", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"] == 128

@@ -31,8 +31,8 @@ class AttentionBackend(nn.Module, ABC):
         super().__init__()
         if budget is not None and (not _is_number(budget, Real) or not 0.0 < float(budget) <= 1.0):
             raise ValueError(f"budget must be a fraction of the dense score matrix in (0, 1], got {budget!r}")
-        if not _is_number(seed, Integral):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        if not _is_number(seed, Integral) or not -(2**63) <= seed < 2**64:  # torch.Generator's seed range
+            raise ValueError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
         self.budget = None if budget is None else float(budget)
         self.seed = int(seed)
 
@@ -40,6 +40,8 @@ class AttentionBackend(nn.Module, ABC):
         check_qkv(q, k, v)
         if not _is_number(scale, Real) or not math.isfinite(scale):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
+        if q.shape[0] == 0 or q.shape[1] == 0:  # empty batch or no queries: nothing to attend
+            return v.new_zeros(q.shape[0], q.shape[1], v.shape[2])
         return self.attend(q, k, v, float(scale))
 
     @abstractmethod

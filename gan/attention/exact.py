@@ -2,9 +2,9 @@
 
 With dv != d (BigGAN: d = C/8, dv = C/2) PyTorch's CPU flash kernel does not apply and SDPA
 materialises the scores (about 2.3x B*Nq*Nk*4 bytes at its peak). Beyond CHUNK_SCORES scores
-per call the queries therefore go through SDPA in chunks: identical results, bounded memory
-(Nq=65536, Nk=16384 would otherwise peak near 18 GiB). BigGAN-deep-128's shape (B <= 8,
-4096 x 1024) stays one call.
+per call the queries therefore go through SDPA in chunks: the same results (to fp32 round-off),
+bounded memory (Nq=65536, Nk=16384 would otherwise peak near 18 GiB). BigGAN-deep-128's shape
+(B <= 8, 4096 x 1024) stays one call.
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ logits up to 100 stay finite. With a complete support the low-rank terms cancel:
 
 Budget b: three quarters for the support (SMYRF at 3b/4), the rest for the features:
 num_features = floor((b Nq Nk - support entries) / (Nq + Nk)), at least 1 and at most 256. At b = 1 the support
-is complete and one feature is kept. Measured on the benchmark regimes (Nq=4096, seeds 0-2,
-budgets 1/32, 1/8, 1/4): shares 1/2 and 7/8 were each better in some cells and worse in more;
-in the peaked regimes the features add next to nothing (their estimate of the mass outside the
+is complete and no features are drawn (their terms would cancel; the support alone fills the budget).
+Measured on the benchmark regimes (Nq=4096, seeds 0-2, budgets 1/32, 1/8, 1/4): shares 1/2 and
+7/8 were each better in some cells and worse in more; in the peaked regimes the features add next to nothing (their estimate of the mass outside the
 support is tiny), so there Scatterbrain behaves like SMYRF on its smaller support. Optimal
 positive features (FAVOR++, data-dependent A) and query/key norm balancing were measured too
 and did not lower the attention error here (the key-side features got more peaked), so the
@@ -93,7 +93,7 @@ class ScatterbrainAttention(AttentionBackend):
         if self.num_features is not None:
             return clusters, self.num_features
         if fraction >= 1.0:
-            return clusters, 1
+            return clusters, 0  # complete support: the low-rank terms cancel, and the support fills the budget
         left = fraction * nq * nk - clusters.score_entries()  # the features get what the support left
         return clusters, min(MAX_BUDGET_FEATURES, max(1, int(left / (nq + nk))))
 
@@ -102,7 +102,9 @@ class ScatterbrainAttention(AttentionBackend):
             raise ValueError(f"scatterbrain attention needs scale > 0 (softmax kernel features), got {scale}")
         clusters, num_features = self.plan(q.shape[1], k.shape[1])
         qf, kf, vf = q.float(), k.float(), v.float()
-        low_rank = low_rank_terms(qf, kf, vf, self.projection(num_features, q.shape[2], q.device), scale)
+        low_rank = None  # no features (budget 1: complete support): plain attention over the support
+        if num_features:
+            low_rank = low_rank_terms(qf, kf, vf, self.projection(num_features, q.shape[2], q.device), scale)
         layout = self.layout(qf, kf, scale)
         return clustered_attention(qf * scale, kf, vf, layout, low_rank).to(q.dtype)  # (B, Nq, dv)
 

@@ -88,7 +88,14 @@ def plan_clusters(
     <= b * Nq * Nk. b = 1 means one cluster (exact attention). C never exceeds Nk.
     """
     if q_cluster_size is not None or k_cluster_size is not None:
-        n_clusters = max(-(-nq // (q_cluster_size or nq)), -(-nk // (k_cluster_size or nk)))
+        q_clusters, k_clusters = -(-nq // (q_cluster_size or nq)), -(-nk // (k_cluster_size or nk))
+        if q_cluster_size is not None and k_cluster_size is not None and q_clusters != k_clusters:
+            raise ValueError(
+                f"q_cluster_size={q_cluster_size} makes {q_clusters} query clusters of Nq={nq} but k_cluster_size="
+                f"{k_cluster_size} makes {k_clusters} key clusters of Nk={nk}; they must be equal "
+                f"(accepted k_cluster_size = {-(-nk // q_clusters)} here, or give only one of the two)"
+            )
+        n_clusters = max(q_clusters, k_clusters)
         if n_clusters > nk:
             raise ValueError(
                 f"q_cluster_size={q_cluster_size} makes {n_clusters} clusters but there are only Nk={nk} keys; "
