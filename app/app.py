@@ -9,7 +9,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from eval.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
+from common.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
 
 DEFAULT_MODEL = "biggan-deep-128"
 

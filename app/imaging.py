@@ -8,13 +8,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import eval.images as eval_images
+import common.images as eval_images
 
 PAD = 2  # pixels between grid cells
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B,3,H,W) float in [-1,1] -> (B,H,W,3) uint8 NumPy, the same pixels the metrics see (``eval.images``)."""
+    """(B,3,H,W) float in [-1,1] -> (B,H,W,3) uint8 NumPy, the same pixels the metrics see (``common.images``)."""
     return eval_images.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -24,12 +24,12 @@ from app.params import parse_attention_kwargs  # noqa: E402
 from app.sample_store import (GRID, NpzStore, PngStore, check_run_settings,  # noqa: E402
                               remove_stale_temporaries, write_manifest, write_run_settings)
 from eval.attention_probe import AttentionProbe, probed  # noqa: E402
-from eval.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
-from eval.distributed import DistContext, init_distributed, shutdown  # noqa: E402
+from common.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
+from common.distributed import DistContext, init_distributed, shutdown  # noqa: E402
 from gan.attention import build_attention  # noqa: E402
 from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names, per_image_latents  # noqa: E402
 from weights import load_generator  # noqa: E402
-from weights.formats import write_atomic  # noqa: E402
+from common.files import write_atomic  # noqa: E402
 
 DEFAULT_MODEL = "biggan-deep-128"
 GRID_IMAGES = 64

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from weights.formats import write_atomic
+from common.files import write_atomic
 
 RUN_FILE = "run.json"
 MANIFEST = "manifest.jsonl"

@@ -21,7 +21,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from eval.cli import USER_ERRORS, OneLineParser, report_error
+from common.cli import USER_ERRORS, OneLineParser, report_error
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -174,7 +174,7 @@ def run(args) -> int:
     from gan.sampling import class_ids_from
     from weights import load_generator
 
-    from eval.distributed import init_distributed, shutdown
+    from common.distributed import init_distributed, shutdown
     from eval.inception import load_inception
     from eval.metrics import method_row
     from eval.report import text_table, write_results

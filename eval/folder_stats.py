@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from .frechet import feature_statistics
-from .images import check_readable, list_images, read_batches
+from common.images import check_readable, list_images, read_batches
 from .reference_stats import cache_dir, read_stats, save_stats
 
 

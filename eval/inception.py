@@ -235,7 +235,7 @@ def load_inception(weights: str | os.PathLike | None = None, device: str | torch
     The width is read from ``Conv2d_1a_3x3.conv.weight`` (32 output channels at full size); every other
     key must be present with the matching shape (``num_batches_tracked`` buffers are optional).
     """
-    from weights.formats import read_checkpoint
+    from common.files import read_checkpoint
     from weights.strict import check_state_dict
 
     path = _fetch_default_weights() if weights is None else Path(weights)

@@ -36,7 +36,7 @@ def named_stats_path(name: str) -> Path:
 
 def save_stats(path: Path, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write mu/sigma to ``path`` atomically (temp file in the same folder, then rename)."""
-    from weights.formats import write_atomic
+    from common.files import write_atomic
 
     write_atomic(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 

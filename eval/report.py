@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weights.formats import write_atomic
+from common.files import write_atomic
 
 from .metrics import METRIC_FIELDS
 

@@ -25,11 +25,11 @@ import torch
 from tqdm import tqdm
 
 from gan.sampling import balanced_class_ids, per_image_latents
-from weights.formats import read_checkpoint, save_checkpoint
+from common.files import read_checkpoint, save_checkpoint
 
 from .attention_probe import AttentionProbe, probed
-from .distributed import DistContext
-from .images import quantize
+from common.distributed import DistContext
+from common.images import quantize
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import AttentionBackend
-from .generator import Generator, GeneratorConfig
+from .generator import AttentionShape, Generator, GeneratorConfig
 from .layers import SelfAttention, conditional_batch_norm
 
 BOTTOM_WIDTH = 4  # the linear layer's output is a 4x4 map in every published configuration
@@ -190,6 +190,10 @@ class BigGAN(Generator):
         self.output_layer = nn.Sequential(
             StoredBatchNorm(config.out_channels[-1]), nn.ReLU(), nn.Conv2d(config.out_channels[-1], 3, 3, padding=1)
         )
+
+    def attention_shapes(self) -> list[AttentionShape]:
+        c = self.config
+        return [AttentionShape.of_block(c.out_channels[i], c.block_resolutions[i]) for i in c.attention_blocks]
 
     def conditions(self, z: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """z (B,dim_z), class_ids (B,) -> z for the linear layer (B,dim_z/slots) and one (B,cond_dim) per GBlock."""

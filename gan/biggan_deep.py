@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import AttentionBackend
-from .generator import Generator, GeneratorConfig
+from .generator import AttentionShape, Generator, GeneratorConfig
 from .layers import SelfAttention, conditional_batch_norm
 from .sampling import one_hot
 
@@ -227,6 +227,11 @@ class BigGANDeep(Generator):
         # the reference embeds classes into z_dim (not class_embed_dim); the published configs have them equal
         self.embeddings = nn.Linear(config.num_classes, config.z_dim, bias=False)
         self.generator = DeepGenerator(config, attention)
+
+    def attention_shapes(self) -> list[AttentionShape]:
+        c = self.config
+        side = 4 * 2 ** sum(up for up, _, _ in c.layers[: c.attention_layer_position])  # 4x4 doubled per upsample
+        return [AttentionShape.of_block(c.channel_width * c.layers[c.attention_layer_position][1], side)]
 
     def forward(self, z: torch.Tensor, class_ids: torch.Tensor, truncation: float) -> torch.Tensor:
         """z (B, z_dim), class_ids (B,) int, truncation in (0, 1] -> (B, 3, H, W) in [-1, 1]."""

@@ -10,6 +10,22 @@ from torch import nn
 
 from .attention import AttentionBackend, build_attention
 from .layers import SelfAttention
+from .sampling import latents_for
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionShape:
+    """What one attention block sees per image: nq queries and nk keys of size d, values of size dv."""
+
+    nq: int
+    nk: int
+    d: int
+    dv: int
+
+    @classmethod
+    def of_block(cls, channels: int, side: int) -> "AttentionShape":
+        """BigGAN's block on a side x side map of ``channels``: theta full-size, phi and g 2x2 max-pooled."""
+        return cls(side * side, (side // 2) * (side // 2), channels // 8, channels // 2)
 
 
 def _plain(value: Any) -> Any:
@@ -62,6 +78,17 @@ class Generator(nn.Module):
     def attention_blocks(self) -> list[SelfAttention]:
         return [m for m in self.modules() if isinstance(m, SelfAttention)]
 
+    def attention_shapes(self) -> list[AttentionShape]:
+        """The shape every attention block sees, from the config (no forward pass), in block order."""
+        raise NotImplementedError
+
+    def attention_shape(self) -> AttentionShape:
+        """The shape of the (first) attention block: what backend parameters are checked against."""
+        shapes = self.attention_shapes()
+        if not shapes:
+            raise ValueError(f"this {self.family} generator has no attention block")
+        return shapes[0]
+
     def set_attention(self, attention: str | AttentionBackend, **kwargs) -> AttentionBackend:
         """Swap the attention backend of every attention block in place (no reload); returns it."""
         if isinstance(attention, AttentionBackend):
@@ -77,6 +104,21 @@ class Generator(nn.Module):
     @property
     def attention(self) -> AttentionBackend:
         return self.attention_blocks()[0].attention
+
+    @torch.no_grad()
+    def sample(
+        self,
+        indices,
+        class_ids: torch.Tensor,
+        truncation: float = 1.0,
+        seed: int = 0,
+        latent_mode: str = "per-image",
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """Images for global image ``indices`` (latents from ``gan.sampling.latents_for``), truncation given once:
+        it scales the latents and selects BigGAN-deep's batch-norm statistics. -> (B,3,H,W) in [-1, 1]."""
+        z = latents_for(indices, self.z_dim, truncation, seed, mode=latent_mode, total=total)
+        return self.generate(z, class_ids, truncation)
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, class_ids: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:

@@ -65,6 +65,51 @@ def per_image_latents(
     return (truncation * z.clamp_(-TRUNCATION_BOUND, TRUNCATION_BOUND)).float()
 
 
+LATENT_MODES = ("per-image", "reference")
+REFERENCE_SEED = 123  # the BigGAN attention papers' scripts (KDEformer, Thinformer): truncated_noise_sample(seed=123)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_block(total: int, dim_z: int, truncation: float, seed: int) -> torch.Tensor:
+    return torch.from_numpy(truncated_noise_sample(total, dim_z, truncation, seed))
+
+
+def latents_for(
+    indices: Sequence[int] | torch.Tensor,
+    dim_z: int,
+    truncation: float = 1.0,
+    seed: int = 0,
+    mode: str = "per-image",
+    total: int | None = None,
+) -> torch.Tensor:
+    """(N, dim_z) float32 latents for global image ``indices``, already times ``truncation``.
+
+    ``per-image``: ``per_image_latents`` (image i's latent depends on (seed, i) only). ``reference``:
+    row i of pytorch-pretrained-biggan's ``truncated_noise_sample(batch_size=total, seed=seed)``, the
+    latents the published BigGAN attention experiments drew in one call (seed 123, truncation 0.4).
+    """
+    if mode == "per-image":
+        return per_image_latents(indices, dim_z, truncation, seed)
+    if mode != "reference":
+        raise ValueError(f"latent mode must be one of {', '.join(LATENT_MODES)}, got {mode!r}")
+    index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1).cpu()
+    if total is None or total < 1:
+        raise ValueError("the reference latent mode needs the run's total number of images (total >= 1)")
+    if index.numel() and (index.min() < 0 or index.max() >= total):
+        raise ValueError(f"image indices must be in [0, {total - 1}] for a reference run of {total} images")
+    return _reference_block(total, dim_z, float(truncation), seed)[index].clone()
+
+
+def repeated_class_ids(indices: Sequence[int] | torch.Tensor, classes: Sequence[int], per_class: int) -> torch.Tensor:
+    """Image i gets ``classes[i // per_class]``: numpy's ``repeat(classes, per_class)``, the published scripts' order."""
+    if per_class < 1 or not classes:
+        raise ValueError("repeated class ids need at least one class and per_class >= 1")
+    index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+    if index.numel() and (index.min() < 0 or index.max() >= len(classes) * per_class):
+        raise ValueError(f"image indices must be in [0, {len(classes) * per_class - 1}]")
+    return torch.as_tensor(list(classes), dtype=torch.int64)[index // per_class]
+
+
 def balanced_class_ids(indices: Sequence[int] | torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
     """Image i gets ``classes[i % len(classes)]``: balanced over ``classes`` and independent of batching."""
     if len(classes) == 0:

@@ -15,7 +15,9 @@ from gan.biggan_deep import BigGANDeepConfig
 from gan.generator import Generator
 
 from .download import fetch
-from .formats import BIGGAN, BIGGAN_DEEP, FORMATS, detect_format, read_checkpoint, read_config
+from common.files import read_checkpoint
+
+from .formats import BIGGAN, BIGGAN_DEEP, FORMATS, detect_format, read_config
 from .hf_deep import CONFIG_NAME, WEIGHTS_NAME, build_from_state_dict, infer_config, random_state_dict, write_checkpoint_dir
 from .registry import MODELS, available_models
 

@@ -33,7 +33,9 @@ import torch
 
 from gan.biggan import BOTTOM_WIDTH, BigGAN, BigGANConfig, CHANNEL_MULTIPLIERS
 
-from .formats import read_config, save_checkpoint
+from common.files import save_checkpoint
+
+from .formats import read_config
 from .spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
 from .strict import check_state_dict
 

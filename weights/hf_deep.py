@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from gan.biggan_deep import BigGANDeep, BigGANDeepConfig
 
-from .formats import save_checkpoint
+from common.files import save_checkpoint
 from .spectral_norm import fold_torch_spectral_norm
 from .strict import check_state_dict
 

@@ -5,6 +5,14 @@ q (B, Nq, d), k (B, Nk, d), v (B, Nk, dv) -> (B, Nq, dv). Methods know nothing a
 from __future__ import annotations
 
 from .base import AttentionBackend, check_qkv
-from .registry import available_attentions, build_attention, register_attention
+from .registry import attention_info, available_attentions, backend_class, backend_parameters, build_attention
 
-__all__ = ["AttentionBackend", "available_attentions", "build_attention", "check_qkv", "register_attention"]
+__all__ = [
+    "AttentionBackend",
+    "attention_info",
+    "available_attentions",
+    "backend_class",
+    "backend_parameters",
+    "build_attention",
+    "check_qkv",
+]

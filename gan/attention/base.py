@@ -23,9 +23,25 @@ DEFAULT_BUDGET = 1 / 8  # the papers' usual operating point (SMYRF: 8 hashes, cl
 
 
 class AttentionBackend(nn.Module, ABC):
-    """Base class: subclasses set ``name`` and implement ``attend`` and ``score_entries``."""
+    """Base class: subclasses set ``name`` (and what they are: ``published``, ``paper``, ``variant_of``)
+    and implement ``attend`` and ``score_entries``."""
 
     name: str = ""
+    published: bool = True  # computes a paper's algorithm as its authors' code does
+    paper: str = ""  # citation of the paper the method comes from
+    variant_of: str | None = None  # for the project's own methods: the published backend they vary
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        """What this backend is: name, published or not, paper, the published method it varies, one-line summary."""
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return {
+            "name": cls.name,
+            "published": cls.published,
+            "paper": cls.paper,
+            "variant_of": cls.variant_of,
+            "summary": doc[0] if doc else "",
+        }
 
     def __init__(self, *, budget: float | None = None, seed: int = 0):
         super().__init__()
@@ -58,6 +74,40 @@ class AttentionBackend(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return f"budget={self.budget}, seed={self.seed}"
+
+
+def positive_int(name: str, value: Any) -> int | None:
+    """``value`` if it is None or an int >= 1, else ValueError naming ``name``."""
+    if value is not None and (not _is_number(value, Integral) or value < 1):
+        raise ValueError(f"{name} must be a positive int (>= 1) or None, got {value!r}")
+    return None if value is None else int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else ValueError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class SeededDraws:
+    """Random draws made once per key from a generator seeded with ``seed`` (on the CPU, then moved).
+
+    ``draws(key, device, draw)`` returns ``draw(generator)`` (a tensor or tuple of tensors) for
+    ``key``, cached per (key, device), so every call with the same shapes sees the same draw.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._cache: dict[tuple, Any] = {}
+
+    def __call__(self, key: tuple, device: torch.device | str | None, draw):
+        cache_key = (*key, str(device))
+        if cache_key not in self._cache:
+            value = draw(torch.Generator().manual_seed(self.seed))
+            moved = tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device)
+            self._cache[cache_key] = moved
+        return self._cache[cache_key]
 
 
 def _is_number(value: Any, kind: type) -> bool:

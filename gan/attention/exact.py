@@ -20,6 +20,7 @@ class ExactAttention(AttentionBackend):
     """softmax(scale * q k^T) v, computed densely (the reference every approximation is measured against)."""
 
     name = "exact"
+    paper = "Vaswani et al., NeurIPS 2017 (softmax attention; BigGAN: Brock et al., ICLR 2019)"
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         batch, nq, nk = q.shape[0], q.shape[1], k.shape[1]

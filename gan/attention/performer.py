@@ -32,6 +32,7 @@ class PerformerAttention(AttentionBackend):
     """
 
     name = "performer"
+    paper = "Choromanski et al., ICLR 2021"
 
     def __init__(self, *, num_features: int | None = None, redraw: bool = False, budget: float | None = None, seed: int = 0):
         super().__init__(budget=budget, seed=seed)

@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
 from .lsh import RoundLayout, chunk_neighbours, clustered_attention
-from .smyrf import positive_int
 
 DEFAULT_N_HASHES = 4
 
@@ -39,6 +38,7 @@ class ReformerAttention(AttentionBackend):
     """
 
     name = "reformer"
+    paper = "Kitaev et al., ICLR 2020"
 
     def __init__(
         self, *, n_hashes: int | None = None, n_buckets: int | None = None, budget: float | None = None, seed: int = 0

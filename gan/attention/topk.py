@@ -30,6 +30,7 @@ class TopKAttention(AttentionBackend):
     """
 
     name = "topk"
+    paper = "Gupta et al., 2021 (arXiv:2106.06899)"
 
     def __init__(self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, budget: float | None = None, seed: int = 0):
         super().__init__(budget=budget, seed=seed)

@@ -12,13 +12,13 @@ from gan.attention.lsh import xbox_plus
 def test_full_budget_is_exact():
     # Fails if one cluster/one round does not cover every key or the log-sum-exp combination is off.
     q, k, v = qkv()
-    assert rel_err(build_attention("smyrf", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
+    assert rel_err(build_attention("smyrf-topkeys", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
 
 
 def test_rounds_do_not_double_count():
     # Four rounds of one cluster meet every pair four times; counted once each it is exact (1e-4).
     q, k, v = qkv()
-    attn = build_attention("smyrf", n_hashes=4, q_cluster_size=256, k_cluster_size=64)
+    attn = build_attention("smyrf-topkeys", n_hashes=4, q_cluster_size=256, k_cluster_size=64)
     assert rel_err(attn(q, k, v, scale=0.7), exact(q, k, v, 0.7)) < 1e-4
 
 
@@ -28,7 +28,7 @@ def test_output_is_softmax_over_union_of_round_supports(nq, nk):
     # the union of the rounds' pairs must match to 1e-5: fails on double counting, a dropped or
     # padded key leaking in, or a query written back to the wrong row.
     q, k, v = qkv(nq=nq, nk=nk)
-    attn = build_attention("smyrf", n_hashes=3, q_cluster_size=16, k_cluster_size=4, seed=3)
+    attn = build_attention("smyrf-topkeys", n_hashes=3, q_cluster_size=16, k_cluster_size=4, seed=3)
     out = attn(q, k, v, scale=0.5)
     mask = support_mask(attn.layout(q * 0.5, k), nq, nk)
     assert out.shape == (2, nq, 8)
@@ -41,7 +41,7 @@ def test_each_batch_element_hashed_on_its_own():
     # must be attended exactly as next to element 0 (1e-5: only matmul round-off may differ), with
     # padded clusters (250 queries in clusters of 16), where padding used to borrow element 0's row.
     q, k, v = qkv(nq=250, nk=62, logit_std=2.0)
-    attn = build_attention("smyrf", n_hashes=3, q_cluster_size=16, k_cluster_size=4, seed=1)
+    attn = build_attention("smyrf-topkeys", n_hashes=3, q_cluster_size=16, k_cluster_size=4, seed=1)
     assert rel_err(attn(q[1:], k[1:], v[1:])[0], attn(q, k, v)[1].double()) < 1e-5
 
 
@@ -54,7 +54,7 @@ def test_hash_bookkeeping_within_budget():
     from torch.profiler import ProfilerActivity, profile
     nq, nk, dv, budget = 2048, 512, 16, 1 / 32
     q, k, v = qkv(b=1, nq=nq, nk=nk, d=32, dv=dv, logit_std=2.0)
-    attn = build_attention("smyrf", budget=budget)
+    attn = build_attention("smyrf-topkeys", budget=budget)
     attn(q, k, v)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         attn(q, k, v)
@@ -77,9 +77,9 @@ def _events(prof):
 def test_deterministic_by_seed():
     # Same seed -> bit-identical output; another seed hashes differently (randomness really from seed).
     q, k, v = qkv()
-    a = build_attention("smyrf", budget=0.25, seed=1)(q, k, v)
-    b = build_attention("smyrf", budget=0.25, seed=1)(q, k, v)
-    c = build_attention("smyrf", budget=0.25, seed=2)(q, k, v)
+    a = build_attention("smyrf-topkeys", budget=0.25, seed=1)(q, k, v)
+    b = build_attention("smyrf-topkeys", budget=0.25, seed=1)(q, k, v)
+    c = build_attention("smyrf-topkeys", budget=0.25, seed=2)(q, k, v)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -89,9 +89,9 @@ def test_low_precision_and_large_logits_finite(dtype):
     # Logits up to ~100 and half-precision inputs: scores are fp32 with max subtraction, so finite.
     q, k, v = qkv(logit_std=30.0)
     assert (q @ k.transpose(1, 2)).abs().max() > 90
-    out = build_attention("smyrf", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
+    out = build_attention("smyrf-topkeys", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
-    full = build_attention("smyrf", budget=1.0)(q, k, v)
+    full = build_attention("smyrf-topkeys", budget=1.0)(q, k, v)
     assert rel_err(full, exact(q, k, v)) < 1e-4
 
 
@@ -100,7 +100,7 @@ def test_clustered_peaked_error_far_below_reference():
     # under a quarter of the lower end (0.3) at this small size; fails if the hash stops putting
     # queries with their heaviest keys.
     q, k, v = clustered_qkv()
-    err = rel_err(build_attention("smyrf", budget=0.125)(q, k, v), exact(q, k, v))
+    err = rel_err(build_attention("smyrf-topkeys", budget=0.125)(q, k, v), exact(q, k, v))
     assert err < 0.3
 
 
@@ -117,7 +117,7 @@ def test_xbox_plus_turns_inner_products_into_distances():
 @pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4, 1.0])
 def test_budget_resolves_within_budget(nq, nk, budget):
     # score_entries (the support; hashing works within one round of it) must fit the budget; resolve() must be JSON.
-    attn = build_attention("smyrf", budget=budget)
+    attn = build_attention("smyrf-topkeys", budget=budget)
     json.dumps(attn.resolve(nq, nk, 32))
     assert attn.score_entries(nq, nk, 32) <= budget * nq * nk
 
@@ -126,12 +126,12 @@ def test_budget_resolves_within_budget(nq, nk, budget):
 def test_default_rounds_keep_at_least_8_keys_per_cluster(budget, expected):
     # At 1/32 eight rounds would fit with 4 keys per cluster; measured worse in 3 of 4 regimes, so
     # the plan takes 4 rounds of 8 keys. Fails if the rounds-vs-cluster-size rule changes.
-    plan = build_attention("smyrf", budget=budget).resolve(4096, 1024, 32)
+    plan = build_attention("smyrf-topkeys", budget=budget).resolve(4096, 1024, 32)
     assert (plan["n_hashes"], plan["k_cluster_size"]) == expected
 
 
 def test_reference_setting_resolves_to_the_issue_parameters():
-    plan = build_attention("smyrf", n_hashes=8, q_cluster_size=64, k_cluster_size=16).resolve(4096, 1024, 32)
+    plan = build_attention("smyrf-topkeys", n_hashes=8, q_cluster_size=64, k_cluster_size=16).resolve(4096, 1024, 32)
     assert plan == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16}
 
 
@@ -142,16 +142,16 @@ def test_reference_setting_resolves_to_the_issue_parameters():
 )
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
-        build_attention("smyrf", **params)
+        build_attention("smyrf-topkeys", **params)
 
 
 def test_more_clusters_than_keys_rejected():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="q_cluster_size"):
-        build_attention("smyrf", q_cluster_size=1)(q, k, v)
+        build_attention("smyrf-topkeys", q_cluster_size=1)(q, k, v)
 
 
-@pytest.mark.parametrize("name", ["smyrf", "reformer", "scatterbrain"])
+@pytest.mark.parametrize("name", ["smyrf-topkeys", "reformer", "scatterbrain-centred"])
 def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     # clustered_attention scores a round in steps of whole clusters (PAIRS_PER_STEP bounds the working
     # set); tiny steps (one or two clusters each) must give the one-step result to float round-off (1e-5):
@@ -171,5 +171,5 @@ def test_explicit_cluster_sizes_must_make_the_same_number_of_clusters():
     # SMYRF pairs query and key clusters one to one, so this is an error, not a silent k_cluster_size=8.
     q, k, v = qkv(nq=4096, nk=1024, d=8, dv=4)
     with pytest.raises(ValueError, match="k_cluster_size=32 makes 32 key clusters.*accepted k_cluster_size = 8"):
-        build_attention("smyrf", q_cluster_size=32, k_cluster_size=32)(q, k, v)
-    assert build_attention("smyrf", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"] == 128
+        build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=32)(q, k, v)
+    assert build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"] == 128

@@ -20,7 +20,7 @@ def clustered_qkv(b=2, nq=512, nk=128, d=16, dv=8, logit_std=2.0, seed=0):
 def test_complete_support_is_exact(params):
     # Every pair in the support (once, though met in 4 rounds): the low-rank terms cancel (1e-4).
     q, k, v = qkv()
-    assert rel_err(build_attention("scatterbrain", **params)(q, k, v, scale=0.9), exact(q, k, v, 0.9)) < 1e-4
+    assert rel_err(build_attention("scatterbrain-centred", **params)(q, k, v, scale=0.9), exact(q, k, v, 0.9)) < 1e-4
 
 
 def centred_favor_estimate(q, k, proj, scale):
@@ -57,7 +57,7 @@ def test_each_batch_element_hashed_and_estimated_on_its_own():
     # must give the output it gets next to element 0 (1e-5: only matmul round-off may differ), with
     # padding (250 queries in clusters of 16).
     q, k, v = qkv(nq=250, nk=62, logit_std=2.0)
-    attn = build_attention("scatterbrain", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=16, seed=1)
+    attn = build_attention("scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=16, seed=1)
     together = attn(q, k, v)
     alone = attn(q[1:], k[1:], v[1:])
     assert rel_err(alone[0], together[1].double()) < 1e-5
@@ -69,7 +69,7 @@ def test_matches_dense_sparse_plus_low_rank_estimator(nq, nk):
     # Must match to 1e-4 (fp32 vs fp64); fails on a wrong correction, double counting or padding.
     q, k, v = qkv(nq=nq, nk=nk, logit_std=2.0)
     scale, m = 0.8, 32
-    attn = build_attention("scatterbrain", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2)
+    attn = build_attention("scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2)
     out = attn(q, k, v, scale=scale)
     proj = attn.projection(m, q.shape[2], q.device)
     est = centred_favor_estimate(q, k, proj, scale)
@@ -84,7 +84,7 @@ def test_matches_when_low_rank_part_is_near_exact():
     # error of 4096 features at logit std 0.3.
     q, k, v = qkv(logit_std=0.3, d=8)
     v = v + 2.0
-    attn = build_attention("scatterbrain", num_features=4096, q_cluster_size=64, k_cluster_size=16, n_hashes=1)
+    attn = build_attention("scatterbrain-centred", num_features=4096, q_cluster_size=64, k_cluster_size=16, n_hashes=1)
     assert rel_err(attn(q, k, v), exact(q, k, v)) < 1e-2
 
 
@@ -92,21 +92,21 @@ def test_matches_when_low_rank_part_is_near_exact():
 def test_never_much_worse_than_performer_with_same_features(regime):
     # Same seed -> the same projection for both. Averaged over 3 seeds, Scatterbrain's error must be
     # at most 1.05x Performer's + 0.01: the exact scores on the support only remove estimator noise.
-    errors = {"scatterbrain": 0.0, "performer": 0.0}
+    errors = {"scatterbrain-centred": 0.0, "performer": 0.0}
     for seed in range(3):
         q, k, v = qkv(nq=512, nk=128, logit_std=2.0, seed=seed) if regime == "isotropic" else clustered_qkv(seed=seed)
         ref = exact(q, k, v)
         errors["performer"] += rel_err(build_attention("performer", num_features=32, seed=seed)(q, k, v), ref)
-        sb = build_attention("scatterbrain", num_features=32, n_hashes=2, q_cluster_size=32, k_cluster_size=8, seed=seed)
-        errors["scatterbrain"] += rel_err(sb(q, k, v), ref)
-    assert errors["scatterbrain"] <= 1.05 * errors["performer"] + 0.03
+        sb = build_attention("scatterbrain-centred", num_features=32, n_hashes=2, q_cluster_size=32, k_cluster_size=8, seed=seed)
+        errors["scatterbrain-centred"] += rel_err(sb(q, k, v), ref)
+    assert errors["scatterbrain-centred"] <= 1.05 * errors["performer"] + 0.03
 
 
 def test_deterministic_by_seed():
     q, k, v = qkv()
-    a = build_attention("scatterbrain", budget=0.25, seed=1)(q, k, v)
-    assert torch.equal(a, build_attention("scatterbrain", budget=0.25, seed=1)(q, k, v))
-    assert not torch.equal(a, build_attention("scatterbrain", budget=0.25, seed=2)(q, k, v))
+    a = build_attention("scatterbrain-centred", budget=0.25, seed=1)(q, k, v)
+    assert torch.equal(a, build_attention("scatterbrain-centred", budget=0.25, seed=1)(q, k, v))
+    assert not torch.equal(a, build_attention("scatterbrain-centred", budget=0.25, seed=2)(q, k, v))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -114,15 +114,15 @@ def test_low_precision_and_large_logits_finite(dtype):
     # Logits up to ~100: features and scores share one log-shift per query, so nothing overflows.
     q, k, v = qkv(logit_std=30.0)
     assert (q @ k.transpose(1, 2)).abs().max() > 90
-    out = build_attention("scatterbrain", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
+    out = build_attention("scatterbrain-centred", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
-    assert rel_err(build_attention("scatterbrain", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
+    assert rel_err(build_attention("scatterbrain-centred", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
 
 
 @pytest.mark.parametrize("nq,nk", [(4096, 1024), (2048, 512), (16384, 4096)])
 @pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4])
 def test_budget_split_within_budget(nq, nk, budget):
-    attn = build_attention("scatterbrain", budget=budget)
+    attn = build_attention("scatterbrain-centred", budget=budget)
     plan = attn.resolve(nq, nk, 32)
     json.dumps(plan)
     assert plan["num_features"] >= 1
@@ -133,7 +133,7 @@ def test_budget_split_within_budget(nq, nk, budget):
 def test_full_budget_holds_the_dense_matrix_and_no_more(nq, nk):
     # Budget 1: the support is complete, so random features would cancel; none are drawn and the entries
     # are Nq*Nk exactly (fails if a feature is kept: that adds Nq+Nk entries over the budget).
-    attn = build_attention("scatterbrain", budget=1.0)
+    attn = build_attention("scatterbrain-centred", budget=1.0)
     assert attn.resolve(nq, nk, 32)["num_features"] == 0
     assert attn.score_entries(nq, nk, 32) <= nq * nk
 
@@ -141,23 +141,23 @@ def test_full_budget_holds_the_dense_matrix_and_no_more(nq, nk):
 @pytest.mark.parametrize("params,name", [({"num_features": 0}, "num_features"), ({"n_hashes": -2}, "n_hashes"), ({"q_cluster_size": 0}, "q_cluster_size"), ({"seed": 1.5}, "seed")])
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
-        build_attention("scatterbrain", **params)
+        build_attention("scatterbrain-centred", **params)
 
 
 def test_non_positive_scale_rejected():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="scale"):
-        build_attention("scatterbrain")(q, k, v, scale=-1.0)
+        build_attention("scatterbrain-centred")(q, k, v, scale=-1.0)
 
 
 def test_budget_features_capped_where_the_correction_would_cost_as_much_as_exact():
     # Each support pair's correction costs num_features multiply-adds: budget-resolved features stop at
     # 256 (at Nq=65536, budget 1/4 the budget alone would give 830); small shapes and explicit values are untouched.
-    big = build_attention("scatterbrain", budget=1 / 4).resolve(65536, 16384, 32)
-    small = build_attention("scatterbrain", budget=1 / 4).resolve(4096, 1024, 32)
+    big = build_attention("scatterbrain-centred", budget=1 / 4).resolve(65536, 16384, 32)
+    small = build_attention("scatterbrain-centred", budget=1 / 4).resolve(4096, 1024, 32)
     assert big["num_features"] == 256
     assert 1 <= small["num_features"] < 256
-    assert build_attention("scatterbrain", budget=1 / 4, num_features=512).resolve(65536, 16384, 32)["num_features"] == 512
+    assert build_attention("scatterbrain-centred", budget=1 / 4, num_features=512).resolve(65536, 16384, 32)["num_features"] == 512
     for shapes in [(65536, 16384, 32), (4096, 1024, 32)]:
-        attn = build_attention("scatterbrain", budget=1 / 4)
+        attn = build_attention("scatterbrain-centred", budget=1 / 4)
         assert attn.score_entries(*shapes) <= shapes[0] * shapes[1] / 4

@@ -1,0 +1,190 @@
+"""smyrf-topkeys: the project's SMYRF variant (varies ``smyrf``, Daras et al., 2020): asymmetric LSH query
+clusters, each meeting the keys its queries score highest, rounds combined over the union of supports.
+
+Hash, per round: queries (rescaled to the keys' max norm: a query's key ranking does not depend
+on its norm) and keys go through the XBOX+ transform onto one sphere where large inner products
+are short distances; every query takes the id of its nearest of C centroids (transformed keys
+drawn from ``seed``) plus a fraction from a random projection, and the sorted queries are cut into
+C equal clusters, so big centroid groups split along an angular coordinate.
+
+Keys, per cluster: instead of cutting the key order into C equal pieces by rank (the reference
+design, which misaligns query and key cuts wherever a bucket holds more or fewer keys than its
+share, so queries often miss their heaviest keys), each query cluster takes the Nk/C keys that
+score highest against the sum of its queries: same number of scores, keys chosen by what the
+cluster actually attends to. Hashing (point-centroid scores, cluster-key selection scores) runs
+one round at a time in pieces of at most one round's support entries, so the support is the peak.
+
+Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
+pair met in an earlier round is masked in later ones, so no pair is counted twice.
+
+Batch independence: every statistic of the hash (norms, the XBOX+ maximum, centroids, cluster
+query sums) is taken per batch element, so an element's clusters do not depend on the others in
+its batch. The same latent can still come out slightly different at another batch size: the
+generator's batched convolutions round q and k differently, and a discrete decision (nearest
+centroid, sort order, top-W keys) near a tie can flip, moving a few queries to other clusters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
+from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attention, query_clusters, top_keys_per_cluster, xbox_plus
+
+DEFAULT_N_HASHES = 8
+# Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
+# 8 rounds of 4 keys had higher error than 4 rounds of 8 in 3 of the 4 benchmark regimes, and a
+# round's int64 sort bookkeeping per query (about 32 bytes) outgrows its W fp32 scores.
+MIN_KEYS_PER_CLUSTER = 8
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Resolved clustering for (Nq, Nk): ``n_hashes`` rounds of ``n_clusters`` query clusters."""
+
+    n_hashes: int
+    n_clusters: int
+    q_cluster_size: int
+    k_cluster_size: int
+
+    @classmethod
+    def of(cls, n_hashes: int, n_clusters: int, nq: int, nk: int) -> ClusterPlan:
+        return cls(n_hashes, n_clusters, cluster_size(nq, n_clusters), cluster_size(nk, n_clusters))
+
+    def score_entries(self) -> int:
+        """Scores held: the support, padding included. Hashing works in pieces of at most one round's
+        support (``work_rows``), so it never holds more."""
+        return self.n_hashes * self.round_entries()
+
+    def round_entries(self) -> int:
+        """One round's support: C clusters of q_cluster_size queries times k_cluster_size keys."""
+        return self.n_clusters * self.q_cluster_size * self.k_cluster_size
+
+    def work_rows(self, width: int) -> int:
+        """Rows of ``width`` scores (points against C centroids, clusters against Nk keys) that fit in
+        one round's support entries: the hashing's working set."""
+        return max(1, self.round_entries() // width)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_clusters(
+    nq: int, nk: int, n_hashes: int | None, q_cluster_size: int | None, k_cluster_size: int | None, budget: float | None
+) -> ClusterPlan:
+    """Explicit cluster sizes win; otherwise the fewest clusters whose score entries fit the budget.
+
+    Budget b (default 1/8): n_hashes rounds (default: the most of 8, 4, 2, 1 that fit with at least
+    MIN_KEYS_PER_CLUSTER keys per cluster) and the smallest C >= n_hashes / b with score_entries
+    <= b * Nq * Nk. b = 1 means one cluster (exact attention). C never exceeds Nk.
+    """
+    if q_cluster_size is not None or k_cluster_size is not None:
+        q_clusters, k_clusters = -(-nq // (q_cluster_size or nq)), -(-nk // (k_cluster_size or nk))
+        if q_cluster_size is not None and k_cluster_size is not None and q_clusters != k_clusters:
+            raise ValueError(
+                f"q_cluster_size={q_cluster_size} makes {q_clusters} query clusters of Nq={nq} but k_cluster_size="
+                f"{k_cluster_size} makes {k_clusters} key clusters of Nk={nk}; they must be equal "
+                f"(accepted k_cluster_size = {-(-nk // q_clusters)} here, or give only one of the two)"
+            )
+        n_clusters = max(q_clusters, k_clusters)
+        if n_clusters > nk:
+            raise ValueError(
+                f"q_cluster_size={q_cluster_size} makes {n_clusters} clusters but there are only Nk={nk} keys; "
+                f"accepted q_cluster_size >= {-(-nq // nk)}"
+            )
+        return ClusterPlan.of(n_hashes or DEFAULT_N_HASHES, n_clusters, nq, nk)
+    fraction = DEFAULT_BUDGET if budget is None else budget
+    if fraction >= 1.0:
+        return ClusterPlan.of(n_hashes or 1, 1, nq, nk)
+    allowed = fraction * nq * nk
+    candidates = [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1]
+    for hashes in candidates:
+        for n_clusters in range(min(nk, math.ceil(hashes / fraction - 1e-9)), nk + 1):
+            plan = ClusterPlan.of(hashes, n_clusters, nq, nk)
+            if plan.score_entries() <= allowed:
+                if plan.k_cluster_size >= MIN_KEYS_PER_CLUSTER or hashes == candidates[-1]:
+                    return plan
+                break  # fits, but its clusters are too small: try fewer rounds
+    # Nothing fits (budgets below ~1/Nq): the cheapest single round.
+    return min((ClusterPlan.of(1, c, nq, nk) for c in range(1, nk + 1)), key=lambda plan: plan.score_entries())
+
+
+class SmyrfHash:
+    """Per-round centroid seeds and projection directions, drawn once per shape/device from ``seed``."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._draws: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def draws(self, n_hashes: int, n_centroids: int, nk: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, c) distinct key indices seeding the centroids and (R, dim) unit directions."""
+        key = (n_hashes, n_centroids, nk, dim, str(device))
+        if key not in self._draws:
+            generator = torch.Generator().manual_seed(self.seed)
+            seeds = torch.rand(n_hashes, nk, generator=generator).argsort(-1)[:, :n_centroids]
+            directions = torch.randn(n_hashes, dim, generator=generator)
+            self._draws[key] = (seeds.to(device), (directions / directions.norm(dim=-1, keepdim=True)).to(device))
+        return self._draws[key]
+
+    def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan) -> RoundLayout:
+        """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys."""
+        key_norm = k.norm(dim=-1).amax(-1).view(-1, 1, 1)  # (B, 1, 1)
+        qx, kx = xbox_plus(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-30) * key_norm, k)
+        seeds, directions = self.draws(plan.n_hashes, plan.n_clusters, k.shape[1], qx.shape[-1], q.device)
+        sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=plan.work_rows(plan.n_clusters))
+        q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
+        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
+
+
+class SmyrfTopKeysAttention(AttentionBackend):
+    """SMYRF with ``n_hashes`` rounds and query/key clusters of ``q_cluster_size`` / ``k_cluster_size``.
+
+    Holds n_hashes * Nq * k_cluster_size support scores (hashing works within one round's share). From ``budget``
+    (default 1/8) it picks C clusters of Nq/C queries and Nk/C keys to fit (``plan_clusters``).
+    """
+
+    name = "smyrf-topkeys"
+    published = False
+    paper = "Daras et al., NeurIPS 2020 (SMYRF), varied by this project"
+    variant_of = "smyrf"
+
+    def __init__(
+        self,
+        *,
+        n_hashes: int | None = None,
+        q_cluster_size: int | None = None,
+        k_cluster_size: int | None = None,
+        budget: float | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(budget=budget, seed=seed)
+        self.n_hashes = positive_int("n_hashes", n_hashes)
+        self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
+        self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
+        self.hash = SmyrfHash(seed)
+
+    def plan(self, nq: int, nk: int) -> ClusterPlan:
+        return plan_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, self.budget)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        qf, kf = q.float() * scale, k.float()
+        return clustered_attention(qf, kf, v.float(), self.layout(qf, kf)).to(q.dtype)  # (B, Nq, dv)
+
+    def layout(self, q: torch.Tensor, k: torch.Tensor) -> RoundLayout:
+        """Query clusters and their keys for fp32 q (B,Nq,d) (already scaled) and k (B,Nk,d)."""
+        return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]))
+
+    def score_entries(self, nq: int, nk: int, d: int) -> int:
+        return self.plan(nq, nk).score_entries()
+
+    def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
+        return self.plan(nq, nk).as_dict()
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
+            f"k_cluster_size={self.k_cluster_size}, {super().extra_repr()}"
+        )
