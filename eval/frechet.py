@@ -2,27 +2,36 @@
 
     d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)
 
-tr sqrt(S1 S2) is the sum of the square roots of the eigenvalues of S1 S2, which are those of the
-symmetric PSD matrix L^T S2 L where S1 = L L^T (Cholesky). So one Cholesky factorisation and one
-symmetric eigenvalue decomposition (``eigvalsh``) replace the Schur-based matrix square root.
+tr sqrt(S1 S2) is the sum of the square roots of the eigenvalues of S1 S2. With any factor
+S = L L^T of one covariance, they are the eigenvalues of the symmetric PSD matrix L^T S' L (S' the
+other one). L is a Cholesky factor when one covariance is positive definite (the reference's is,
+normally), else ``U sqrt(W)`` from the eigendecomposition of S1: the exact value needs no offset
+even when both covariances are singular (fewer samples than dimensions). Eigenvalues below zero
+(round-off) count as zero, as the real part of pytorch-fid's complex ``sqrtm`` does.
 
-A covariance estimated from fewer samples than dimensions is singular; then Cholesky fails, a
-warning is issued and ``eps`` (default 1e-6, pytorch-fid's offset) is added to both diagonals.
-
-On the CPU the eigenvalue step runs on one thread: LAPACK's reduction to tridiagonal form (the
-bulk of ``eigvalsh``) is memory-bound with a synchronisation per column, and on a loaded 2-core
-machine two OpenMP threads took anywhere from 0.25 s to 50 s for 2048-d, one thread a steady 0.43 s.
+Only when that decomposition fails or is not finite is pytorch-fid's fallback used: ``eps`` is added to
+both diagonals inside the square root (not in the traces), with a warning, and ``FrechetResult.eps``
+records it. On the CPU the eigenvalue step runs on one thread (a memory-bound reduction that
+contends badly for shared cores; see BENCHMARKS.md).
 """
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 
-SINGULAR_EPS = 1e-6
+SINGULAR_EPS = 1e-6  # pytorch-fid's offset
+
+
+@dataclass(frozen=True)
+class FrechetResult:
+    value: float
+    factor: str  # how tr sqrt(S1 S2) was reduced: "cholesky(sigma2)", "cholesky(sigma1)" or "eigh(sigma1)"
+    eps: float | None  # pytorch-fid's fallback offset when it was needed, else None
 
 
 def _as_f64(x, device) -> torch.Tensor:
@@ -53,8 +62,23 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[torch.Tenso
     return mu, centered.T @ centered / (x.shape[0] - 1)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device: str | torch.device | None = None) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2); arrays or tensors, (D,) and (D, D)."""
+def _trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """tr sqrt(S1 S2) for symmetric PSD S1, S2 (D, D) and the factorisation used."""
+    chol, info = torch.linalg.cholesky_ex(s2)
+    factor, other = "cholesky(sigma2)", s1
+    if int(info) != 0:
+        chol, info = torch.linalg.cholesky_ex(s1)
+        factor, other = "cholesky(sigma1)", s2
+    with _one_cpu_thread(s1.device):
+        if int(info) != 0:  # both singular: S1 = (U sqrt W)(U sqrt W)^T
+            w, u = torch.linalg.eigh(s1)
+            chol, factor, other = u * w.clamp_min(0).sqrt(), "eigh(sigma1)", s2
+        eig = torch.linalg.eigvalsh(chol.T @ other @ chol)  # (D,) eigenvalues of S1 S2, >= 0 up to round-off
+    return eig.clamp_min(0).sqrt().sum(), factor
+
+
+def frechet(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device: str | torch.device | None = None) -> FrechetResult:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) with how it was computed; (D,) and (D, D)."""
     if device is None:
         device = sigma1.device if isinstance(sigma1, torch.Tensor) else "cpu"
     mu1, mu2 = _as_f64(mu1, device).reshape(-1), _as_f64(mu2, device).reshape(-1)
@@ -66,18 +90,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device
             f"sigma2 {tuple(s2.shape)}; need (D,) means and (D, D) covariances of one D"
         )
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
-    chol, info = torch.linalg.cholesky_ex(s1)
-    if int(info) != 0:
-        warnings.warn(
-            f"covariance is singular (fewer samples than {d} dimensions?); adding eps={eps} to both diagonals",
-            RuntimeWarning, stacklevel=2,
-        )
+    used_eps = None
+    try:
+        tr_covmean, factor = _trace_sqrt_product(s1, s2)
+        if not torch.isfinite(tr_covmean):
+            raise torch.linalg.LinAlgError("non-finite eigenvalues")
+    except torch.linalg.LinAlgError:
+        warnings.warn(f"Frechet distance: the product of the covariances has no computable square root; adding "
+                      f"eps={eps} to both diagonals inside it, as pytorch-fid does", RuntimeWarning, stacklevel=2)
         offset = eps * torch.eye(d, dtype=torch.float64, device=device)
-        s1, s2 = s1 + offset, s2 + offset
-        chol = torch.linalg.cholesky(s1)
-    product = chol.T @ s2 @ chol  # (D, D) symmetric PSD, similar to S1 S2
-    with _one_cpu_thread(product.device):
-        eig = torch.linalg.eigvalsh(product)  # (D,) eigenvalues of S1 S2, >= 0 up to rounding
-    tr_covmean = eig.clamp_min(0).sqrt().sum()
+        tr_covmean, factor = _trace_sqrt_product(s1 + offset, s2 + offset)
+        used_eps = eps
     diff = mu1 - mu2
-    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+    value = float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean)
+    return FrechetResult(value, factor, used_eps)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device: str | torch.device | None = None) -> float:
+    """``frechet(...).value``: the Frechet distance alone."""
+    return frechet(mu1, sigma1, mu2, sigma2, eps, device).value

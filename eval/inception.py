@@ -6,13 +6,14 @@ so its checkpoint ``pt_inception-2015-12-05-6726825d.pth`` loads strictly. A che
 key layout with every channel count scaled by one factor (the width, read from the first conv's shape)
 loads too: tests use such a tiny random network.
 
-Input: images in [-1, 1], any size. They are resized bilinearly (align_corners=False, no antialias)
-to 299 x 299, which equals pytorch-fid's resize of the [0, 1] image followed by ``2x - 1``.
+Input: images in [-1, 1], any size, turned into the 299 x 299 input by the network's ``input_mode``
+(``eval/inception_input.py``: ``tf``, ``pytorch-fid`` or ``clean``).
 Output: pool3 features (B, 2048 * width) and logits ``features @ fc.weight.T`` (B, 1008): the fc bias
 is left out, as the original TF Inception Score and torch-fidelity do.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -21,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inception_input import INPUT_SIZE, check_input_mode, inception_input
+
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-INPUT_SIZE = 299
 NUM_LOGITS = 1008
 
 
@@ -160,11 +162,12 @@ class InceptionE(nn.Module):
 class FIDInception(nn.Module):
     """FID InceptionV3; ``width`` scales every channel count (1.0 is the published network)."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, input_mode: str = "pytorch-fid"):
         super().__init__()
         if not 0.0 < width <= 1.0:
             raise ValueError(f"Inception width must be in (0, 1], got {width}")
         self.width = width
+        self.input_mode = check_input_mode(input_mode)
 
         def c(n: int) -> int:
             return max(1, round(n * width))
@@ -192,7 +195,12 @@ class FIDInception(nn.Module):
         """images (B,3,H,W) in [-1,1] -> pool3 features (B, feature_dim), logits without bias (B, 1008)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"Inception expects images (B,3,H,W), got {tuple(images.shape)}")
-        x = F.interpolate(images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        return self.from_input(inception_input(images, self.input_mode))
+
+    def from_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,3,299,299), the network's input -> pool3 features (B, feature_dim), unbiased logits (B, 1008)."""
+        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"the Inception input must be (B,3,{INPUT_SIZE},{INPUT_SIZE}), got {tuple(x.shape)}")
         x = F.max_pool2d(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))), 3, stride=2)
         x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
         for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
@@ -221,16 +229,28 @@ def _fetch_default_weights() -> Path:
     return path
 
 
-def weights_id(path: Path) -> str:
-    """A short content id of a weights file (name, size, first MiB), for cache keys."""
+@functools.lru_cache(maxsize=16)
+def _file_sha256(resolved: str, mtime_ns: int, size: int) -> str:
+    """SHA-256 of a whole file; cached by (path, mtime, size), so a file is read once per process."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-    return f"{path.name}:{os.path.getsize(path)}:{digest.hexdigest()[:16]}"
+    with open(resolved, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> tuple[FIDInception, str]:
+def weights_id(path: Path) -> str:
+    """A content id of a weights file for cache keys: its name, size and the SHA-256 of all its bytes."""
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{_file_sha256(str(path.resolve()), st.st_mtime_ns, st.st_size)[:16]}"
+
+
+def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                   input_mode: str = "pytorch-fid") -> tuple[FIDInception, str]:
     """Build the FID Inception from ``weights`` (default: pytorch-fid's cached checkpoint); returns (net, weights id).
+
+    ``input_mode`` picks the resize/normalisation protocol (``eval/inception_input.py``); it is not part
+    of the weights id (cache keys record it separately).
 
     The width is read from ``Conv2d_1a_3x3.conv.weight`` (32 output channels at full size); every other
     key must be present with the matching shape (``num_batches_tracked`` buffers are optional).
@@ -244,7 +264,8 @@ def load_inception(weights: str | os.PathLike | None = None, device: str | torch
     state = read_checkpoint(path)
     if "Conv2d_1a_3x3.conv.weight" not in state:
         raise ValueError(f"{path} is not an FID Inception state dict (no Conv2d_1a_3x3.conv.weight key)")
-    net = FIDInception(width=state["Conv2d_1a_3x3.conv.weight"].shape[0] / 32)
+    check_input_mode(input_mode)
+    net = FIDInception(width=state["Conv2d_1a_3x3.conv.weight"].shape[0] / 32, input_mode=input_mode)
     expected = {k: v.shape for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     check_state_dict(expected, {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, str(path))
     net.load_state_dict(state, strict=False)

@@ -1,8 +1,8 @@
 """Results on disk and on screen: results.json / .csv / .md, a stdout table, fid_vs_budget.png.
 
-results.json: ``{"methods": {label: {fid, is_mean, is_std, attn_rel_error, top1_changed,
-images_per_s, attn_ms, attn_peak_mb, n}}, "config": {...}, "versions": {...}}``.
-Every file is written to a temporary name and renamed, so a crash leaves no half-written file.
+results.json: ``{"methods": {label: {one field per eval.metrics.METRICS entry}}, "config": {...},
+"versions": {...}}``. Every file is written to a temporary name and renamed, so a crash leaves no
+half-written file; the plot comes last and its failure never costs the results files.
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ import torch
 
 from common.files import write_atomic
 
-from .metrics import METRIC_FIELDS
+from .metrics import METRICS
 
-_FORMATS = {"fid": "{:.3f}", "is_mean": "{:.3f}", "is_std": "{:.3f}", "attn_rel_error": "{:.4f}", "top1_changed": "{:.4f}",
-            "images_per_s": "{:.2f}", "attn_ms": "{:.3f}", "attn_peak_mb": "{:.2f}", "n": "{}"}
+METRIC_FIELDS = tuple(m.name for m in METRICS)
+_FORMATS = {m.name: m.fmt for m in METRICS}
 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for dist in ("biggan-attn", "pytorch-fid", "torchvision"):
+    for dist in ("biggan-attn", "pytorch-fid", "torch-fidelity", "torchvision"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -93,17 +93,26 @@ def plot_fid_vs_budget(methods: dict[str, dict], budgets: dict[str, tuple[str, f
     return buf.getvalue()
 
 
-def write_results(out: Path, methods: dict[str, dict], config: dict, budgets: dict[str, tuple[str, float]]) -> list[Path]:
-    """Write results.json, results.csv, results.md (and fid_vs_budget.png when budgets were swept)."""
+def write_results(out: Path, methods: dict[str, dict], config: dict,
+                  budgets: dict[str, tuple[str, float]]) -> tuple[list[Path], str | None]:
+    """Write results.json, results.csv, results.md, then fid_vs_budget.png when budgets were swept.
+
+    Returns (files written, the plot's error as one line or None): a missing or broken plotting
+    library never costs the results files, which are on disk before the plot is attempted.
+    """
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "results.json": json.dumps({"methods": methods, "config": config, "versions": versions()}, indent=2, default=str).encode(),
         "results.csv": _csv_text(methods).encode(),
         "results.md": markdown_table(methods).encode(),
     }
-    png = plot_fid_vs_budget(methods, budgets)
-    if png is not None:
-        files["fid_vs_budget.png"] = png
     for name, data in files.items():
         write_atomic(out / name, lambda f, data=data: f.write(data))
-    return [out / name for name in files]
+    written = [out / name for name in files]
+    try:
+        png = plot_fid_vs_budget(methods, budgets)
+    except Exception as err:  # noqa: BLE001 - any plotting failure: keep the results, report it
+        return written, f"fid_vs_budget.png not written ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if png is not None:
+        written.append(write_atomic(out / "fid_vs_budget.png", lambda f: f.write(png)))
+    return written, None

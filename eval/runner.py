@@ -1,19 +1,21 @@
 """Paired evaluation: every method generates the same images (same latents, same classes), in shards.
 
-Image i always gets ``per_image_latents([i], seed)`` and class ``balanced_class_ids([i], classes)``,
-whatever the batch, shard or rank. Images [0, N) are cut into shards of ``shard_size``; each shard's
+Image i always gets the latent and class of ``ImagePlan`` (``eval/image_plan.py``), whatever the
+batch, shard or rank. Images [0, N) are cut into shards of ``shard_size``; each shard's
 Inception features, logits, per-image attention error and timings are saved atomically under
 
     <cache>/<label>-<key>/shard_<start>_<end>.pt
 
-where ``key`` hashes everything that fixes the images (model, truncation, seed, classes, dtype,
-backend and its parameters, Inception weights; not the batch size, which changes per-image results
+where ``key`` hashes everything that fixes the images and their features (model, the image plan,
+dtype, backend and its parameters, Inception weights and input protocol; not the batch size, which changes per-image results
 only by float round-off). A re-run, a larger N or an added backend reuses the
 shards that exist; a run killed midway loses at most the shard in progress.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import re
 import time
@@ -24,12 +26,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from gan.sampling import balanced_class_ids, per_image_latents
-from common.files import read_checkpoint, save_checkpoint
+from common.distributed import DistContext
+from common.files import read_checkpoint, write_atomic
+from common.images import quantize
 
 from .attention_probe import AttentionProbe, probed
-from common.distributed import DistContext
-from common.images import quantize
+from .features import MethodFeatures
+from .image_plan import ImagePlan
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class MethodSpec:
     label: str
     attention: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    backend: Any = field(default=None, compare=False, repr=False)  # the built AttentionBackend (built once)
 
     @property
     def is_exact(self) -> bool:
@@ -50,30 +54,15 @@ class ImageSpec:
     """Everything besides the backend that fixes the generated images and their features."""
 
     model_id: str
-    truncation: float
-    seed: int
-    classes: tuple[int, ...]
+    plan: ImagePlan
     dtype: str
     inception_id: str
-
-
-@dataclass
-class MethodFeatures:
-    """All N images of one method, in image order."""
-
-    features: torch.Tensor  # (N, D) float32
-    logits: torch.Tensor  # (N, 1008) float32
-    attn_error: torch.Tensor  # (N,) float64
-    gen_seconds: float
-    attn_seconds: float
-    attn_calls: int
-    attn_peak_bytes: int
-    attn_shape: tuple[int, ...]  # (Nq, Nk, d) seen by the attention layer; empty when it was never called
-    generated: int  # images generated in this run (the rest came from the cache)
+    inception_input: str
 
 
 def cache_key(image: ImageSpec, method: MethodSpec) -> str:
-    blob = json.dumps({"image": image.__dict__, "attention": method.attention, "kwargs": method.kwargs}, sort_keys=True, default=str)
+    fields = {**dataclasses.asdict(image), "plan": dataclasses.asdict(image.plan)}
+    blob = json.dumps({"image": fields, "attention": method.attention, "kwargs": method.kwargs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -97,6 +86,47 @@ def _load_shard(path: Path, size: int) -> dict | None:
     return shard if shard.get("features") is not None and shard["features"].shape[0] == size else None
 
 
+def save_shard(shard: dict, path: Path) -> None:
+    """Serialise in memory, then write atomically: a full disk is an ``OSError`` naming the file, never a
+    half-written shard (``torch.save`` straight to a file reports it as an opaque RuntimeError)."""
+    buf = io.BytesIO()
+    torch.save(shard, buf)
+    write_atomic(path, lambda f: f.write(buf.getbuffer()))
+
+
+class RunProgress:
+    """One progress bar for the whole run (every method's images to generate): images/s and ETA.
+
+    After the first measured batch it prints the estimated time of the whole run once.
+    """
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = tqdm(total=total, desc="generate + features", unit="img", disable=not enabled, leave=False,
+                        dynamic_ncols=True)
+        self._start = time.perf_counter()
+        self._estimated = False
+
+    def update(self, n: int) -> None:
+        now = time.perf_counter()
+        self.bar.update(n)
+        if not self._estimated and self.bar.n > 0 and not self.bar.disable and self.bar.total:
+            self._estimated = True
+            rate = self.bar.format_dict.get("rate") or self.bar.n / max(now - self._start, 1e-9)
+            tqdm.write(f"estimated time: {_duration(self.bar.total / max(rate, 1e-9))} for {self.bar.total} images "
+                       f"({rate:.2f} img/s on the first batch)")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -109,17 +139,15 @@ def _check_finite(tensor: torch.Tensor, what: str, label: str, start: int) -> No
 
 @torch.no_grad()
 def compute_shard(G, inception, image: ImageSpec, method: MethodSpec, start: int, end: int,
-                  batch_size: int, device: torch.device, dtype: torch.dtype, bar: tqdm | None = None) -> dict:
+                  batch_size: int, device: torch.device, bar: RunProgress | None = None) -> dict:
     """Generate images [start, end) with ``G``'s current backend and extract their Inception outputs."""
     feats, logits, errors, gen_seconds = [], [], [], 0.0
     with probed(G, AttentionProbe(measure_error=not method.is_exact)) as probe:
         for lo in range(start, end, batch_size):
             idx = torch.arange(lo, min(lo + batch_size, end))
-            z = per_image_latents(idx, G.z_dim, image.truncation, image.seed).to(device=device, dtype=dtype)
-            cls = balanced_class_ids(idx, image.classes)  # (B,) on the CPU: generate range-checks without a sync
             _sync(device)
             t0 = time.perf_counter()
-            images = G.generate(z, cls, truncation=image.truncation)  # (B,3,H,W) in [-1,1]
+            images = image.plan.sample(G, idx)  # (B,3,H,W) in [-1,1]
             _sync(device)
             gen_seconds += time.perf_counter() - t0
             probe.flush()
@@ -138,28 +166,43 @@ def compute_shard(G, inception, image: ImageSpec, method: MethodSpec, start: int
     }
 
 
+def shard_path(cache: Path, image: ImageSpec, method: MethodSpec, start: int, end: int) -> Path:
+    return method_dir(cache, image, method) / f"shard_{start:08d}_{end:08d}.pt"
+
+
+def missing_images(cache: Path, image: ImageSpec, method: MethodSpec, num_samples: int, shard_size: int,
+                   ctx: DistContext) -> int:
+    """How many of this rank's images have no finished shard (what the run will generate)."""
+    mine = [(s, e) for j, (s, e) in enumerate(shard_ranges(num_samples, shard_size)) if ctx.owns(j)]
+    return sum(e - s for s, e in mine if not shard_path(cache, image, method, s, e).is_file())
+
+
 def evaluate_method(G, inception, image: ImageSpec, method: MethodSpec, *, num_samples: int, batch_size: int,
-                    shard_size: int, cache: Path, ctx: DistContext, dtype: torch.dtype) -> MethodFeatures | None:
-    """This rank's shards (cached or computed), gathered on rank 0; rank 0 gets the method's features, others None."""
-    G.set_attention(method.attention, **method.kwargs)
-    folder = method_dir(cache, image, method)
+                    shard_size: int, cache: Path, ctx: DistContext, bar: RunProgress | None = None) -> MethodFeatures | None:
+    """This rank's shards (cached or computed), gathered on rank 0; rank 0 gets the method's features, others None.
+
+    ``bar`` counts only generated images. A failed write (full disk, permissions) becomes a one-line
+    ``ValueError`` naming the shard; every shard finished before it stays on disk.
+    """
+    G.set_attention(method.backend if method.backend is not None else method.attention,
+                    **({} if method.backend is not None else method.kwargs))
     mine = [(j, s, e) for j, (s, e) in enumerate(shard_ranges(num_samples, shard_size)) if ctx.owns(j)]
-    todo = sum(e - s for _, s, e in mine)
     shards, generated, error = {}, 0, None
-    with tqdm(total=todo, desc=f"{method.label}: generate + features", unit="img", disable=not ctx.is_main, leave=False) as bar:
-        try:
-            for _, s, e in mine:
-                path = folder / f"shard_{s:08d}_{e:08d}.pt"
-                shard = _load_shard(path, e - s)
-                if shard is None:
-                    shard = compute_shard(G, inception, image, method, s, e, batch_size, ctx.device, dtype, bar)
-                    save_checkpoint(shard, path)
-                    generated += e - s
-                else:
-                    bar.update(e - s)
-                shards[s] = shard
-        except ValueError as err:
-            error = str(err)
+    try:
+        for _, s, e in mine:
+            path = shard_path(cache, image, method, s, e)
+            shard = _load_shard(path, e - s)
+            if shard is None:
+                shard = compute_shard(G, inception, image, method, s, e, batch_size, ctx.device, bar)
+                save_shard(shard, path)
+                generated += e - s
+            shards[s] = shard
+    except ValueError as err:
+        error = str(err)
+    except OSError as err:
+        done = len(shards)
+        error = (f"cannot write {path}: {err.strerror or err}; {done} finished shard(s) of {method.label} are kept "
+                 f"in {path.parent} and a re-run resumes from them")
     errors = ctx.all_errors(error)
     if errors:
         raise ValueError(errors[0])

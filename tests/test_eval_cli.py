@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import subprocess
 import sys
@@ -14,16 +15,17 @@ import torch
 import eval.runner as runner
 from eval.fid import main
 from eval.inception import random_inception_state
-from gan.attention import available_attentions
 from gan.generator import Generator
-from gan.sampling import balanced_class_ids, per_image_latents
+from gan.sampling import balanced_class_ids, latents_for, per_image_latents, repeated_class_ids
 
 ROOT = Path(__file__).resolve().parents[1]
-APPROX = [n for n in available_attentions() if n != "exact"][:2]  # whichever approximations have landed
-CHEAP = next((n for n in ("performer", "topk", *APPROX) if n in available_attentions()), "exact")  # for the sweep
+APPROX = ["smyrf", "performer"]
+CHEAP = "performer"  # the cheapest approximation on the CPU, for the sweeps
 N = 6
-# every backend's fields in results.json, as the issue lists them (not read from the module under test)
-ISSUE_FIELDS = {"fid", "is_mean", "is_std", "attn_rel_error", "top1_changed", "images_per_s", "attn_ms", "attn_peak_mb", "n"}
+# every backend's fields in results.json, as the issues list them (not read from the module under test)
+ISSUE_FIELDS = {"published", "fid", "fid_ci_low", "fid_ci_high", "fid_to_exact", "fid_eps", "is_mean", "is_std",
+                "is_ci_low", "is_ci_high", "attn_rel_error", "top1_changed", "images_per_s", "attn_ms", "attn_peak_mb", "n"}
+NUMERIC = ISSUE_FIELDS - {"published", "fid_eps"}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +45,21 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BIGGAN_ATTN_CACHE", str(tmp_path / "cache"))
 
 
-def _argv(tiny_deep_dir, assets, out, *extra) -> list[str]:
-    return ["--model", str(tiny_deep_dir), "--num-samples", str(N), "--batch-size", "4", "--shard-size", "4",
+def _argv(model, assets, out, *extra) -> list[str]:
+    return ["--model", str(model), "--num-samples", str(N), "--batch-size", "4", "--shard-size", "4",
             "--inception-weights", str(assets["inception"]), "--ref-stats", str(assets["ref"]),
-            "--device", "cpu", "--out", str(out), *extra]
+            "--is-splits", "2", "--bootstrap", "5", "--device", "cpu", "--out", str(out), *extra]
+
+
+def _drop(argv: list[str], option: str) -> list[str]:
+    i = argv.index(option)
+    return argv[:i] + argv[i + 2:]
+
+
+def _one_line_error(err: str) -> str:
+    line = err.rsplit("\r", 1)[-1]  # after the progress bar's last redraw
+    assert line.startswith("error: ") and line.count("\n") == 1 and "Traceback" not in err, err
+    return line
 
 
 @pytest.fixture
@@ -65,28 +78,40 @@ def generate_calls(monkeypatch) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
 
 def test_several_backends_paired_results_and_cache_reuse(tiny_deep_dir, assets, tmp_path, generate_calls, capsys):
     out = tmp_path / "out"
-    assert main(_argv(tiny_deep_dir, assets, out, "--attn", ",".join(APPROX or ["exact"]), "--seed", "3")) == 0
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", ",".join(APPROX), "--seed", "3")) == 0
     results = json.loads((out / "results.json").read_text())
     labels = ["exact", *APPROX]
     assert list(results["methods"]) == labels  # exact added as the baseline
     for label in labels:
         row = results["methods"][label]
-        assert set(row) == ISSUE_FIELDS and row["n"] == N
-        assert all(np.isfinite(row[f]) for f in ISSUE_FIELDS)
+        assert set(row) == ISSUE_FIELDS and row["n"] == N and row["published"] is True
+        assert all(np.isfinite(row[f]) for f in NUMERIC), row
+        assert row["fid_eps"] is None  # the exact Frechet distance was computable (singular covariances included)
         # cost was measured: every backend ran the attention layer and holds some score/feature memory
         assert row["images_per_s"] > 0 and row["attn_ms"] > 0 and row["attn_peak_mb"] > 0, (label, row)
-    assert results["methods"]["exact"]["attn_rel_error"] == 0.0 and results["methods"]["exact"]["top1_changed"] == 0.0
+        assert row["fid_ci_low"] <= row["fid_ci_high"] and row["is_ci_low"] <= row["is_ci_high"]
+    exact = results["methods"]["exact"]
+    assert exact["attn_rel_error"] == 0.0 and exact["top1_changed"] == 0.0
+    # FID to exact of exact: the Frechet distance of a Gaussian to itself, 0 up to float64 round-off of tr(sigma)
+    assert abs(exact["fid_to_exact"]) < 1e-6
     for label in APPROX:  # an approximation moves the attention output (tiny d=2 maps: clearly > 1e-6)
         assert results["methods"][label]["attn_rel_error"] > 1e-6
+        assert results["methods"][label]["fid_to_exact"] > 1e-6
         assert 0.0 <= results["methods"][label]["top1_changed"] <= 1.0
-    assert {"config", "versions"} <= set(results) and results["config"]["num_samples"] == N
+    config = results["config"]
+    assert config["num_samples"] == N and config["inception_input"] == "pytorch-fid"  # an .npz of unknown origin
+    assert config["inception_score"] == {"splits": 2, "shuffled": False, "shuffle_seed": None}
+    assert config["class_order"] == "balanced" and config["latents"] == "per-image"
+    assert config["bootstrap"]["resamples"] == 5
     with open(out / "results.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     # the CSV holds the same rows as results.json (float repr round-trips exactly); fails on a dropped field or row
     assert [r["method"] for r in csv_rows] == labels
-    assert all(float(r[f]) == results["methods"][r["method"]][f] for r in csv_rows for f in ISSUE_FIELDS)
-    assert (out / "results.md").is_file()
-    assert "fid" in capsys.readouterr().out
+    assert all(float(r[f]) == results["methods"][r["method"]][f] for r in csv_rows for f in NUMERIC)
+    md = (out / "results.md").read_text()
+    assert all(f"| {label} |" in md for label in labels) and "fid_to_exact" in md
+    printed = capsys.readouterr().out
+    assert "device cpu" in printed and "fid" in printed
 
     # paired: every backend saw exactly the same latents and classes, the per-image seeded ones
     by_backend: dict[str, list] = {}
@@ -102,12 +127,17 @@ def test_several_backends_paired_results_and_cache_reuse(tiny_deep_dir, assets, 
 
     # a second run regenerates nothing and reproduces the metrics exactly (same cached features)
     generate_calls.clear()
-    assert main(_argv(tiny_deep_dir, assets, out, "--attn", ",".join(APPROX or ["exact"]), "--seed", "3")) == 0
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", ",".join(APPROX), "--seed", "3")) == 0
     assert generate_calls == []
     again = json.loads((out / "results.json").read_text())
     for label in labels:
-        for f in ("fid", "is_mean", "attn_rel_error", "top1_changed"):
+        for f in ("fid", "fid_ci_low", "is_mean", "attn_rel_error", "top1_changed", "fid_to_exact"):
             assert again["methods"][label][f] == results["methods"][label][f]
+
+    # another Inception input protocol is another cache entry: everything is generated again
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact", "--seed", "3", "--inception-input", "tf")) == 0
+    assert sum(z.shape[0] for _, z, _ in generate_calls) == N
+    assert json.loads((out / "results.json").read_text())["config"]["inception_input"] == "tf"
 
 
 def test_resume_after_interruption(tiny_deep_dir, assets, tmp_path, generate_calls, monkeypatch):
@@ -139,34 +169,133 @@ def test_resume_after_interruption(tiny_deep_dir, assets, tmp_path, generate_cal
     # an added backend generates only its own images; exact's features come from the cache
     generate_calls.clear()
     assert main(_argv(tiny_deep_dir, assets, out, "--attn", f"exact,{CHEAP}")) == 0
-    assert {name for name, _, _ in generate_calls} == {CHEAP} - {"exact"}
-    assert sum(z.shape[0] for _, z, _ in generate_calls) == (N if CHEAP != "exact" else 0)
+    assert {name for name, _, _ in generate_calls} == {CHEAP}
+    assert sum(z.shape[0] for _, z, _ in generate_calls) == N
+
+
+def test_full_disk_is_one_line_and_keeps_finished_shards(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    original = runner.write_atomic
+    writes = []
+
+    def disk_full_on_second_shard(path, write):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, write)
+
+    monkeypatch.setattr(runner, "write_atomic", disk_full_on_second_shard)
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact")) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "No space left on device" in line and "shard_00000004_00000006.pt" in line and "1 finished shard" in line
+    shards = sorted((out / "features").rglob("shard_*.pt"))
+    assert [p.name for p in shards] == ["shard_00000000_00000004.pt"]
+    assert runner.read_checkpoint(shards[0])["features"].shape == (4, 128)  # intact, readable
+    assert not list((out / "features").rglob(".*.tmp")) and not (out / "results.json").exists()
 
 
 def test_budget_sweep_labels_and_plot(tiny_deep_dir, assets, tmp_path):
     out = tmp_path / "out"
-    argv = _argv(tiny_deep_dir, assets, out, "--attn", CHEAP, "--budget", "1/4,1/2")
-    assert main(argv) == 0
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", CHEAP, "--budget", "1/4,1/2")) == 0
     methods = json.loads((out / "results.json").read_text())["methods"]
     assert list(methods) == ["exact", f"{CHEAP}@1/4", f"{CHEAP}@1/2"]
     assert (out / "fid_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_reference_stats_from_image_folder_are_cached(tiny_deep_dir, assets, tmp_path):
+def test_a_failing_plot_still_leaves_the_results(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
+    import eval.report as report
+
+    def broken_plot(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(report, "plot_fid_vs_budget", broken_plot)
+    out = tmp_path / "out"
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", CHEAP, "--budget", "1/4,1/2")) == 0
+    assert len(json.loads((out / "results.json").read_text())["methods"]) == 3
+    assert (out / "results.csv").is_file() and (out / "results.md").is_file() and not (out / "fid_vs_budget.png").exists()
+    assert "warning: fid_vs_budget.png not written (ImportError" in capsys.readouterr().err
+
+
+def test_published_table_setting_reference_latents_repeated_classes(tiny_deep_dir, assets, tmp_path, generate_calls):
+    # the published BigGAN table's sampling: truncation 0.4, one truncated_noise_sample draw with seed 123,
+    # classes in numpy-repeat order; 2 classes x 3 images here
+    out = tmp_path / "out"
+    argv = _drop(_argv(tiny_deep_dir, assets, out, "--attn", "exact,smyrf-topkeys", "--truncation", "0.4",
+                       "--latents", "reference", "--classes", "7,3", "--class-order", "repeat", "--per-class", "3"),
+                 "--num-samples")
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["seed"] == 123 and results["config"]["num_samples"] == 6
+    assert results["methods"]["exact"]["published"] is True
+    assert results["methods"]["smyrf-topkeys"]["published"] is False  # a project variant, marked as such
+    idx = torch.arange(6)
+    expected_z = latents_for(idx, 128, 0.4, 123, mode="reference", total=6)
+    expected_cls = repeated_class_ids(idx, [7, 3], 3)
+    for name in ("exact", "smyrf-topkeys"):
+        calls = [(z, c) for n, z, c in generate_calls if n == name]
+        torch.testing.assert_close(torch.cat([z for z, _ in calls]), expected_z, rtol=0, atol=0)
+        assert torch.cat([c for _, c in calls]).tolist() == expected_cls.tolist() == [7, 7, 7, 3, 3, 3]
+
+
+def test_random_class_order_is_batch_independent_and_recorded(tiny_deep_dir, assets, tmp_path, generate_calls):
+    seen = []
+    for batch in ("2", "5"):
+        generate_calls.clear()
+        out = tmp_path / f"out{batch}"
+        argv = _argv(tiny_deep_dir, assets, out, "--attn", "exact", "--class-order", "random", "--is-shuffle")
+        argv[argv.index("--batch-size") + 1] = batch
+        assert main(argv) == 0
+        seen.append(torch.cat([c for _, _, c in generate_calls]).tolist())
+        config = json.loads((out / "results.json").read_text())["config"]
+        assert config["class_order"] == "random" and config["inception_score"]["shuffled"] is True
+    assert seen[0] == seen[1] and len(set(seen[0])) > 1  # the same classes in any batching, not all one class
+
+
+def _write_images(folder: Path, sizes: list[tuple[int, int]]) -> None:
     from PIL import Image
 
-    folder = tmp_path / "real"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    argv = [a for a in _argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact", "--ref-images", str(folder))]
-    argv[argv.index("--ref-stats"):argv.index("--ref-stats") + 2] = []
-    assert main(argv) == 0
-    cached = list((tmp_path / "cache" / "ref_stats").glob("images-*.npz"))
-    assert len(cached) == 1
-    with np.load(cached[0]) as data:
-        assert data["mu"].shape == (128,) and data["sigma"].shape == (128, 128)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_reference_images_of_mixed_sizes_give_the_same_statistics_in_any_batch(tiny_deep_dir, assets, tmp_path,
+                                                                                 monkeypatch):
+    # 200x256 (non-square: cropped, not squashed), 300x300 (box-halved), 64x96 (upscaled) and 128x128 images:
+    # one rule per image, so batch 1, 3 and 64 give the same statistics (float32 batching round-off aside)
+    folder = tmp_path / "real"
+    _write_images(folder, [(200, 256), (300, 300), (64, 96), (128, 128), (128, 128)])
+    stats = []
+    for batch in ("1", "3", "64"):
+        monkeypatch.setenv("BIGGAN_ATTN_CACHE", str(tmp_path / f"cache{batch}"))
+        argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / f"out{batch}", "--attn", "exact", "--ref-images", str(folder)),
+                     "--ref-stats")
+        argv[argv.index("--batch-size") + 1] = batch
+        assert main(argv) == 0
+        cached = list((tmp_path / f"cache{batch}" / "ref_stats").glob("images-*.npz"))
+        assert len(cached) == 1
+        with np.load(cached[0]) as data:
+            assert data["mu"].shape == (128,) and data["sigma"].shape == (128, 128)
+            stats.append((data["mu"], data["sigma"]))
+        config = json.loads((tmp_path / f"out{batch}" / "results.json").read_text())["config"]
+        assert config["ref_images_protocol"] == "adm-center-crop"
+    for mu, sigma in stats[1:]:
+        np.testing.assert_allclose(mu, stats[0][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(sigma, stats[0][1], rtol=1e-4, atol=1e-6)
+
+
+def test_center_crop_resize_crops_the_long_side():
+    # a 100x200 image whose left and right quarters are black and centre white: cropping keeps only the
+    # white centre; squashing would keep the black columns
+    from PIL import Image
+
+    from eval.folder_stats import center_crop_resize
+
+    arr = np.zeros((100, 200, 3), dtype=np.uint8)
+    arr[:, 50:150] = 255
+    out = center_crop_resize(Image.fromarray(arr), 50)
+    assert out.shape == (50, 50, 3) and out.min() >= 250
 
 
 def _bad_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
@@ -174,11 +303,14 @@ def _bad_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
     corrupt.mkdir()
     for i in range(2):
         (corrupt / f"{i}.png").write_bytes(b"not a png")
+    (tmp_path / "a_file").write_text("x")
     return {
         "unknown backend": (["--attn", "nope"], "available: exact"),
         "bad json": (["--attn-kwargs", "exact={bad"], "bad JSON in --attn-kwargs exact"),
         "bad parameter": (["--attn-kwargs", 'exact={"n_hashes": 8}'], "does not take n_hashes"),
+        "kwargs for an unlisted backend": (["--attn", "exact", "--attn-kwargs", "smyrf:n_hashes=2"], "not among the backends"),
         "too few samples": (["--num-samples", "1"], "--num-samples must be >= 2"),
+        "fewer images than splits": (["--is-splits", "10"], "6 images are fewer than --is-splits 10"),
         "bad budget": (["--budget", "2"], "outside (0, 1]"),
         "wrong dimension": (["--ref-stats", str(assets["ref64"])], "need mu (128,)"),
         "missing keys": (["--ref-stats", str(assets["nokeys"])], "lacks key(s) mu, sigma"),
@@ -186,36 +318,78 @@ def _bad_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
         "unreadable images": (["--ref-images", str(corrupt)], "unreadable image"),
         "missing inception": (["--inception-weights", str(tmp_path / "none.pth")], "Inception weights file not found"),
         "missing model": (["--model", str(tmp_path / "no_model")], "no such file or directory"),
+        "shape-dependent parameter": (["--attn", "topk", "--attn-kwargs", "topk:k=5000"], "k=5000 exceeds the number of keys"),
+        "budget below every configuration": (["--attn", "smyrf", "--budget", "1/100000"],
+                                             "the smallest possible is 0.000977 (1/1024)"),
+        "out is a file": (["--out", str(tmp_path / "a_file")], "is a file"),
+        "out under a file": (["--out", str(tmp_path / "a_file" / "results")], f"is under the file {tmp_path / 'a_file'}"),
+        "unwritable out": (["--out", "/sys/biggan-attn-results"], "--out /sys/biggan-attn-results is not writable"),
+        "repeat without per-class": (["--class-order", "repeat"], "needs --per-class"),
     }
 
 
-CASES = ["unknown backend", "bad json", "bad parameter", "too few samples", "bad budget", "wrong dimension",
-         "missing keys", "missing image folder", "unreadable images", "missing inception", "missing model"]
+CASES = ["unknown backend", "bad json", "bad parameter", "kwargs for an unlisted backend", "too few samples",
+         "fewer images than splits", "bad budget", "wrong dimension", "missing keys", "missing image folder",
+         "unreadable images", "missing inception", "missing model", "shape-dependent parameter",
+         "budget below every configuration", "out is a file", "out under a file", "unwritable out",
+         "repeat without per-class"]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_exits_2_with_one_line(case, tiny_deep_dir, assets, tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line_before_any_work(case, tiny_deep_dir, assets, tmp_path, capsys, generate_calls):
     extra, fragment = _bad_cases(assets, tmp_path)[case]
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", *extra)
     if "--ref-images" in extra:  # the two reference options are exclusive
-        i = argv.index("--ref-stats")
-        del argv[i:i + 2]
+        argv = _drop(argv, "--ref-stats")
+    # a repeated option (--out, --is-splits): argparse keeps the case's value, which comes last
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, err
+    line = _one_line_error(capsys.readouterr().err)
+    assert fragment in line, line
+    assert generate_calls == []  # nothing generated before the error
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
-    import eval.reference_stats as rs
+def test_offline_first_run_names_every_missing_piece_at_once(assets, tmp_path, monkeypatch, capfd, generate_calls):
+    # No network, empty caches, named generator, default Inception weights, default reference statistics:
+    # one line naming all three, nothing generated or written.
+    import socket
 
-    monkeypatch.setattr(rs.torch.hub if hasattr(rs, "torch") else torch.hub, "download_url_to_file",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    argv = _drop(_drop(_argv("biggan-deep-128", assets, tmp_path / "out"), "--inception-weights"), "--ref-stats")
+    assert main(argv) == 2
+    line = _one_line_error(capfd.readouterr().err)
+    assert line.startswith("error: 3 things are missing or wrong: (1) ") and "(2) " in line and "(3) " in line, line
+    assert "pt_inception-2015-12-05-6726825d.pth" in line  # the Inception weights
+    assert "could not download biggan-deep-128" in line  # the generator
+    assert "VIRTUAL_imagenet128_labeled.npz" in line  # the reference statistics
+    assert generate_calls == [] and not (tmp_path / "out").exists()
+
+
+def test_adm_reference_statistics_default_to_the_tf_input(tiny_deep_dir, assets, tmp_path):
+    # ADM's batches come from a TF evaluator: with them (here a stand-in placed in the cache) the default input is tf
+    cached = tmp_path / "cache" / "ref_stats" / "imagenet-128.npz"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(assets["ref"].read_bytes())
+    out = tmp_path / "out"
+    assert main(_drop(_argv(tiny_deep_dir, assets, out, "--attn", "exact"), "--ref-stats")) == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["ref_stats"] == "imagenet-128" and config["inception_input"] == "tf"
+
+
+def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--ref-stats", "imagenet-128")
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "VIRTUAL_imagenet128_labeled.npz" in err and str(tmp_path / "cache" / "ref_stats" / "imagenet-128.npz") in err
-    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+    line = _one_line_error(capsys.readouterr().err)
+    assert "VIRTUAL_imagenet128_labeled.npz" in line and str(tmp_path / "cache" / "ref_stats" / "imagenet-128.npz") in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path, monkeypatch, capfd, generate_calls):
@@ -235,19 +409,22 @@ def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path
     start = time.monotonic()
     assert main(argv) == 2
     assert time.monotonic() - start < 10
-    err = capfd.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: could not download biggan-deep-128"), err
-    assert str(tmp_path / "hf" / "biggan-attn" / "biggan-deep-128") in err  # where to put the files
+    line = _one_line_error(capfd.readouterr().err)
+    assert line.startswith("error: could not download biggan-deep-128"), line
+    assert str(tmp_path / "hf" / "biggan-attn" / "biggan-deep-128") in line  # where to put the files
     assert generate_calls == [] and not (tmp_path / "out").exists()
 
 
 def test_nan_output_names_the_backend(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
     from gan.attention.exact import ExactAttention
 
-    monkeypatch.setattr(ExactAttention, "attend", lambda self, q, k, v, scale: torch.full_like(q[..., :1].expand(*q.shape[:2], v.shape[2]), float("nan")))
+    def nan_attend(self, q, k, v, scale):
+        return torch.full((*q.shape[:2], v.shape[2]), float("nan"), dtype=q.dtype)
+
+    monkeypatch.setattr(ExactAttention, "attend", nan_attend)
     assert main(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact")) == 2
-    err = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after the progress bar's last redraw
-    assert err.startswith("error: exact: NaN or inf in the generated images") and err.count("\n") == 1
+    line = _one_line_error(capsys.readouterr().err)
+    assert line.startswith("error: exact: NaN or inf in the generated images")
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -264,8 +441,8 @@ def test_nan_features_name_the_backend(tiny_deep_dir, assets, tmp_path, monkeypa
 
     monkeypatch.setattr(FIDInception, "forward", nan_features)
     assert main(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact")) == 2
-    err = capsys.readouterr().err.rsplit("\r", 1)[-1]
-    assert err.startswith("error: exact: NaN or inf in the Inception features") and err.count("\n") == 1, err
+    line = _one_line_error(capsys.readouterr().err)
+    assert line.startswith("error: exact: NaN or inf in the Inception features"), line
     assert not (tmp_path / "out" / "results.json").exists()
 
 
@@ -274,14 +451,11 @@ def test_default_inception_weights_offline_say_where_to_put_them(tiny_deep_dir, 
     # place in the cache and the variable/option to change it; nothing generated or written.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact")
-    i = argv.index("--inception-weights")
-    del argv[i:i + 2]
+    argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact"), "--inception-weights")
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    line = _one_line_error(capsys.readouterr().err)
     expected_path = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert str(expected_path) in err and "TORCH_HOME" in err and "--inception-weights" in err, err
+    assert str(expected_path) in line and "TORCH_HOME" in line and "--inception-weights" in line, line
     assert not (tmp_path / "out").exists()
 
 
