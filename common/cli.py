@@ -14,7 +14,7 @@ from typing import Any
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 
-_NAMED_JSON = re.compile(r"^\s*([A-Za-z0-9_.@-]+)\s*[=:]\s*(\{.*)$", re.S)  # NAME={json} or NAME:{json}
+_NAMED_JSON = re.compile(r"^\s*([A-Za-z0-9_.@-]+)\s*[=:]\s*([{[].*)$", re.S)  # NAME={json} or NAME:{json}
 _NAMED_PAIRS = re.compile(r"^\s*([A-Za-z0-9_.@-]+)\s*:(.*)$", re.S)  # NAME:key=value,...
 
 

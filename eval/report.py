@@ -18,10 +18,7 @@ import torch
 
 from common.files import write_atomic
 
-from .metrics import METRICS
-
-METRIC_FIELDS = tuple(m.name for m in METRICS)
-_FORMATS = {m.name: m.fmt for m in METRICS}
+from . import metrics
 
 
 def versions() -> dict[str, str]:
@@ -35,12 +32,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _cell(name: str, value) -> str:
-    return "-" if value is None else _FORMATS[name].format(value)
-
-
 def table_rows(methods: dict[str, dict]) -> list[list[str]]:
-    return [["method", *METRIC_FIELDS]] + [[label, *(_cell(f, row[f]) for f in METRIC_FIELDS)] for label, row in methods.items()]
+    """Header and one formatted row per method, columns and formats from ``eval.metrics.METRICS``."""
+    table = metrics.METRICS
+    rows = [["method", *(m.name for m in table)]]
+    for label, row in methods.items():
+        rows.append([label, *("-" if row[m.name] is None else m.fmt.format(row[m.name]) for m in table)])
+    return rows
 
 
 def text_table(methods: dict[str, dict]) -> str:
@@ -58,9 +56,10 @@ def markdown_table(methods: dict[str, dict]) -> str:
 def _csv_text(methods: dict[str, dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", *METRIC_FIELDS])
+    names = [m.name for m in metrics.METRICS]
+    writer.writerow(["method", *names])
     for label, row in methods.items():
-        writer.writerow([label, *("" if row[f] is None else row[f] for f in METRIC_FIELDS)])
+        writer.writerow([label, *("" if row[f] is None else row[f] for f in names)])
     return buf.getvalue()
 
 

@@ -1,6 +1,7 @@
-"""The FID Inception: parity with pytorch-fid's InceptionV3 on the same random weights, and loading."""
+"""The FID Inception: parity with pytorch-fid's and torch-fidelity's networks on the same random weights, loading."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,64 @@ def test_features_and_logits_match_pytorch_fid(full_state, tmp_path, monkeypatch
     # logits are fc WITHOUT the bias (the random bias is non-zero, so using it would fail this)
     assert full_state["fc.bias"].abs().max() > 0.01
     torch.testing.assert_close(logits, ref @ full_state["fc.weight"].T, rtol=1e-4, atol=1e-4)
+
+
+def test_tf_input_equals_torch_fidelity(full_state, tmp_path):
+    # torch-fidelity's FeatureExtractorInceptionV3 (TF1 bilinear resize of the uint8 image, (x - 128) / 128)
+    # built from the same random weights in its layout: our tf path gives the same features and unbiased
+    # logits for 128, 256 and 512 inputs (our three resized inputs go through the network as one batch)
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from eval.inception_input import inception_input
+
+    path = tmp_path / "inception.pth"
+    torch.save(full_state, path)
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                         feature_extractor_weights_path=str(path))
+    ours, _ = load_inception(path, input_mode="tf")
+    gen = torch.Generator().manual_seed(0)
+    levels = [torch.randint(0, 256, (1, 3, s, s), generator=gen, dtype=torch.uint8) for s in (128, 256, 512)]
+    with torch.no_grad():
+        ref = [theirs(x) for x in levels]
+        feats, logits = ours.from_input(torch.cat([inception_input(x.float() / 127.5 - 1, "tf") for x in levels]))
+    torch.testing.assert_close(feats, torch.cat([f for f, _ in ref]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, torch.cat([lg for _, lg in ref]), rtol=1e-5, atol=1e-5)
+    single, _ = ours(levels[0].float() / 127.5 - 1)  # forward() is inception_input + from_input
+    torch.testing.assert_close(single, feats[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_input_protocols_differ_as_documented():
+    # tf: TF1 bilinear (no half-pixel offset) and (x - 128) / 128; pytorch-fid: torch bilinear of the [-1, 1]
+    # image; clean: PIL bicubic per float channel. A 2x2 image resized to 299 shows all three differences.
+    from PIL import Image
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from eval.inception_input import inception_input
+
+    levels = torch.tensor([[0.0, 255.0], [128.0, 64.0]]).expand(1, 3, 2, 2)
+    images = levels / 127.5 - 1
+    tf = inception_input(images, "tf")
+    expected_tf = (interpolate_bilinear_2d_like_tensorflow1x(levels, size=(299, 299), align_corners=False) - 128) / 128
+    torch.testing.assert_close(tf, expected_tf, rtol=0, atol=0)
+    assert tf[0, 0, 0, 0] == -1.0  # TF1 samples the first pixel itself: (0 - 128) / 128
+    pf = inception_input(images, "pytorch-fid")
+    torch.testing.assert_close(pf, torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear"))
+    clean = inception_input(images, "clean")
+    plane = np.asarray(Image.fromarray(levels[0, 0].numpy()).resize((299, 299), resample=Image.BICUBIC))
+    torch.testing.assert_close(clean[0, 0], (torch.from_numpy(plane.clip(0, 255)) - 128) / 128)
+    assert (tf - pf).abs().max() > 0.01 and (tf - clean).abs().max() > 0.01
+
+
+def test_weights_id_hashes_the_whole_file(tmp_path):
+    # two files of one size that agree on their first MiB (the old key) but differ at the end: different ids
+    head = bytes(range(256)) * 4096 * 2  # 2 MiB
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "w.pth", tmp_path / "b" / "w.pth"
+    first.write_bytes(head + b"one")
+    second.write_bytes(head + b"two")
+    assert inc.weights_id(first) != inc.weights_id(second)
+    assert inc.weights_id(first) == inc.weights_id(first)
 
 
 def test_tiny_width_is_inferred_from_shapes(tmp_path):

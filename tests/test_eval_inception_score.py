@@ -41,3 +41,31 @@ def test_known_values():
     mean, std = inception_score(logits)
     assert mean == pytest.approx(k, rel=1e-9)
     assert std == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("n", [100, 103])
+def test_matches_torch_fidelity(n, shuffle):
+    # torch-fidelity's isc_features_to_metric: contiguous splits, or of its seeded permutation (seed 2020)
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = torch.from_numpy(np.random.default_rng(n + 7).normal(scale=3.0, size=(n, 1008)))
+    ref = isc_features_to_metric(logits, splits=10, shuffle=shuffle, rng_seed=2020)
+    mean, std = inception_score(logits, splits=10, shuffle=shuffle)
+    assert mean == pytest.approx(ref["inception_score_mean"], rel=1e-10)
+    assert std == pytest.approx(ref["inception_score_std"], rel=1e-8, abs=1e-12)
+
+
+def test_shuffled_splits_lower_the_score_of_class_ordered_images():
+    # image i has class i % 10 with a confident prediction: contiguous splits of 10 hold every class once
+    # (IS = 10 each); random splits hold some classes twice and others not at all, so IS drops
+    logits = torch.full((100, 1008), -20.0, dtype=torch.float64)
+    logits[torch.arange(100), torch.arange(100) % 10] = 20.0
+    balanced, _ = inception_score(logits, splits=10)
+    shuffled, _ = inception_score(logits, splits=10, shuffle=True)
+    assert balanced == pytest.approx(10.0, rel=1e-9) and shuffled < 0.9 * balanced
+
+
+def test_fewer_images_than_splits_is_an_error():
+    with pytest.raises(ValueError, match="at least as many images as splits: got 5 image"):
+        inception_score(torch.zeros(5, 1008), splits=10)
