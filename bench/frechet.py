@@ -4,6 +4,7 @@
 
 Prints both timings (best wall time of ``repeats``, with the process CPU time of that run: on a
 shared machine the wall time follows the load), the speed-up and the relative difference of the values.
+With ``--samples`` below ``--dim`` both covariances are singular (the small-N case of a budget sweep).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def best_time(fn, repeats: int) -> tuple[tuple[float, float], float]:
 def main() -> None:
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    from eval.frechet import frechet_distance
+    from eval.frechet import frechet
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=2048)
@@ -53,17 +54,19 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def ours() -> float:
-        value = frechet_distance(mu1, s1, mu2, s2, device=device)
+    def ours():
+        value = frechet(mu1, s1, mu2, s2, device=device)
         sync()
         return value
 
     ours()  # warm-up (library load, CUDA context)
-    t_ours, v_ours = best_time(ours, args.repeats)
+    t_ours, result = best_time(ours, args.repeats)
+    v_ours = result.value
     t_ref, v_ref = best_time(lambda: calculate_frechet_distance(mu1, s1, mu2, s2), max(1, args.repeats // 3))
     print(f"dim={args.dim} samples={args.samples} device={device} torch threads={torch.get_num_threads()}")
     print(f"pytorch-fid (scipy sqrtm): {t_ref[0]:.3f} s wall, {t_ref[1]:.3f} s CPU  value {v_ref:.6f}")
-    print(f"eval.frechet (cholesky + eigvalsh, float64): {t_ours[0]:.3f} s wall, {t_ours[1]:.3f} s CPU  value {v_ours:.6f}")
+    print(f"eval.frechet ({result.factor} + eigvalsh, float64, offset {result.eps}): {t_ours[0]:.3f} s wall, "
+          f"{t_ours[1]:.3f} s CPU  value {v_ours:.6f}")
     print(f"speed-up {t_ref[0] / t_ours[0]:.1f}x (wall), relative difference {abs(v_ours - v_ref) / abs(v_ref):.2e}")
 
 

@@ -20,7 +20,6 @@ when a check fails.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import subprocess
@@ -87,7 +86,8 @@ def check_pipeline(device: torch.device, quick: bool, tmp: Path) -> dict:
         if code != 0:
             return {"status": "FAIL", "detail": f"eval/fid.py on {dev} exited {code}"}
         results[dev.type] = json.loads((out / "results.json").read_text())["methods"]
-    detail = {label: {k: row[k] for k in ("fid", "is_mean", "attn_rel_error")} for label, row in results[device.type].items()}
+    keys = ("fid", "is_mean", "attn_rel_error")
+    detail = {label: {k: row[k] for k in keys} for label, row in results[device.type].items()}
     status = "ok"
     if "cpu" in results and device.type != "cpu":
         for label, row in results[device.type].items():
@@ -211,13 +211,15 @@ def markdown(report: dict) -> str:
     lines += [f"| {name} | {step['status']} | {step['seconds']:.1f} |" for name, step in report["steps"].items()]
     attention = report["steps"].get("attention", {}).get("detail", [])
     if attention:
-        lines += ["", "| backend | dtype | ok | error vs exact | fp32 error vs exact | vs fp32 |", "|---|---|---|---|---|---|"]
+        lines += ["", "| backend | dtype | ok | error vs exact | fp32 error vs exact | vs fp32 |",
+                  "|---|---|---|---|---|---|"]
         for r in attention:
             if "error" in r:
                 lines.append(f"| {r['backend']} | - | no | {r['error']} | | |")
             else:
                 vs = "-" if r["vs_fp32"] is None else f"{r['vs_fp32']:.2e}"
-                lines.append(f"| {r['backend']} | {r['dtype']} | {'yes' if r['ok'] else 'no'} | {r['error_vs_exact']:.2e} | "
+                ok = "yes" if r["ok"] else "no"
+                lines.append(f"| {r['backend']} | {r['dtype']} | {ok} | {r['error_vs_exact']:.2e} | "
                              f"{r['fp32_error_vs_exact']:.2e} | {vs} |")
     generator = report["steps"].get("generator", {}).get("detail", [])
     if generator:
@@ -226,8 +228,8 @@ def markdown(report: dict) -> str:
                   for r in generator]
     throughput = report["steps"].get("throughput", {}).get("detail", [])
     if throughput:
-        lines += ["", "| backend | batch | generation img/s | Inception img/s | attention ms | attention peak MB | peak MB |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| backend | batch | generation img/s | Inception img/s | attention ms | attention peak MB "
+                      "| peak MB |", "|---|---|---|---|---|---|---|"]
         for r in throughput:
             peak = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
             lines.append(f"| {r['backend']} | {r['batch']} | {r['generation_images_per_s']:.1f} | "
@@ -250,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
     except USER_ERRORS as err:
         return report_error(err)
-    report = {"device": str(device), "quick": args.quick, "python": platform.python_version(), "torch": torch.__version__,
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-              "steps": {}}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    report = {"device": str(device), "quick": args.quick, "python": platform.python_version(),
+              "torch": torch.__version__, "device_name": name, "steps": {}}
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp_name:
         tmp = Path(tmp_name)
         steps = {

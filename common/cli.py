@@ -55,7 +55,8 @@ def _pairs(text: str, where: str) -> dict[str, Any]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"cannot read --attn-kwargs {where} item {item!r}; write key=value pairs separated by commas")
+            raise ValueError(f"cannot read --attn-kwargs {where} item {item!r}; "
+                             "write key=value pairs separated by commas")
         out[key.strip()] = _literal(value)
     return out
 
@@ -89,6 +90,7 @@ def parse_attention_kwargs(values: list[str], names: list[str]) -> dict[str, dic
                 name = names[0]
                 params = _json_object(raw, name) if raw.strip().startswith("{") else _pairs(raw, name)
         if name not in names:
-            raise ValueError(f"--attn-kwargs given for {name}, which is not among the backends on the command line ({listed})")
+            raise ValueError(f"--attn-kwargs given for {name}, which is not among the backends on the command line "
+                             f"({listed})")
         out.setdefault(name, {}).update(params)
     return out

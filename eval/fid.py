@@ -63,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                    "(default: torch hub cache)")
     p.add_argument("--inception-input", default=None, choices=INCEPTION_INPUTS,
-                   help="resize + normalisation protocol (default: tf for the ADM imagenet-* statistics, else pytorch-fid)")
+                   help="resize + normalisation protocol (default: tf for the ADM imagenet-* statistics, "
+                   "else pytorch-fid)")
     p.add_argument("--is-splits", type=int, default=10)
-    p.add_argument("--is-shuffle", action="store_true", help="cut IS splits from torch-fidelity's shuffled order (seed 2020)")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for 95%% intervals of FID and IS (0: off)")
+    p.add_argument("--is-shuffle", action="store_true",
+                   help="cut IS splits from torch-fidelity's shuffled order (seed 2020)")
+    p.add_argument("--bootstrap", type=int, default=100,
+                   help="bootstrap resamples for 95%% intervals of FID and IS (0: off)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: <out>/features)")
     p.add_argument("--out", default="results/")
     return p
@@ -99,7 +102,8 @@ def method_specs(args) -> list:
         raise ValueError(f"--attn is empty; available: {', '.join(available_attentions())}")
     unknown = [n for n in names if n not in available_attentions()]
     if unknown:
-        raise ValueError(f"unknown attention backend {', '.join(unknown)}; available: {', '.join(available_attentions())}")
+        raise ValueError(f"unknown attention backend {', '.join(unknown)}; "
+                         f"available: {', '.join(available_attentions())}")
     kwargs = parse_attention_kwargs(args.attn_kwargs, names)
     if "exact" not in names and not args.no_baseline:
         names.insert(0, "exact")
@@ -134,7 +138,8 @@ def check_against_shape(spec, shape) -> dict:
         resolved = spec.backend.resolve(nq, nk, d)
         entries = spec.backend.score_entries(nq, nk, d)
     except ValueError as err:
-        raise ValueError(f"{spec.label} at the generator's attention shape ({nq} queries, {nk} keys, d={d}): {err}") from None
+        raise ValueError(f"{spec.label} at the generator's attention shape ({nq} queries, {nk} keys, d={d}): "
+                         f"{err}") from None
     budget = spec.kwargs.get("budget")
     if budget is None or spec.is_exact or entries <= budget * nq * nk * (1 + 1e-9):
         return resolved
@@ -261,8 +266,8 @@ def reference_statistics(args, inception, inception_id: str, resolution: int | N
                                      "pass --ref-stats or --ref-images")
                 if args.ref_stats is None and spec not in NAMED_STATS:
                     raise ValueError(
-                        f"no default reference statistics for {resolution}x{resolution} images; pass --ref-stats FILE.npz "
-                        f"(mu, sigma) or --ref-images DIR"
+                        f"no default reference statistics for {resolution}x{resolution} images; "
+                        f"pass --ref-stats FILE.npz (mu, sigma) or --ref-images DIR"
                     )
                 result = resolve_named_or_file(spec, feature_dim or 2048)
         except FileNotFoundError as err:
@@ -298,14 +303,17 @@ def load_everything(args, ctx, input_mode: str):
         kind = FileNotFoundError if all(isinstance(e, FileNotFoundError) for e in errors) else ValueError
         if len(errors) == 1:
             raise kind(str(errors[0]))
-        raise kind(f"{len(errors)} things are missing or wrong: " + "; ".join(f"({i}) {e}" for i, e in enumerate(errors, 1)))
+        listed = "; ".join(f"({i}) {e}" for i, e in enumerate(errors, 1))
+        raise kind(f"{len(errors)} things are missing or wrong: {listed}")
     return inception, inception_id, G, ref
 
 
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} (no GPU: slow; the time estimate follows the first batch)" if device.type == "cpu" else str(device)
+    if device.type == "cpu":
+        return f"{device} (no GPU: slow; the time estimate follows the first batch)"
+    return str(device)
 
 
 def run(args) -> int:

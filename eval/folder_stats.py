@@ -67,7 +67,8 @@ def folder_statistics(folder: str | Path, inception, inception_id: str, batch_si
                       resolution: int, show_progress: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     """(mu, sigma, cache path) of the Inception pool3 features of every image in ``folder`` at ``resolution``."""
     files = list_images(folder)
-    path = cache_dir() / "ref_stats" / f"images-{_folder_key(files, inception_id, inception.input_mode, resolution)}.npz"
+    key = _folder_key(files, inception_id, inception.input_mode, resolution)
+    path = cache_dir() / "ref_stats" / f"images-{key}.npz"
     if path.is_file():
         return (*read_stats(path, inception.feature_dim), str(path))
     check_readable(files)

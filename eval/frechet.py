@@ -35,7 +35,8 @@ class FrechetResult:
 
 
 def _as_f64(x, device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device=device, dtype=torch.float64)
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return x.to(device=device, dtype=torch.float64)
 
 
 @contextmanager
@@ -77,7 +78,8 @@ def _trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tenso
     return eig.clamp_min(0).sqrt().sum(), factor
 
 
-def frechet(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device: str | torch.device | None = None) -> FrechetResult:
+def frechet(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS,
+            device: str | torch.device | None = None) -> FrechetResult:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) with how it was computed; (D,) and (D, D)."""
     if device is None:
         device = sigma1.device if isinstance(sigma1, torch.Tensor) else "cpu"
@@ -106,6 +108,7 @@ def frechet(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device: str | t
     return FrechetResult(value, factor, used_eps)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS, device: str | torch.device | None = None) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = SINGULAR_EPS,
+                     device: str | torch.device | None = None) -> float:
     """``frechet(...).value``: the Frechet distance alone."""
     return frechet(mu1, sigma1, mu2, sigma2, eps, device).value

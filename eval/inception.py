@@ -32,7 +32,8 @@ NUM_LOGITS = 1008
 class BasicConv2d(nn.Module):
     """conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU, torchvision's key layout (``conv``, ``bn``)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0):
+    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1,
+                 padding: int | tuple[int, int] = 0):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=0.001)
@@ -260,7 +261,8 @@ def load_inception(weights: str | os.PathLike | None = None, device: str | torch
 
     path = _fetch_default_weights() if weights is None else Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights file not found: {path} (expected pytorch-fid's {FID_WEIGHTS_FILE} layout)")
+        raise FileNotFoundError(f"Inception weights file not found: {path} "
+                                f"(expected pytorch-fid's {FID_WEIGHTS_FILE} layout)")
     state = read_checkpoint(path)
     if "Conv2d_1a_3x3.conv.weight" not in state:
         raise ValueError(f"{path} is not an FID Inception state dict (no Conv2d_1a_3x3.conv.weight key)")

@@ -31,7 +31,8 @@ def inception_score(logits: torch.Tensor, splits: int = DEFAULT_SPLITS, shuffle:
         raise ValueError(f"need logits (N, C) with N >= 1, got {tuple(logits.shape)}")
     n = logits.shape[0]
     if splits < 1 or n < splits:
-        raise ValueError(f"the Inception Score needs at least as many images as splits: got {n} image(s) for {splits} split(s)")
+        raise ValueError(f"the Inception Score needs at least as many images as splits: got {n} image(s) "
+                         f"for {splits} split(s)")
     log_p = torch.log_softmax(logits.double(), dim=1)[split_order(n, shuffle, shuffle_seed).to(logits.device)]  # (N, C)
     bounds = torch.arange(1, splits, device=logits.device) * n // splits  # (S-1,) first image of splits 1..S-1
     split_of = torch.bucketize(torch.arange(n, device=logits.device), bounds, right=True)  # (N,) split of each image

@@ -44,7 +44,8 @@ def table_rows(methods: dict[str, dict]) -> list[list[str]]:
 def text_table(methods: dict[str, dict]) -> str:
     rows = table_rows(methods)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    lines = ("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join(lines)
 
 
 def markdown_table(methods: dict[str, dict]) -> str:
@@ -101,7 +102,8 @@ def write_results(out: Path, methods: dict[str, dict], config: dict,
     """
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "results.json": json.dumps({"methods": methods, "config": config, "versions": versions()}, indent=2, default=str).encode(),
+        "results.json": json.dumps({"methods": methods, "config": config, "versions": versions()},
+                                   indent=2, default=str).encode(),
         "results.csv": _csv_text(methods).encode(),
         "results.md": markdown_table(methods).encode(),
     }
@@ -111,7 +113,8 @@ def write_results(out: Path, methods: dict[str, dict], config: dict,
     try:
         png = plot_fid_vs_budget(methods, budgets)
     except Exception as err:  # noqa: BLE001 - any plotting failure: keep the results, report it
-        return written, f"fid_vs_budget.png not written ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        reason = str(err).splitlines()[0] if str(err) else ""
+        return written, f"fid_vs_budget.png not written ({type(err).__name__}: {reason})"
     if png is not None:
         written.append(write_atomic(out / "fid_vs_budget.png", lambda f: f.write(png)))
     return written, None

@@ -7,8 +7,8 @@ Inception features, logits, per-image attention error and timings are saved atom
     <cache>/<label>-<key>/shard_<start>_<end>.pt
 
 where ``key`` hashes everything that fixes the images and their features (model, the image plan,
-dtype, backend and its parameters, Inception weights and input protocol; not the batch size, which changes per-image results
-only by float round-off). A re-run, a larger N or an added backend reuses the
+dtype, backend and its parameters, Inception weights and input protocol; not the batch size, which
+changes per-image results only by float round-off). A re-run, a larger N or an added backend reuses the
 shards that exist; a run killed midway loses at most the shard in progress.
 """
 from __future__ import annotations
@@ -62,7 +62,8 @@ class ImageSpec:
 
 def cache_key(image: ImageSpec, method: MethodSpec) -> str:
     fields = {**dataclasses.asdict(image), "plan": dataclasses.asdict(image.plan)}
-    blob = json.dumps({"image": fields, "attention": method.attention, "kwargs": method.kwargs}, sort_keys=True, default=str)
+    blob = json.dumps({"image": fields, "attention": method.attention, "kwargs": method.kwargs},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -134,7 +135,8 @@ def _sync(device: torch.device) -> None:
 
 def _check_finite(tensor: torch.Tensor, what: str, label: str, start: int) -> None:
     if not torch.isfinite(tensor).all():
-        raise ValueError(f"{label}: NaN or inf in the {what} (images {start}..{start + tensor.shape[0] - 1}); this backend or dtype is numerically unstable here")
+        raise ValueError(f"{label}: NaN or inf in the {what} (images {start}..{start + tensor.shape[0] - 1}); "
+                         f"this backend or dtype is numerically unstable here")
 
 
 @torch.no_grad()
@@ -178,7 +180,8 @@ def missing_images(cache: Path, image: ImageSpec, method: MethodSpec, num_sample
 
 
 def evaluate_method(G, inception, image: ImageSpec, method: MethodSpec, *, num_samples: int, batch_size: int,
-                    shard_size: int, cache: Path, ctx: DistContext, bar: RunProgress | None = None) -> MethodFeatures | None:
+                    shard_size: int, cache: Path, ctx: DistContext,
+                    bar: RunProgress | None = None) -> MethodFeatures | None:
     """This rank's shards (cached or computed), gathered on rank 0; rank 0 gets the method's features, others None.
 
     ``bar`` counts only generated images. A failed write (full disk, permissions) becomes a one-line

@@ -15,14 +15,16 @@ def test_named_json_the_old_fid_grammar():
 
 
 def test_named_pairs_with_json_literals():
-    got = parse_attention_kwargs(["smyrf:n_hashes=8, q_cluster_size=64", "performer:redraw=true,num_features=0.5"], NAMES)
+    values = ["smyrf:n_hashes=8, q_cluster_size=64", "performer:redraw=true,num_features=0.5"]
+    got = parse_attention_kwargs(values, NAMES)
     assert got == {"smyrf": {"n_hashes": 8, "q_cluster_size": 64}, "performer": {"redraw": True, "num_features": 0.5}}
     assert parse_attention_kwargs(["smyrf:mode=fast"], NAMES) == {"smyrf": {"mode": "fast"}}  # not JSON: a string
 
 
 def test_unnamed_forms_with_one_backend_the_old_sample_grammar():
     assert parse_attention_kwargs(['{"n_hashes": 4}'], ["smyrf"]) == {"smyrf": {"n_hashes": 4}}
-    assert parse_attention_kwargs(["n_hashes=4,q_cluster_size=32"], ["smyrf"]) == {"smyrf": {"n_hashes": 4, "q_cluster_size": 32}}
+    got = parse_attention_kwargs(["n_hashes=4,q_cluster_size=32"], ["smyrf"])
+    assert got == {"smyrf": {"n_hashes": 4, "q_cluster_size": 32}}
     assert parse_attention_kwargs(["", "  "], ["smyrf"]) == {}
 
 

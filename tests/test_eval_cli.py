@@ -24,7 +24,8 @@ CHEAP = "performer"  # the cheapest approximation on the CPU, for the sweeps
 N = 6
 # every backend's fields in results.json, as the issues list them (not read from the module under test)
 ISSUE_FIELDS = {"published", "fid", "fid_ci_low", "fid_ci_high", "fid_to_exact", "fid_eps", "is_mean", "is_std",
-                "is_ci_low", "is_ci_high", "attn_rel_error", "top1_changed", "images_per_s", "attn_ms", "attn_peak_mb", "n"}
+                "is_ci_low", "is_ci_high", "attn_rel_error", "top1_changed", "images_per_s", "attn_ms",
+                "attn_peak_mb", "n"}
 NUMERIC = ISSUE_FIELDS - {"published", "fid_eps"}
 
 
@@ -212,7 +213,8 @@ def test_a_failing_plot_still_leaves_the_results(tiny_deep_dir, assets, tmp_path
     out = tmp_path / "out"
     assert main(_argv(tiny_deep_dir, assets, out, "--attn", CHEAP, "--budget", "1/4,1/2")) == 0
     assert len(json.loads((out / "results.json").read_text())["methods"]) == 3
-    assert (out / "results.csv").is_file() and (out / "results.md").is_file() and not (out / "fid_vs_budget.png").exists()
+    assert (out / "results.csv").is_file() and (out / "results.md").is_file()
+    assert not (out / "fid_vs_budget.png").exists()
     assert "warning: fid_vs_budget.png not written (ImportError" in capsys.readouterr().err
 
 
@@ -238,17 +240,27 @@ def test_published_table_setting_reference_latents_repeated_classes(tiny_deep_di
 
 
 def test_random_class_order_is_batch_independent_and_recorded(tiny_deep_dir, assets, tmp_path, generate_calls):
-    seen = []
-    for batch in ("2", "5"):
-        generate_calls.clear()
-        out = tmp_path / f"out{batch}"
-        argv = _argv(tiny_deep_dir, assets, out, "--attn", "exact", "--class-order", "random", "--is-shuffle")
-        argv[argv.index("--batch-size") + 1] = batch
-        assert main(argv) == 0
-        seen.append(torch.cat([c for _, _, c in generate_calls]).tolist())
-        config = json.loads((out / "results.json").read_text())["config"]
-        assert config["class_order"] == "random" and config["inception_score"]["shuffled"] is True
-    assert seen[0] == seen[1] and len(set(seen[0])) > 1  # the same classes in any batching, not all one class
+    # batches of 4 and 2 images get the classes the plan gives all six images at once
+    from eval.image_plan import random_class_ids
+
+    out = tmp_path / "out"
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact", "--class-order", "random", "--is-shuffle")) == 0
+    seen = torch.cat([c for _, _, c in generate_calls]).tolist()
+    assert [len(c) for _, _, c in generate_calls] == [4, 2]
+    assert seen == random_class_ids(torch.arange(N), tuple(range(1000)), 0).tolist()
+    assert len(set(seen)) > 1  # not all one class
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["class_order"] == "random" and config["inception_score"]["shuffled"] is True
+
+
+def test_random_class_ids_are_uniform_and_seeded():
+    from eval.image_plan import random_class_ids
+
+    ids = random_class_ids(torch.arange(20000), (3, 5, 7, 9), seed=1)
+    counts = torch.bincount(ids, minlength=10)[[3, 5, 7, 9]].double()
+    assert ((counts - 5000).abs() < 5 * 5000 ** 0.5).all()  # within 5 sigma of uniform
+    assert random_class_ids(torch.arange(7, 9), (3, 5, 7, 9), seed=1).tolist() == ids[7:9].tolist()
+    assert random_class_ids(torch.arange(100), (3, 5, 7, 9), seed=2).tolist() != ids[:100].tolist()
 
 
 def _write_images(folder: Path, sizes: list[tuple[int, int]]) -> None:
@@ -263,24 +275,28 @@ def _write_images(folder: Path, sizes: list[tuple[int, int]]) -> None:
 def test_reference_images_of_mixed_sizes_give_the_same_statistics_in_any_batch(tiny_deep_dir, assets, tmp_path,
                                                                                  monkeypatch):
     # 200x256 (non-square: cropped, not squashed), 300x300 (box-halved), 64x96 (upscaled) and 128x128 images:
-    # one rule per image, so batch 1, 3 and 64 give the same statistics (float32 batching round-off aside)
+    # one rule per image, so batch 64 (through the CLI), 1 and 3 give the same statistics (float32 round-off aside)
+    from eval.folder_stats import folder_statistics
+    from eval.inception import load_inception
+
     folder = tmp_path / "real"
     _write_images(folder, [(200, 256), (300, 300), (64, 96), (128, 128), (128, 128)])
-    stats = []
-    for batch in ("1", "3", "64"):
+    argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact", "--ref-images", str(folder)),
+                 "--ref-stats")
+    argv[argv.index("--batch-size") + 1] = "64"
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert config["ref_images_protocol"] == "adm-center-crop"
+    cached = list((tmp_path / "cache" / "ref_stats").glob("images-*.npz"))
+    assert len(cached) == 1 and config["ref_stats"] == str(cached[0])
+    with np.load(cached[0]) as data:
+        stats = [(data["mu"], data["sigma"])]
+    assert stats[0][0].shape == (128,) and stats[0][1].shape == (128, 128)
+    inception, inception_id = load_inception(assets["inception"], input_mode="pytorch-fid")
+    for batch in (1, 3):
         monkeypatch.setenv("BIGGAN_ATTN_CACHE", str(tmp_path / f"cache{batch}"))
-        argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / f"out{batch}", "--attn", "exact", "--ref-images", str(folder)),
-                     "--ref-stats")
-        argv[argv.index("--batch-size") + 1] = batch
-        assert main(argv) == 0
-        cached = list((tmp_path / f"cache{batch}" / "ref_stats").glob("images-*.npz"))
-        assert len(cached) == 1
-        with np.load(cached[0]) as data:
-            assert data["mu"].shape == (128,) and data["sigma"].shape == (128, 128)
-            stats.append((data["mu"], data["sigma"]))
-        config = json.loads((tmp_path / f"out{batch}" / "results.json").read_text())["config"]
-        assert config["ref_images_protocol"] == "adm-center-crop"
-    for mu, sigma in stats[1:]:
+        mu, sigma, _ = folder_statistics(folder, inception, inception_id, batch, torch.device("cpu"), 128,
+                                         show_progress=False)
         np.testing.assert_allclose(mu, stats[0][0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(sigma, stats[0][1], rtol=1e-4, atol=1e-6)
 
@@ -308,7 +324,8 @@ def _bad_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
         "unknown backend": (["--attn", "nope"], "available: exact"),
         "bad json": (["--attn-kwargs", "exact={bad"], "bad JSON in --attn-kwargs exact"),
         "bad parameter": (["--attn-kwargs", 'exact={"n_hashes": 8}'], "does not take n_hashes"),
-        "kwargs for an unlisted backend": (["--attn", "exact", "--attn-kwargs", "smyrf:n_hashes=2"], "not among the backends"),
+        "kwargs for an unlisted backend": (["--attn", "exact", "--attn-kwargs", "smyrf:n_hashes=2"],
+                                           "not among the backends"),
         "too few samples": (["--num-samples", "1"], "--num-samples must be >= 2"),
         "fewer images than splits": (["--is-splits", "10"], "6 images are fewer than --is-splits 10"),
         "bad budget": (["--budget", "2"], "outside (0, 1]"),
@@ -318,11 +335,13 @@ def _bad_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
         "unreadable images": (["--ref-images", str(corrupt)], "unreadable image"),
         "missing inception": (["--inception-weights", str(tmp_path / "none.pth")], "Inception weights file not found"),
         "missing model": (["--model", str(tmp_path / "no_model")], "no such file or directory"),
-        "shape-dependent parameter": (["--attn", "topk", "--attn-kwargs", "topk:k=5000"], "k=5000 exceeds the number of keys"),
+        "shape-dependent parameter": (["--attn", "topk", "--attn-kwargs", "topk:k=5000"],
+                                      "k=5000 exceeds the number of keys"),
         "budget below every configuration": (["--attn", "smyrf", "--budget", "1/100000"],
                                              "the smallest possible is 0.000977 (1/1024)"),
         "out is a file": (["--out", str(tmp_path / "a_file")], "is a file"),
-        "out under a file": (["--out", str(tmp_path / "a_file" / "results")], f"is under the file {tmp_path / 'a_file'}"),
+        "out under a file": (["--out", str(tmp_path / "a_file" / "results")],
+                             f"is under the file {tmp_path / 'a_file'}"),
         "unwritable out": (["--out", "/sys/biggan-attn-results"], "--out /sys/biggan-attn-results is not writable"),
         "repeat without per-class": (["--class-order", "repeat"], "needs --per-class"),
     }
@@ -388,7 +407,8 @@ def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, as
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--ref-stats", "imagenet-128")
     assert main(argv) == 2
     line = _one_line_error(capsys.readouterr().err)
-    assert "VIRTUAL_imagenet128_labeled.npz" in line and str(tmp_path / "cache" / "ref_stats" / "imagenet-128.npz") in line
+    assert "VIRTUAL_imagenet128_labeled.npz" in line
+    assert str(tmp_path / "cache" / "ref_stats" / "imagenet-128.npz") in line
     assert not (tmp_path / "out").exists()
 
 
@@ -463,3 +483,20 @@ def test_script_exits_2_with_one_line_on_stderr():
     proc = subprocess.run([sys.executable, str(ROOT / "eval" / "fid.py"), "--num-samples", "1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--num-samples" in proc.stderr
+
+
+def test_offline_smoke_run_of_the_readme(tmp_path, capsys):
+    # eval/smoke_assets.py writes the random stand-ins and prints the command; that command runs offline
+    import shlex
+
+    from eval.smoke_assets import main as smoke_main
+
+    assert smoke_main([str(tmp_path / "smoke")]) == 0
+    command = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert command[:2] == ["python", "eval/fid.py"]
+    argv = command[2:]
+    argv[argv.index("--num-samples") + 1] = "4"  # the README's 20 images, cut to keep the suite fast
+    argv[argv.index("--batch-size") + 1] = "4"
+    assert main(argv) == 0
+    methods = json.loads((tmp_path / "smoke" / "results" / "results.json").read_text())["methods"]
+    assert list(methods) == ["exact", "smyrf"] and all(np.isfinite(row["fid"]) for row in methods.values())

@@ -18,7 +18,8 @@ CHEAP = "performer"
 
 
 def _run(cmd: list[str], tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BIGGAN_ATTN_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BIGGAN_ATTN_CACHE": str(tmp_path / "cache"),
+           "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -31,7 +32,8 @@ def test_two_process_gloo_run_equals_single_process(tiny_deep_dir, tmp_path):
     # 3 shards of 4 images: rank 0 takes shards 0 and 2, rank 1 shard 1; the batches are the same
     # as in the single process, so the features (and every derived metric) agree to float32 round-off.
     args = ["--model", str(tiny_deep_dir), "--attn", CHEAP, "--num-samples", "12", "--batch-size", "4",
-            "--shard-size", "4", "--device", "cpu", "--seed", "5", "--inception-weights", str(tmp_path / "inception.pth"),
+            "--shard-size", "4", "--device", "cpu", "--seed", "5",
+            "--inception-weights", str(tmp_path / "inception.pth"),
             "--ref-stats", str(tmp_path / "ref.npz")]
     _run([sys.executable, "eval/fid.py", *args, "--out", str(tmp_path / "one")], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "eval/fid.py",

@@ -109,7 +109,8 @@ def test_layout_mismatch_names_keys(tmp_path):
     state.pop("Mixed_7c.branch_pool.conv.weight")
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"missing 1 key\(s\): Mixed_7c.branch_pool.conv.weight; unexpected 1 key\(s\): extra.weight"):
+    pattern = r"missing 1 key\(s\): Mixed_7c.branch_pool.conv.weight; unexpected 1 key\(s\): extra.weight"
+    with pytest.raises(ValueError, match=pattern):
         load_inception(tmp_path / "bad.pth")
 
 
