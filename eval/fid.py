@@ -277,8 +277,10 @@ def reference_statistics(args, inception, inception_id: str, resolution: int | N
     return ctx.broadcast(result)
 
 
-def load_everything(args, ctx, input_mode: str):
-    """(inception, inception id, generator, reference stats) or one error naming every missing piece."""
+def load_everything(args, ctx, input_mode: str, check_generator):
+    """(inception, inception id, generator, check_generator(G), reference stats) or one error naming every
+    missing piece. ``check_generator`` runs as soon as the generator is loaded, before reference statistics
+    are computed from images (which can take long)."""
     from weights import load_generator
 
     from eval.inception import load_inception
@@ -293,6 +295,7 @@ def load_everything(args, ctx, input_mode: str):
         G = load_generator(args.model, attention="exact", device=ctx.device, dtype=args.dtype)
     except USER_ERRORS as err:
         errors.append(err)
+    checked = check_generator(G) if G is not None else None
     resolution = G.resolution if G is not None else _resolution_guess(args.model)
     feature_dim = inception.feature_dim if inception is not None else None
     ref = reference_statistics(args, inception, inception_id, resolution, feature_dim, ctx)
@@ -305,7 +308,7 @@ def load_everything(args, ctx, input_mode: str):
             raise kind(str(errors[0]))
         listed = "; ".join(f"({i}) {e}" for i, e in enumerate(errors, 1))
         raise kind(f"{len(errors)} things are missing or wrong: {listed}")
-    return inception, inception_id, G, ref
+    return inception, inception_id, G, checked, ref
 
 
 def describe_device(device: torch.device) -> str:
@@ -342,11 +345,14 @@ def run(args) -> int:
     input_mode = inception_input_mode(args)
     ctx = init_distributed(args.device)
     try:
-        inception, inception_id, G, (ref_mu, ref_sigma, ref_source) = load_everything(args, ctx, input_mode)
-        if max(classes) >= G.num_classes:
-            raise ValueError(f"class id {max(classes)} out of range for a {G.num_classes}-class model")
-        shapes = G.attention_shapes()
-        resolved = {s.label: [check_against_shape(s, shape) for shape in shapes] for s in specs}
+
+        def check_generator(G) -> dict[str, list[dict]]:
+            if max(classes) >= G.num_classes:
+                raise ValueError(f"class id {max(classes)} out of range for a {G.num_classes}-class model")
+            return {s.label: [check_against_shape(s, shape) for shape in G.attention_shapes()] for s in specs}
+
+        loaded = load_everything(args, ctx, input_mode, check_generator)
+        inception, inception_id, G, resolved, (ref_mu, ref_sigma, ref_source) = loaded
         plan = ImagePlan(args.truncation, args.seed, tuple(classes), args.latents, args.class_order, args.per_class,
                          n if args.latents == "reference" else None)
         image = ImageSpec(model_id(args.model), plan, args.dtype, inception_id, input_mode)

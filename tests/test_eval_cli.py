@@ -203,19 +203,22 @@ def test_budget_sweep_labels_and_plot(tiny_deep_dir, assets, tmp_path):
     assert (out / "fid_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_failing_plot_still_leaves_the_results(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
+def test_a_failing_plot_still_leaves_the_results(tmp_path, monkeypatch):
+    # the plot comes after results.json/csv/md; its failure (no matplotlib) is reported, the files stay
     import eval.report as report
 
     def broken_plot(*args, **kwargs):
         raise ImportError("No module named 'matplotlib'")
 
     monkeypatch.setattr(report, "plot_fid_vs_budget", broken_plot)
-    out = tmp_path / "out"
-    assert main(_argv(tiny_deep_dir, assets, out, "--attn", CHEAP, "--budget", "1/4,1/2")) == 0
-    assert len(json.loads((out / "results.json").read_text())["methods"]) == 3
-    assert (out / "results.csv").is_file() and (out / "results.md").is_file()
-    assert not (out / "fid_vs_budget.png").exists()
-    assert "warning: fid_vs_budget.png not written (ImportError" in capsys.readouterr().err
+    row = {m.name: 1.0 for m in report.metrics.METRICS}
+    methods = {"exact": row, "performer@1/4": row, "performer@1/2": row}
+    budgets = {"performer@1/4": ("performer", 0.25), "performer@1/2": ("performer", 0.5)}
+    written, error = report.write_results(tmp_path / "out", methods, {"num_samples": 6}, budgets)
+    assert [p.name for p in written] == ["results.json", "results.csv", "results.md"]
+    assert list(json.loads((tmp_path / "out" / "results.json").read_text())["methods"]) == list(methods)
+    assert not (tmp_path / "out" / "fid_vs_budget.png").exists()
+    assert error == "fid_vs_budget.png not written (ImportError: No module named 'matplotlib')"
 
 
 def test_published_table_setting_reference_latents_repeated_classes(tiny_deep_dir, assets, tmp_path, generate_calls):
@@ -500,3 +503,18 @@ def test_offline_smoke_run_of_the_readme(tmp_path, capsys):
     assert main(argv) == 0
     methods = json.loads((tmp_path / "smoke" / "results" / "results.json").read_text())["methods"]
     assert list(methods) == ["exact", "smyrf"] and all(np.isfinite(row["fid"]) for row in methods.values())
+
+
+def test_backend_shape_errors_come_before_reference_images_are_read(tiny_deep_dir, assets, tmp_path, monkeypatch,
+                                                                     capsys):
+    import eval.folder_stats as folder_stats
+
+    folder = tmp_path / "real"
+    _write_images(folder, [(64, 64), (64, 64)])
+    computed = []
+    monkeypatch.setattr(folder_stats, "folder_statistics", lambda *a, **k: computed.append(a))
+    argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "topk", "--attn-kwargs", "topk:k=5000",
+                       "--ref-images", str(folder)), "--ref-stats")
+    assert main(argv) == 2
+    assert "k=5000 exceeds the number of keys Nk=1024" in _one_line_error(capsys.readouterr().err)
+    assert computed == []
