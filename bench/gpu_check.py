@@ -146,7 +146,9 @@ def check_generator(device: torch.device, quick: bool, tmp: Path) -> dict:
     rows, status = [], "ok"
     for label, dtype in LOW_PRECISION.items():
         try:
-            out = G.to(dtype).sample(idx, classes, truncation=0.4, seed=0)
+            low = _generator(tmp, quick, device, label)  # loaded in fp32, cast once (never fp16 -> bf16)
+            out = low.sample(idx, classes, truncation=0.4, seed=0)
+            del low
             finite = bool(torch.isfinite(out).all())
             diff = _rel(out, ref) if finite else float("inf")
             ok = finite and diff <= GENERATOR_TOL[dtype]

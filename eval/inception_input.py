@@ -13,6 +13,11 @@ Images arrive as (B,3,H,W) float in [-1, 1] holding 8-bit values (``common.image
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,10 +39,24 @@ def _levels(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1.0) * 127.5).round_()
 
 
-def _tf_bilinear(images: torch.Tensor) -> torch.Tensor:
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+@functools.cache
+def _tf1_resize():
+    """torch-fidelity's ``interpolate_bilinear_2d_like_tensorflow1x``, read from its module file: importing the
+    ``torch_fidelity`` package would also import torchvision and every feature extractor it ships (seconds)."""
+    loaded = sys.modules.get("torch_fidelity.interpolate_compat_tensorflow")
+    if loaded is None:
+        spec = importlib.util.find_spec("torch_fidelity")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("the tf Inception input needs torch-fidelity (pip install torch-fidelity)")
+        path = Path(next(iter(spec.submodule_search_locations))) / "interpolate_compat_tensorflow.py"
+        module_spec = importlib.util.spec_from_file_location("_torch_fidelity_tf1_resize", path)
+        loaded = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(loaded)
+    return loaded.interpolate_bilinear_2d_like_tensorflow1x
 
-    x = interpolate_bilinear_2d_like_tensorflow1x(_levels(images), size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
+
+def _tf_bilinear(images: torch.Tensor) -> torch.Tensor:
+    x = _tf1_resize()(_levels(images), size=(INPUT_SIZE, INPUT_SIZE), align_corners=False)
     return (x - 128) / 128
 
 
