@@ -112,7 +112,8 @@ def test_several_backends_paired_results_and_cache_reuse(tiny_deep_dir, assets, 
     md = (out / "results.md").read_text()
     assert all(f"| {label} |" in md for label in labels) and "fid_to_exact" in md
     printed = capsys.readouterr().out
-    assert "device cpu" in printed and "fid" in printed
+    assert "device cpu" in printed and "18 to generate" in printed and "fid" in printed
+    assert "estimated time: " in printed and "for 18 images" in printed  # after the first measured batch
 
     # paired: every backend saw exactly the same latents and classes, the per-image seeded ones
     by_backend: dict[str, list] = {}
