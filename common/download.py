@@ -266,7 +266,8 @@ def hub_snapshot(hub: HubRepo, files: Sequence[RemoteFile], offline: bool) -> Pa
         if expected is None:
             recorded[f.name] = digest
         else:
-            _check(digest, expected, f"{hub.repo} {f.name} ({path})", origin, "delete it from the Hub cache to download it again")
+            remedy = "delete it from the Hub cache to download it again"
+            _check(digest, expected, f"{hub.repo} {f.name} ({path})", origin, remedy)
     pinned = pins.get("revision") or (None if hub.revision else commit)
     updated = {"repo": hub.repo, "revision": pinned, "sha256": {**digests, commit: recorded}}
     if updated != pins:

@@ -215,7 +215,8 @@ def _fetch_default_weights() -> Path:
     remote = RemoteFile(FID_WEIGHTS_FILE, FID_WEIGHTS_URL, FID_WEIGHTS_SHA256)
     folder = default_weights_path().parent
     what = f"the FID Inception weights {FID_WEIGHTS_URL}"
-    return fetch_files((remote,), folder, what, alternative="(set BIGGAN_ATTN_CACHE to move it), or pass --inception-weights PATH") / FID_WEIGHTS_FILE
+    alternative = "(set BIGGAN_ATTN_CACHE to move it), or pass --inception-weights PATH"
+    return fetch_files((remote,), folder, what, alternative=alternative) / FID_WEIGHTS_FILE
 
 
 def weights_id(path: Path) -> str:

@@ -32,7 +32,7 @@ NAMED_STATS_SHA256 = {
 
 
 def cache_dir() -> Path:
-    """The project's cache root (``common.download.cache_root``: ``$BIGGAN_ATTN_CACHE``, default ``~/.cache/biggan-attn``)."""
+    """The project's cache root: ``$BIGGAN_ATTN_CACHE``, default ``~/.cache/biggan-attn`` (``common.download``)."""
     return cache_root()
 
 
@@ -79,13 +79,14 @@ def _download_named(name: str, target: Path) -> None:
     url = NAMED_STATS[name]
     remote = RemoteFile(url.rsplit("/", 1)[1], url, NAMED_STATS_SHA256[name])
     alternative = f"(or an .npz with just mu/sigma at {target}), set BIGGAN_ATTN_CACHE, or pass --ref-stats FILE.npz"
-    batch = fetch_files((remote,), cache_dir() / "downloads", f"reference statistics {name!r} ({url})", alternative=alternative)
-    batch = batch / remote.name
+    what = f"reference statistics {name!r} ({url})"
+    batch = fetch_files((remote,), cache_dir() / "downloads", what, alternative=alternative) / remote.name
     try:
         with np.load(batch, allow_pickle=False) as data:
             save_stats(target, data["mu"], data["sigma"])
     except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"{batch} is not an ADM reference batch with mu and sigma ({type(err).__name__}: {err})") from None
+        reason = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{batch} is not an ADM reference batch with mu and sigma ({reason})") from None
     batch.unlink()
 
 

@@ -67,8 +67,10 @@ def test_random_mmagic_checkpoint_has_the_published_layout(tmp_path):
     checkpoint = torch.load(path, weights_only=True)
     state = checkpoint["state_dict"]
     expected = mmagic_generator_keys(8)
-    ema = {k[len("generator_ema.module."):]: tuple(v.shape) for k, v in state.items() if k.startswith("generator_ema.module.")}
-    raw = {k[len("generator."):]: tuple(v.shape) for k, v in state.items() if k.startswith("generator.")}
+    def under(prefix):
+        return {k[len(prefix):]: tuple(v.shape) for k, v in state.items() if k.startswith(prefix)}
+
+    ema, raw = under("generator_ema.module."), under("generator.")
     assert ema == expected and raw == expected
     assert set(state) == {f"generator_ema.module.{k}" for k in expected} | {f"generator.{k}" for k in expected} | {
         "generator_ema.steps"}

@@ -102,9 +102,11 @@ def fetch_model(source: ModelSource) -> Path:
     """A local directory holding every file of ``source``, downloading only what is missing."""
     if not source.files:
         raise ValueError(
-            f"{source.name} cannot be downloaded automatically: pass the path of a local G_ema.pth; public copies: {source.where}"
+            f"{source.name} cannot be downloaded automatically: pass the path of a local G_ema.pth; "
+            f"public copies: {source.where}"
         )
-    return fetch_files(source.files, model_cache_dir(source.name), source.name, source.hub, "or pass a local directory path")
+    folder = model_cache_dir(source.name)
+    return fetch_files(source.files, folder, source.name, source.hub, "or pass a local directory path")
 
 
 def _load_fp32(name_or_path: str | Path, options: LoadOptions) -> Generator:
@@ -119,7 +121,8 @@ def _load_fp32(name_or_path: str | Path, options: LoadOptions) -> Generator:
             f"unknown model name {key!r}; available: {', '.join(available_models())}, "
             f"or a local directory or checkpoint file ({', '.join(FORMAT_NAMES)})"
         )
-    raise FileNotFoundError(f"no such file or directory: {path}; pass an existing path or one of {', '.join(available_models())}")
+    names = ", ".join(available_models())
+    raise FileNotFoundError(f"no such file or directory: {path}; pass an existing path or one of {names}")
 
 
 def _load_path(path: Path, options: LoadOptions) -> Generator:

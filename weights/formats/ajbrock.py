@@ -103,15 +103,15 @@ def reject_other_layouts(state: Mapping[str, object], source: str) -> None:
     key = _first(state, r"^blocks\.\d+\.0\.conv4\.")
     if key:
         raise ValueError(
-            f"{source} is a BigGAN-deep generator in BigGAN-PyTorch's layout (BigGANdeep.py, four convs per block: {key}); "
-            "not supported: BigGAN-deep loads from the Hugging Face port (biggan-deep-128/256/512, "
+            f"{source} is a BigGAN-deep generator in BigGAN-PyTorch's layout (BigGANdeep.py, four convs per block: "
+            f"{key}); not supported: BigGAN-deep loads from the Hugging Face port (biggan-deep-128/256/512, "
             "or a directory with config.json + pytorch_model.bin)"
         )
     key = _first(state, r"\.bn\.(accumulation_counter|stored_mean|stored_var)$")
     if key:
         raise ValueError(
             f"{source} was trained with --mybn (batch-norm statistics in myBN submodules: {key}); not supported: "
-            "whether they are standing-statistics sums (to divide by accumulation_counter) is not recorded in the file; "
+            "whether they are standing-statistics sums (to divide by accumulation_counter) is not in the file; "
             "move <bn>.bn.stored_mean / stored_var to <bn>.stored_mean / stored_var and drop accumulation_counter"
         )
     key = _first(state, r"\.bn\.(running_mean|running_var|num_batches_tracked)$")
@@ -193,10 +193,12 @@ def ajbrock_config(state: Mapping[str, torch.Tensor], source: str, eps: float | 
         except ValueError as err:
             raise ValueError(f"{sidecar}: {err}") from None
     elif eps is None and "linear.u0" in state and not _has_sv0(state):
+        eps_text = f"{TFHUB_EPS:g}"
         raise ValueError(
             f"{source} has no sv0 buffers, as BigGAN-PyTorch's TFHub/converter.py writes, whose batch-norm and "
-            f"spectral-norm eps are {TFHUB_EPS:g} (the file does not record them); put a sidecar {sidecar_path(source).name} "
-            f'holding {{"sn_eps": {TFHUB_EPS:g}, "bn_eps": {TFHUB_EPS:g}}} beside it, or pass eps={TFHUB_EPS:g} (--eps {TFHUB_EPS:g})'
+            f"spectral-norm eps are {eps_text} (the file does not record them); put a sidecar "
+            f'{sidecar_path(source).name} holding {{"sn_eps": {eps_text}, "bn_eps": {eps_text}}} beside it, '
+            f"or pass eps={eps_text} (--eps {eps_text})"
         )
     if eps is not None:
         config = replace(config, sn_eps=eps, bn_eps=eps)

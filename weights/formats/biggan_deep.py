@@ -1,4 +1,4 @@
-"""The Hugging Face BigGAN-deep checkpoint format (``pytorch-pretrained-biggan``): ``config.json`` + ``pytorch_model.bin``.
+"""The Hugging Face BigGAN-deep checkpoint format (pytorch-pretrained-biggan): config.json + pytorch_model.bin.
 
 The state dict is what ``pytorch_pretrained_biggan.BigGAN(config).state_dict()`` holds: spectral-
 normed modules store ``weight_orig`` with power-iteration vectors ``weight_u`` (out,) and
@@ -110,7 +110,9 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str) -> BigGANDeepCo
         ch = state["generator.gen_z.weight_orig"].shape[0] // (4 * 4 * 16)
         n_stats = state["generator.bn.running_means"].shape[0]
     except (KeyError, ValueError, AttributeError):
-        raise ValueError(f"{source} lacks the keys that identify a BigGAN-deep configuration; put its config.json next to it") from None
+        raise ValueError(
+            f"{source} lacks the keys that identify a BigGAN-deep configuration; put its {CONFIG_NAME} next to it"
+        ) from None
     for resolution in (128, 256, 512):
         config = BigGANDeepConfig.preset(
             resolution, z_dim=z_dim, class_embed_dim=z_dim, channel_width=ch, num_classes=num_classes, n_stats=n_stats
@@ -118,7 +120,7 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str) -> BigGANDeepCo
         layout = hf_layout(config)
         if set(layout) == set(state):
             return config
-    raise ValueError(f"{source} matches no published BigGAN-deep layout (128/256/512); put its {CONFIG_NAME} next to it")
+    raise ValueError(f"{source} matches no published BigGAN-deep layout (128/256/512); put its {CONFIG_NAME} beside it")
 
 
 def random_state_dict(config: BigGANDeepConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -174,7 +176,7 @@ def recognises(state: Mapping[str, object]) -> bool:
 def load(state: Mapping[str, torch.Tensor], path: Path, options: LoadOptions) -> BigGANDeep:
     """The generator of ``path``'s state dict; the ``config.json`` beside it if there is one, else inferred."""
     if options.eps is not None:
-        raise ValueError(f"{path}: eps applies to BigGAN-PyTorch checkpoints; a BigGAN-deep checkpoint's is in its {CONFIG_NAME}")
+        raise ValueError(f"{path}: eps applies to BigGAN-PyTorch checkpoints; BigGAN-deep's is in its {CONFIG_NAME}")
     config_path = path.with_name(CONFIG_NAME)
     config = read_config(config_path, BigGANDeepConfig) if config_path.is_file() else infer_config(state, str(path))
     return build_from_state_dict(state, config, str(path))

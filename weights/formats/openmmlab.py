@@ -122,7 +122,9 @@ def generator_from_openmmlab(checkpoint: Mapping[str, object], source: str, eps:
     """Build a ``BigGAN`` from an OpenMMLab BigGAN checkpoint or generator state dict (names shown as ajbrock's)."""
     state = generator_state(checkpoint)
     if state is None:
-        raise ValueError(f"{source} is not an OpenMMLab BigGANGenerator checkpoint (no shared_embedding.weight / noise2feat keys)")
+        raise ValueError(
+            f"{source} is not an OpenMMLab BigGANGenerator checkpoint (no shared_embedding.weight / noise2feat keys)"
+        )
     state = from_openmmlab_names(state)
     config = ajbrock_config(state, source, eps)
     label = f"{source} (OpenMMLab BigGANGenerator; keys shown under their BigGAN-PyTorch names)"
@@ -148,7 +150,7 @@ def load(checkpoint: Mapping[str, object], path: Path, options: LoadOptions) -> 
 
 FORMAT = CheckpointFormat(
     name="openmmlab-biggan",
-    summary="OpenMMLab BigGAN (mmgeneration / mmagic, keys [generator_ema.[module.]]shared_embedding.weight / noise2feat.*)",
+    summary="OpenMMLab BigGAN (mmgeneration / mmagic, keys [generator_ema.[module.]]shared_embedding / noise2feat.*)",
     file_names=(),
     recognises=looks_like_openmmlab,
     load=load,
