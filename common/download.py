@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,11 @@ def _read_record(path: Path) -> str | None:
 
 
 def _write_record(path: Path, digest: str) -> None:
-    write_atomic(record_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    """Record ``digest`` beside ``path``; a read-only cache only loses the later checks (with a warning)."""
+    try:
+        write_atomic(record_path(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    except OSError as err:
+        warnings.warn(f"could not record the SHA-256 of {path} ({err}); later loads cannot check it", stacklevel=3)
 
 
 def _check(digest: str, expected: str, what: str, origin: str, remedy: str) -> None:
@@ -241,7 +246,10 @@ def hub_snapshot(hub: HubRepo, files: Sequence[RemoteFile], offline: bool) -> Pa
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     pins_file = hub_pins_path(hub.repo)
-    pins = json.loads(pins_file.read_text(encoding="utf-8")) if pins_file.is_file() else {}
+    try:
+        pins = json.loads(pins_file.read_text(encoding="utf-8")) if pins_file.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ChecksumError(f"{pins_file} is unreadable ({err}); delete it to pin {hub.repo} again") from None
     revision = hub.revision or pins.get("revision")
     names = [f.name for f in files]
     if offline or not hub_resolves():
@@ -271,5 +279,8 @@ def hub_snapshot(hub: HubRepo, files: Sequence[RemoteFile], offline: bool) -> Pa
     pinned = pins.get("revision") or (None if hub.revision else commit)
     updated = {"repo": hub.repo, "revision": pinned, "sha256": {**digests, commit: recorded}}
     if updated != pins:
-        write_atomic(pins_file, lambda f: f.write((json.dumps(updated, indent=2) + "\n").encode()))
+        try:
+            write_atomic(pins_file, lambda f: f.write((json.dumps(updated, indent=2) + "\n").encode()))
+        except OSError as err:
+            warnings.warn(f"could not record the pins of {hub.repo} in {pins_file} ({err})", stacklevel=2)
     return paths[0].parent

@@ -235,3 +235,31 @@ def test_model_files_copied_by_hand_are_used_offline(tmp_path, monkeypatch, tiny
     shutil.copytree(tiny_deep_dir, target)
     assert load_generator("biggan-deep-256", device="cpu").family == "biggan-deep"
     assert dl.record_path(target / "pytorch_model.bin").is_file()  # trusted on first use, checked from now on
+
+
+def test_named_model_with_a_wrong_published_hash_is_not_loaded(server, tmp_path, monkeypatch, tiny_deep_dir):
+    from weights import load_generator, model_cache_dir
+    from weights.registry import MODELS, ModelSource
+
+    folder, base = server
+    for name in ("config.json", "pytorch_model.bin"):
+        shutil.copyfile(tiny_deep_dir / name, folder / name)
+    weights_file = RemoteFile("pytorch_model.bin", f"{base}/pytorch_model.bin", OTHER)
+    files = (RemoteFile("config.json", f"{base}/config.json"), weights_file)
+    monkeypatch.setitem(MODELS, "biggan-deep-test", ModelSource("biggan-deep-test", "biggan-deep", files))
+    mismatch = f"pytorch_model.bin: SHA-256 [0-9a-f]{{64}} does not match the published {OTHER}"
+    with pytest.raises(ChecksumError, match=mismatch):
+        load_generator("biggan-deep-test", device="cpu")
+    assert not (model_cache_dir("biggan-deep-test") / "pytorch_model.bin").exists()
+
+
+def test_unwritable_record_warns_and_still_loads(tmp_path, monkeypatch):
+    path = tmp_path / "file.bin"
+    path.write_bytes(PAYLOAD)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(dl, "write_atomic", read_only)
+    with pytest.warns(UserWarning, match="could not record the SHA-256 of .*file.bin"):
+        assert dl.verify_file(path, None) == DIGEST
