@@ -1,6 +1,6 @@
 """BigGAN generator in the layout of ajbrock's BigGAN-PyTorch (``G_ema.pth`` / ``G.pth``).
 
-Inference only, with spectral norm already folded into the weights (``weights/ajbrock.py``), so
+Inference only, with spectral norm already folded into the weights (``weights/formats/ajbrock.py``), so
 every layer is a plain ``nn.Conv2d`` / ``nn.Linear``. Module names follow the checkpoint, so a
 folded checkpoint is this module's ``state_dict`` minus the ``u0`` / ``sv0`` buffers:
 ``shared``, ``linear``, ``blocks.{i}.0`` (GBlock), ``blocks.{i}.1`` (self-attention, where

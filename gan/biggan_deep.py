@@ -2,7 +2,7 @@
 
 Module names mirror the published ``pytorch_model.bin`` keys (``embeddings``,
 ``generator.gen_z``, ``generator.layers.{i}.bn_{0..3}/conv_{0..3}``, ``generator.bn``,
-``generator.conv_to_rgb``) so loading is a rename plus spectral-norm folding (``weights/hf_deep.py``).
+``generator.conv_to_rgb``) so loading is a rename plus spectral-norm folding (``weights/formats/biggan_deep.py``).
 Two deliberate differences from the published modules, both exact at inference:
 
 - spectral norm is folded into plain weights at load, so convolutions and linears are ordinary ones;

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 from gan.attention import AttentionBackend
 from gan.biggan import BigGAN, BigGANConfig
-from weights.ajbrock import (
+from weights.formats.ajbrock import (
     generator_from_ajbrock_state_dict,
     looks_like_ajbrock,
     random_ajbrock_state_dict,
     sidecar_path,
     write_random_ajbrock_checkpoint,
 )
+from weights.formats.openmmlab import generator_from_openmmlab, looks_like_openmmlab
 from weights.spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
 
 SN_EPS = 1e-6  # the 138k model's --SN_eps
@@ -400,15 +401,15 @@ def test_openmmlab_conversion_loads_to_the_same_generator(small, sn_style):
         },
     }
     for source in (converted, checkpoint):
-        assert looks_like_ajbrock(source)
-        G_mm = generator_from_ajbrock_state_dict(source, "biggan_cvt_BigGAN-PyTorch_rgb.pth")
+        assert looks_like_openmmlab(source) and not looks_like_ajbrock(source)
+        G_mm = generator_from_openmmlab(source, "biggan_cvt_BigGAN-PyTorch_rgb.pth")
         assert G_mm.config == G.config
         z, ids = latents(batch=2)
         # same tensors, SN sigma by an algebraically equal formula: only rounding differs (compounded: TOL_FULL)
         torch.testing.assert_close(G_mm.generate(z, ids), G.generate(z, ids), rtol=0, atol=TOL_FULL)
     converted.pop("conv_blocks.5.conv2.conv.bias")
     with pytest.raises(ValueError, match=r"OpenMMLab.*missing 1 key\(s\): blocks\.4\.0\.conv2\.bias"):
-        generator_from_ajbrock_state_dict(converted, "cvt.pth")
+        generator_from_openmmlab(converted, "cvt.pth")
 
 
 def test_default_model_builds_without_checkpoint():

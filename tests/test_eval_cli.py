@@ -207,10 +207,9 @@ def test_bad_input_exits_2_with_one_line(case, tiny_deep_dir, assets, tmp_path, 
 
 
 def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
-    import eval.reference_stats as rs
+    import urllib.request
 
-    monkeypatch.setattr(rs.torch.hub if hasattr(rs, "torch") else torch.hub, "download_url_to_file",
-                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--ref-stats", "imagenet-128")
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -237,7 +236,7 @@ def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path
     assert time.monotonic() - start < 10
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: could not download biggan-deep-128"), err
-    assert str(tmp_path / "hf" / "biggan-attn" / "biggan-deep-128") in err  # where to put the files
+    assert str(tmp_path / "cache" / "models" / "biggan-deep-128") in err  # where to put the files
     assert generate_calls == [] and not (tmp_path / "out").exists()
 
 
@@ -270,18 +269,20 @@ def test_nan_features_name_the_backend(tiny_deep_dir, assets, tmp_path, monkeypa
 
 
 def test_default_inception_weights_offline_say_where_to_put_them(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
-    # No --inception-weights, an empty torch hub cache and no network: one line naming the file's
+    # No --inception-weights, an empty cache and no network: one line naming the file's
     # place in the cache and the variable/option to change it; nothing generated or written.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact")
     i = argv.index("--inception-weights")
     del argv[i:i + 2]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    expected_path = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    expected_dir = tmp_path / "cache" / "inception"
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert str(expected_path) in err and "TORCH_HOME" in err and "--inception-weights" in err, err
+    assert "pt_inception-2015-12-05-6726825d.pth" in err and str(expected_dir) in err, err
+    assert "BIGGAN_ATTN_CACHE" in err and "--inception-weights" in err, err
     assert not (tmp_path / "out").exists()
 
 
