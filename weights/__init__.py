@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from common.download import cache_root, fetch_files
+from common.devices import resolve_device, resolve_dtype
 from common.files import read_checkpoint
 from gan.attention import AttentionBackend, build_attention
 from gan.generator import Generator
@@ -24,11 +25,6 @@ from .registry import MODELS, ModelSource, available_models
 __all__ = ["available_models", "load_generator", "model_cache_dir", "resolve_device", "resolve_dtype",
            "write_random_checkpoint"]
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 
 
 def load_generator(
@@ -69,28 +65,6 @@ def write_random_checkpoint(path: str | Path, fmt: str = "biggan-deep", seed: in
     ``fmt="biggan"``: ajbrock's G_ema.pth; ``fmt="openmmlab-biggan"``: an mmagic training checkpoint.
     """
     return format_named(fmt).write_random(path, seed=seed, **config_overrides)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> cuda when available, else cpu; a named device must parse and, if CUDA, be present."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use 'cpu'")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    resolved = _DTYPES.get(dtype.lower()) if isinstance(dtype, str) else dtype
-    if resolved not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"unsupported dtype {dtype!r}; accepted: float32, float16, bfloat16")
-    return resolved
 
 
 def model_cache_dir(name: str) -> Path:
