@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         times["pytorch-pretrained-biggan"].append(_time(run_reference))
 
     print(
-        f"BigGAN-deep-{args.resolution} (channel_width {args.channel_width}, random weights), fp32 CPU, exact attention, "
+        f"BigGAN-deep-{args.resolution} (channel_width {args.channel_width}, random weights), "
+        "fp32 CPU, exact attention, "
         f"batch {args.batch_size}, truncation {args.truncation}, {args.threads} thread(s), torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}; {args.batches} timed batches after 1 warm-up; "
         f"max abs diff between the two: {max_diff:.2e}\n"

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="gpu_check", help="folder for gpu_check.json and gpu_check.md")
     try:
         args = p.parse_args(argv)
-        from weights import resolve_device
+        from common.devices import resolve_device
 
         device = resolve_device(args.device)
     except USER_ERRORS as err:

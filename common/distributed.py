@@ -67,7 +67,7 @@ def init_distributed(device: str | None) -> DistContext:
     ``device`` None means cuda when available. Under torchrun, ``cuda`` without an index means
     ``cuda:LOCAL_RANK`` for each rank.
     """
-    from weights import resolve_device
+    from common.devices import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
+from typing import BinaryIO
 
 import torch
 
@@ -18,7 +19,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: it holds a {type(state).__name__}, not a state dict")
+        kind = type(state).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: it holds a {kind}, not a state dict")
     return dict(state)
 
 

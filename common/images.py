@@ -5,8 +5,8 @@ and reference images reach the Inception network through identical arithmetic.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ def list_images(folder: str | Path) -> list[Path]:
         raise FileNotFoundError(f"image folder not found or not a directory: {root}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(files) < 2:
-        raise ValueError(f"{root} holds {len(files)} image(s) ({', '.join(IMAGE_SUFFIXES)}); need at least 2 for statistics")
+        kinds = ", ".join(IMAGE_SUFFIXES)
+        raise ValueError(f"{root} holds {len(files)} image(s) ({kinds}); need at least 2 for statistics")
     return files
 
 

@@ -22,10 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.download import RemoteFile, cache_root, fetch_files
+
 from .inception_input import INPUT_SIZE, check_input_mode, inception_input
 
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+# its name carries the SHA-256 prefix 6726825d (torch.hub's convention); the full digest (95,628,359 bytes)
+FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 NUM_LOGITS = 1008
 
 
@@ -211,23 +215,17 @@ class FIDInception(nn.Module):
 
 
 def default_weights_path() -> Path:
-    """Where pytorch-fid's loader caches the checkpoint: ``$TORCH_HOME/hub/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
+    """Where the default checkpoint is downloaded to (or may be put by hand): ``<cache root>/inception/<file>``."""
+    return cache_root() / "inception" / FID_WEIGHTS_FILE
 
 
 def _fetch_default_weights() -> Path:
-    path = default_weights_path()
-    if path.is_file():
-        return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), progress=True)
-    except Exception as err:  # offline, proxy, disk: all mean "not available"
-        raise FileNotFoundError(
-            f"FID Inception weights unavailable ({type(err).__name__}); download {FID_WEIGHTS_URL} "
-            f"to {path} (or set TORCH_HOME, or pass --inception-weights PATH)"
-        ) from None
-    return path
+    """pytorch-fid's checkpoint from the cache (SHA-256 checked) or downloaded into it."""
+    remote = RemoteFile(FID_WEIGHTS_FILE, FID_WEIGHTS_URL, FID_WEIGHTS_SHA256)
+    folder = default_weights_path().parent
+    what = f"the FID Inception weights {FID_WEIGHTS_URL}"
+    alternative = "(set BIGGAN_ATTN_CACHE to move it), or pass --inception-weights PATH"
+    return fetch_files((remote,), folder, what, alternative=alternative) / FID_WEIGHTS_FILE
 
 
 @functools.lru_cache(maxsize=16)

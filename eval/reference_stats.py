@@ -10,10 +10,11 @@ A local .npz needs ``mu`` (D,) and ``sigma`` (D, D) (pytorch-fid, BigGAN-PyTorch
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from common.download import RemoteFile, cache_root, fetch_files
 
 _ADM = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet"
 NAMED_STATS = {
@@ -21,13 +22,18 @@ NAMED_STATS = {
     "imagenet-256": f"{_ADM}/256/VIRTUAL_imagenet256_labeled.npz",
     "imagenet-512": f"{_ADM}/512/VIRTUAL_imagenet512.npz",
 }
+# SHA-256 of the batches where a published copy states it (imagenet-256, 2,037,122,530 bytes); None: recorded
+# at first download and checked on every later one (no digest of the 128 / 512 batches is published)
+NAMED_STATS_SHA256 = {
+    "imagenet-128": None,
+    "imagenet-256": "b32732719497e42660a9affb4a966068cba0855ac449b82015e34ec376d20758",
+    "imagenet-512": None,
+}
 
 
 def cache_dir() -> Path:
-    """``$BIGGAN_ATTN_CACHE`` or ``$XDG_CACHE_HOME/biggan-attn`` (default ``~/.cache/biggan-attn``)."""
-    if os.environ.get("BIGGAN_ATTN_CACHE"):
-        return Path(os.environ["BIGGAN_ATTN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "biggan-attn"
+    """The project's cache root: ``$BIGGAN_ATTN_CACHE``, default ``~/.cache/biggan-attn`` (``common.download``)."""
+    return cache_root()
 
 
 def named_stats_path(name: str) -> Path:
@@ -65,25 +71,23 @@ def read_stats(path: str | Path, feature_dim: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _download_named(name: str, target: Path) -> None:
-    """Fetch the ADM reference batch, keep only mu/sigma at ``target``."""
-    import torch
+    """Fetch the ADM reference batch (SHA-256 checked), keep only mu/sigma at ``target``, delete the batch.
 
+    The batch's digest record (``<batch>.sha256``, for batches without a published hash) stays, so a
+    later download of it must match.
+    """
     url = NAMED_STATS[name]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".download")
-    os.close(fd)
+    remote = RemoteFile(url.rsplit("/", 1)[1], url, NAMED_STATS_SHA256[name])
+    alternative = f"(or an .npz with just mu/sigma at {target}), set BIGGAN_ATTN_CACHE, or pass --ref-stats FILE.npz"
+    what = f"reference statistics {name!r} ({url})"
+    batch = fetch_files((remote,), cache_dir() / "downloads", what, alternative=alternative) / remote.name
     try:
-        torch.hub.download_url_to_file(url, tmp, progress=True)
-        with np.load(tmp, allow_pickle=False) as data:
+        with np.load(batch, allow_pickle=False) as data:
             save_stats(target, data["mu"], data["sigma"])
-    except Exception as err:  # offline, proxy, disk: the stats are unavailable
-        raise FileNotFoundError(
-            f"reference statistics {name!r} unavailable ({type(err).__name__}); download {url} and place it "
-            f"(or an .npz with just mu/sigma) at {target}, set BIGGAN_ATTN_CACHE, or pass --ref-stats FILE.npz"
-        ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except (OSError, KeyError, ValueError) as err:
+        reason = f"{type(err).__name__}: {err}"
+        raise ValueError(f"{batch} is not an ADM reference batch with mu and sigma ({reason})") from None
+    batch.unlink()
 
 
 def resolve_named_or_file(spec: str, feature_dim: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -1,6 +1,6 @@
 """BigGAN generator in the layout of ajbrock's BigGAN-PyTorch (``G_ema.pth`` / ``G.pth``).
 
-Inference only, with spectral norm already folded into the weights (``weights/ajbrock.py``), so
+Inference only, with spectral norm already folded into the weights (``weights/formats/ajbrock.py``), so
 every layer is a plain ``nn.Conv2d`` / ``nn.Linear``. Module names follow the checkpoint, so a
 folded checkpoint is this module's ``state_dict`` minus the ``u0`` / ``sv0`` buffers:
 ``shared``, ``linear``, ``blocks.{i}.0`` (GBlock), ``blocks.{i}.1`` (self-attention, where
@@ -77,7 +77,8 @@ class BigGANConfig(GeneratorConfig):
                 )
         if self.hier and self.dim_z % self.num_slots:
             raise ValueError(
-                f"with hier=True, dim_z must be a multiple of {self.num_slots} (one chunk per GBlock + 1), got {self.dim_z}"
+                f"with hier=True, dim_z must be a multiple of {self.num_slots} (one chunk per GBlock + 1), "
+                f"got {self.dim_z}"
             )
         if not (self.sn_eps > 0 and self.bn_eps > 0):
             raise ValueError(f"sn_eps and bn_eps must be > 0, got {self.sn_eps}, {self.bn_eps}")
@@ -181,7 +182,7 @@ class BigGAN(Generator):
         self.shared = nn.Embedding(config.num_classes, config.shared_dim)
         self.linear = nn.Linear(config.dim_z // config.num_slots, config.in_channels[0] * BOTTOM_WIDTH**2)
         stages = []
-        for index, (cin, cout) in enumerate(zip(config.in_channels, config.out_channels)):
+        for index, (cin, cout) in enumerate(zip(config.in_channels, config.out_channels, strict=False)):
             stage: list[nn.Module] = [GBlock(cin, cout, config.cond_dim, config.bn_eps)]
             if index in config.attention_blocks:
                 stage.append(SelfAttention(cout, attention))
@@ -211,7 +212,7 @@ class BigGAN(Generator):
         """
         z0, ys = self.conditions(z, class_ids)
         h = rearrange(self.linear(z0), "b (c h w) -> b c h w", h=BOTTOM_WIDTH, w=BOTTOM_WIDTH)
-        for (block, *extra), y in zip(self.blocks, ys):
+        for (block, *extra), y in zip(self.blocks, ys, strict=False):
             h = block(h, y)
             for layer in extra:  # self-attention, where configured
                 h = layer(h)

@@ -2,7 +2,7 @@
 
 Module names mirror the published ``pytorch_model.bin`` keys (``embeddings``,
 ``generator.gen_z``, ``generator.layers.{i}.bn_{0..3}/conv_{0..3}``, ``generator.bn``,
-``generator.conv_to_rgb``) so loading is a rename plus spectral-norm folding (``weights/hf_deep.py``).
+``generator.conv_to_rgb``) so loading is a rename plus spectral-norm folding (``weights/formats/biggan_deep.py``).
 Two deliberate differences from the published modules, both exact at inference:
 
 - spectral norm is folded into plain weights at load, so convolutions and linears are ordinary ones;
@@ -57,7 +57,9 @@ class BigGANDeepConfig(GeneratorConfig):
         try:
             self.layers = [(bool(up), int(cin), int(cout)) for up, cin, cout in self.layers]
         except (TypeError, ValueError):
-            raise ValueError(f"config.layers must be a list of [upsample, in, out] triples, got {self.layers!r}") from None
+            raise ValueError(
+                f"config.layers must be a list of [upsample, in, out] triples, got {self.layers!r}"
+            ) from None
         self.validate()
 
     def validate(self) -> None:
@@ -74,7 +76,9 @@ class BigGANDeepConfig(GeneratorConfig):
         if min(ch, self.z_dim, self.num_classes, self.output_dim) < 1:
             raise ValueError("channel_width, z_dim, num_classes and output_dim must be positive")
         if self.layers[0][1] != 16:
-            raise ValueError(f"the first layer must take 16 * channel_width channels (gen_z output), got {self.layers[0][1]}")
+            raise ValueError(
+                f"the first layer must take 16 * channel_width channels (gen_z output), got {self.layers[0][1]}"
+            )
         for i, (_, cin, cout) in enumerate(self.layers):
             if (ch * cin) % 4:
                 raise ValueError(f"layer {i}: input channels {ch * cin} must be a multiple of 4 (bottleneck)")
@@ -87,10 +91,11 @@ class BigGANDeepConfig(GeneratorConfig):
         if (ch * self.layers[self.attention_layer_position][1]) % 8:
             raise ValueError("attention channels (channel_width * layer input width) must be a multiple of 8")
         if 4 * 2 ** sum(up for up, _, _ in self.layers) != self.output_dim:
-            raise ValueError(f"layers upsample 4x4 to {4 * 2 ** sum(up for up, _, _ in self.layers)}, not output_dim {self.output_dim}")
+            side = 4 * 2 ** sum(up for up, _, _ in self.layers)
+            raise ValueError(f"layers upsample 4x4 to {side}, not output_dim {self.output_dim}")
 
     @classmethod
-    def preset(cls, resolution: int, **overrides: Any) -> "BigGANDeepConfig":
+    def preset(cls, resolution: int, **overrides: Any) -> BigGANDeepConfig:
         """The published biggan-deep-{128,256,512} config, with ``overrides`` applied."""
         layers = {128: _LAYERS_128, 256: _LAYERS_256, 512: _LAYERS_512}
         if resolution not in layers:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, ClassVar, Mapping, Self
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ class AttentionShape:
     dv: int
 
     @classmethod
-    def of_block(cls, channels: int, side: int) -> "AttentionShape":
+    def of_block(cls, channels: int, side: int) -> AttentionShape:
         """BigGAN's block on a side x side map of ``channels``: theta full-size, phi and g 2x2 max-pooled."""
         return cls(side * side, (side // 2) * (side // 2), channels // 8, channels // 2)
 

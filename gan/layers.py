@@ -5,7 +5,7 @@ convolutions here are ordinary ``nn.Conv2d`` / ``nn.Linear``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ def latents_for(
 
 
 def repeated_class_ids(indices: Sequence[int] | torch.Tensor, classes: Sequence[int], per_class: int) -> torch.Tensor:
-    """Image i gets ``classes[i // per_class]``: numpy's ``repeat(classes, per_class)``, the published scripts' order."""
+    """Image i gets ``classes[i // per_class]``: numpy's ``repeat(classes, per_class)`` (the published scripts)."""
     if per_class < 1 or not classes:
         raise ValueError("repeated class ids need at least one class and per_class >= 1")
     index = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
@@ -155,12 +155,16 @@ def class_ids_from(spec: str | int | Iterable[str | int], num_classes: int = 100
         if isinstance(item, int) or item.lstrip("-").isdigit():
             cid = int(item)
             if not 0 <= cid < num_classes:
-                raise ValueError(f"class id {cid} out of range; accepted: 0..{num_classes - 1} or an ImageNet class name")
+                raise ValueError(
+                    f"class id {cid} out of range; accepted: 0..{num_classes - 1} or an ImageNet class name"
+                )
             ids.append(cid)
             continue
         matches = names.get(item.lower())
         if not matches:
-            raise ValueError(f"unknown ImageNet class name {item!r}; use an id in 0..{num_classes - 1} or a name such as 'goldfish'")
+            raise ValueError(
+                f"unknown ImageNet class name {item!r}; use an id in 0..{num_classes - 1} or a name such as 'goldfish'"
+            )
         if len(matches) > 1:
             raise ValueError(f"class name {item!r} is ambiguous (ids {matches}); pass the id instead")
         ids.append(matches[0])

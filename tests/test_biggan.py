@@ -3,6 +3,7 @@
 There is no PyPI oracle for this format, so the reference here is a plain re-implementation of
 ajbrock's ``BigGAN.py`` / ``layers.py`` in functional torch calls on the raw checkpoint tensors.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,14 @@ import torch.nn.functional as F
 
 from gan.attention import AttentionBackend
 from gan.biggan import BigGAN, BigGANConfig
-from weights.ajbrock import (
+from weights.formats.ajbrock import (
     generator_from_ajbrock_state_dict,
     looks_like_ajbrock,
     random_ajbrock_state_dict,
     sidecar_path,
     write_random_ajbrock_checkpoint,
 )
+from weights.formats.openmmlab import generator_from_openmmlab, looks_like_openmmlab
 from weights.spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
 
 SN_EPS = 1e-6  # the 138k model's --SN_eps
@@ -87,7 +89,9 @@ class Plain:
     def ccbn(self, name, x, y):
         gain = (1 + y @ self.w(name + ".gain").t()).view(y.size(0), -1, 1, 1)
         bias = (y @ self.w(name + ".bias").t()).view(y.size(0), -1, 1, 1)
-        out = F.batch_norm(x, self.sd[name + ".stored_mean"], self.sd[name + ".stored_var"], None, None, False, 0.1, BN_EPS)
+        out = F.batch_norm(
+            x, self.sd[name + ".stored_mean"], self.sd[name + ".stored_var"], None, None, False, 0.1, BN_EPS
+        )
         return out * gain + bias
 
     def gblock(self, i, x, y):
@@ -226,7 +230,9 @@ def test_spectral_norm_folding_matches_ajbrock_eval_forward():
     gen = torch.Generator().manual_seed(0)
     for shape in [(64, 32, 3, 3), (24, 148), (3, 8, 3, 3)]:
         weight, u0 = torch.randn(shape, generator=gen), torch.randn(1, shape[0], generator=gen)
-        torch.testing.assert_close(fold_ajbrock_spectral_norm(weight, u0, SN_EPS), ajbrock_sn_weight(weight, u0), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            fold_ajbrock_spectral_norm(weight, u0, SN_EPS), ajbrock_sn_weight(weight, u0), rtol=1e-6, atol=1e-7
+        )
     # starting from the exact top left singular vector, the one iteration lands on sigma_max: ||W/sv||_2 = 1
     weight = torch.randn(40, 30, generator=gen, dtype=torch.float64)
     u_top = torch.linalg.svd(weight).U[:, :1].t()
@@ -246,7 +252,7 @@ def test_embedding_and_hierarchical_split(small):
     z0, ys = G.conditions(z, ids)
     ref_z0, ref_ys = plain.conditions(z, ids)
     assert torch.equal(z0, ref_z0) and len(ys) == 5  # pure indexing and slicing: exact
-    for y, ref in zip(ys, ref_ys):
+    for y, ref in zip(ys, ref_ys, strict=False):
         assert y.shape == (3, 148) and torch.equal(y, ref)
 
 
@@ -311,6 +317,7 @@ def test_set_attention_swaps_in_place(small):
         backend = G.set_attention(UniformAttention())
         assert G.attention is backend and all(b.attention is backend for b in G.attention_blocks())
         uniform = G.generate(z, ids)
+
         def uniform_beta(theta, phi):  # (B, Nq, Nk) attention map with every weight 1/Nk
             return torch.full((theta.shape[0], theta.shape[2], phi.shape[2]), 1 / phi.shape[2])
 
@@ -326,11 +333,22 @@ def openmmlab_state_dict(sd, sn_style: str) -> dict[str, torch.Tensor]:
     """The 128x128 ``sd`` under OpenMMLab BigGANGenerator names, written from mmgen's modules: GBlocks and the
     attention are consecutive ``conv_blocks`` entries; SNConvModule wraps its conv as ``.conv``; BigGANConditionBN
     keeps statistics in an affine-free ``.bn``; the output layer is ConvModule(norm ``bn``, act, ``conv``)."""
-    stages = {"blocks.0.0": "conv_blocks.0", "blocks.1.0": "conv_blocks.1", "blocks.2.0": "conv_blocks.2",
-              "blocks.3.0": "conv_blocks.3", "blocks.3.1": "conv_blocks.4", "blocks.4.0": "conv_blocks.5"}
+    stages = {
+        "blocks.0.0": "conv_blocks.0",
+        "blocks.1.0": "conv_blocks.1",
+        "blocks.2.0": "conv_blocks.2",
+        "blocks.3.0": "conv_blocks.3",
+        "blocks.3.1": "conv_blocks.4",
+        "blocks.4.0": "conv_blocks.5",
+    }
     sn_layers = {"linear": "noise2feat", "output_layer.2": "output_layer.conv"}
     out = {"shared_embedding.weight": sd["shared.weight"], "conv_blocks.4.gamma": sd["blocks.3.1.gamma"]}
-    for name, new in (("gain", "weight"), ("bias", "bias"), ("stored_mean", "running_mean"), ("stored_var", "running_var")):
+    for name, new in (
+        ("gain", "weight"),
+        ("bias", "bias"),
+        ("stored_mean", "running_mean"),
+        ("stored_var", "running_var"),
+    ):
         out[f"output_layer.bn.{new}"] = sd[f"output_layer.0.{name}"]
     out["output_layer.bn.num_batches_tracked"] = torch.tensor(0)
     for old, new in stages.items():
@@ -376,20 +394,22 @@ def test_openmmlab_conversion_loads_to_the_same_generator(small, sn_style):
     stale = {k: (v * 0 if k.endswith("gamma") else v) for k, v in converted.items()}  # non-EMA copy: must be ignored
     checkpoint = {
         "meta": {"mmgen_version": "0.3.0"},
-        "state_dict": {**{f"generator.{k}": v for k, v in stale.items()},
-                       **{f"generator_ema.{k}": v for k, v in converted.items()},
-                       "discriminator.linear.weight": torch.zeros(1, 1)},
+        "state_dict": {
+            **{f"generator.{k}": v for k, v in stale.items()},
+            **{f"generator_ema.{k}": v for k, v in converted.items()},
+            "discriminator.linear.weight": torch.zeros(1, 1),
+        },
     }
     for source in (converted, checkpoint):
-        assert looks_like_ajbrock(source)
-        G_mm = generator_from_ajbrock_state_dict(source, "biggan_cvt_BigGAN-PyTorch_rgb.pth")
+        assert looks_like_openmmlab(source) and not looks_like_ajbrock(source)
+        G_mm = generator_from_openmmlab(source, "biggan_cvt_BigGAN-PyTorch_rgb.pth")
         assert G_mm.config == G.config
         z, ids = latents(batch=2)
         # same tensors, SN sigma by an algebraically equal formula: only rounding differs (compounded: TOL_FULL)
         torch.testing.assert_close(G_mm.generate(z, ids), G.generate(z, ids), rtol=0, atol=TOL_FULL)
     converted.pop("conv_blocks.5.conv2.conv.bias")
     with pytest.raises(ValueError, match=r"OpenMMLab.*missing 1 key\(s\): blocks\.4\.0\.conv2\.bias"):
-        generator_from_ajbrock_state_dict(converted, "cvt.pth")
+        generator_from_openmmlab(converted, "cvt.pth")
 
 
 def test_default_model_builds_without_checkpoint():

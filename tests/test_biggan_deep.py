@@ -9,7 +9,7 @@ from pytorch_pretrained_biggan.convert_tf_to_pytorch import BigGAN128, BigGAN256
 from gan.biggan_deep import BigGANDeep, BigGANDeepConfig
 from gan.sampling import one_hot, truncated_noise_sample
 from weights import load_generator, write_random_checkpoint
-from weights.hf_deep import hf_layout
+from weights.formats.biggan_deep import hf_layout
 
 PARITY_TOL = 1e-5  # binding: max abs difference of images in [-1, 1], fp32 CPU
 # 1.0 and 0.4 hit stored statistics exactly; 0.55 and 0.33 fall halfway between two stored truncations

@@ -376,15 +376,15 @@ def test_offline_first_run_names_every_missing_piece_at_once(assets, tmp_path, m
     # No network, empty caches, named generator, default Inception weights, default reference statistics:
     # one line naming all three, nothing generated or written.
     import socket
+    import urllib.request
 
     def no_dns(*args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _drop(_drop(_argv("biggan-deep-128", assets, tmp_path / "out"), "--inception-weights"), "--ref-stats")
     assert main(argv) == 2
     line = _one_line_error(capfd.readouterr().err)
@@ -407,7 +407,9 @@ def test_adm_reference_statistics_default_to_the_tf_input(tiny_deep_dir, assets,
 
 
 def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--ref-stats", "imagenet-128")
     assert main(argv) == 2
     line = _one_line_error(capsys.readouterr().err)
@@ -435,7 +437,7 @@ def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path
     assert time.monotonic() - start < 10
     line = _one_line_error(capfd.readouterr().err)
     assert line.startswith("error: could not download biggan-deep-128"), line
-    assert str(tmp_path / "hf" / "biggan-attn" / "biggan-deep-128") in line  # where to put the files
+    assert str(tmp_path / "cache" / "models" / "biggan-deep-128") in line  # where to put the files
     assert generate_calls == [] and not (tmp_path / "out").exists()
 
 
@@ -471,15 +473,16 @@ def test_nan_features_name_the_backend(tiny_deep_dir, assets, tmp_path, monkeypa
 
 
 def test_default_inception_weights_offline_say_where_to_put_them(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
-    # No --inception-weights, an empty torch hub cache and no network: one line naming the file's
+    # No --inception-weights, an empty cache and no network: one line naming the file's
     # place in the cache and the variable/option to change it; nothing generated or written.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact"), "--inception-weights")
     assert main(argv) == 2
     line = _one_line_error(capsys.readouterr().err)
-    expected_path = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    assert str(expected_path) in line and "TORCH_HOME" in line and "--inception-weights" in line, line
+    assert "pt_inception-2015-12-05-6726825d.pth" in line and str(tmp_path / "cache" / "inception") in line, line
+    assert "BIGGAN_ATTN_CACHE" in line and "--inception-weights" in line, line
     assert not (tmp_path / "out").exists()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import eval.inception as inc
-from eval.inception import FID_WEIGHTS_URL, FIDInception, load_inception, random_inception_state
+from eval.inception import FIDInception, load_inception, random_inception_state
 
 
 @pytest.fixture(scope="module")
@@ -112,35 +112,6 @@ def test_layout_mismatch_names_keys(tmp_path):
     pattern = r"missing 1 key\(s\): Mixed_7c.branch_pool.conv.weight; unexpected 1 key\(s\): extra.weight"
     with pytest.raises(ValueError, match=pattern):
         load_inception(tmp_path / "bad.pth")
-
-
-def test_missing_default_weights_offline_name_path_and_url(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(*args, **kwargs):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(inc.torch.hub, "download_url_to_file", offline)
-    with pytest.raises(FileNotFoundError) as err:
-        load_inception(None)
-    message = str(err.value)
-    assert str(tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth") in message
-    assert FID_WEIGHTS_URL in message and "\n" not in message
-
-
-def test_default_weights_come_from_the_torch_hub_cache_offline(tmp_path, monkeypatch):
-    # pytorch-fid's file already in $TORCH_HOME/hub/checkpoints: loaded from there without any download.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cached = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    cached.parent.mkdir(parents=True)
-    torch.save(random_inception_state(1 / 16, seed=0), cached)
-
-    def offline(*args, **kwargs):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(inc.torch.hub, "download_url_to_file", offline)
-    net, weights_id = load_inception(None)
-    assert net.feature_dim == 128 and weights_id.startswith(cached.name + ":")
 
 
 def test_rejects_bad_width_and_shapes():

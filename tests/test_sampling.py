@@ -1,4 +1,5 @@
 """Latents and class ids: batch-independence, distribution, reference parity, name lookup."""
+
 import math
 
 import numpy as np
@@ -11,8 +12,10 @@ from gan.sampling import (
     balanced_class_ids,
     class_ids_from,
     imagenet_class_names,
+    latents_for,
     one_hot,
     per_image_latents,
+    repeated_class_ids,
     truncated_noise_sample,
 )
 
@@ -72,7 +75,12 @@ def test_class_ids_from_names_ids_and_all():
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("not-a-class", "unknown ImageNet class name"), ("1000", "out of range"), ("-1", "out of range"), ("", "no classes")],
+    [
+        ("not-a-class", "unknown ImageNet class name"),
+        ("1000", "out of range"),
+        ("-1", "out of range"),
+        ("", "no classes"),
+    ],
 )
 def test_class_ids_from_rejects_bad_input(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -87,3 +95,35 @@ def test_ambiguous_class_name_asks_for_id():
 def test_one_hot():
     out = one_hot(torch.tensor([2, 0]), 4)
     assert out.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]] and out.dtype == torch.float32
+
+
+def test_reference_latent_mode_is_rows_of_one_reference_draw():
+    # the published BigGAN attention scripts: truncated_noise_sample(truncation=0.4, batch_size=N, seed=123)
+    whole = torch.from_numpy(reference_noise(truncation=0.4, batch_size=50, seed=123))
+    rows = latents_for([3, 0, 49], 128, truncation=0.4, seed=123, mode="reference", total=50)
+    torch.testing.assert_close(rows, whole[[3, 0, 49]], rtol=0, atol=0)
+
+
+def test_per_image_latent_mode_is_per_image_latents():
+    torch.testing.assert_close(latents_for([5, 7], 16, 0.5, seed=2), per_image_latents([5, 7], 16, 0.5, seed=2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "bogus"}, "latent mode must be one of"),
+        ({"mode": "reference"}, "total number of images"),
+        ({"mode": "reference", "total": 3}, r"indices must be in \[0, 2\]"),
+    ],
+)
+def test_latents_for_rejects_bad_modes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        latents_for([0, 5], 8, **kwargs)
+
+
+def test_repeated_class_ids_match_numpy_repeat():
+    expected = np.repeat(np.arange(1000), 5)
+    indices = [0, 4, 5, 4999, 1234]
+    assert repeated_class_ids(indices, list(range(1000)), 5).tolist() == expected[indices].tolist()
+    with pytest.raises(ValueError, match="indices must be in"):
+        repeated_class_ids([10], [0, 1], 5)

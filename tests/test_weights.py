@@ -7,10 +7,9 @@ import socket
 import pytest
 import torch
 
-import weights
-import weights.download
-from weights import available_models, load_generator, write_random_checkpoint
-from weights.download import url_cache_dir
+import common.download
+from common.download import HubRepo, RemoteFile, hub_cache_dir
+from weights import available_models, load_generator, model_cache_dir, write_random_checkpoint
 from weights.formats import detect_format
 from weights.registry import MODELS, ModelSource
 
@@ -38,11 +37,18 @@ def network_attempts(monkeypatch):
 
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch, network_attempts):
-    """An empty HF hub cache for this test; HF_HUB_OFFLINE unset; no network."""
+    """An empty HF hub cache and project cache root for this test; HF_HUB_OFFLINE unset; no network."""
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("BIGGAN_ATTN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return cache
+
+
+def _source(name, folder, hub=None):
+    """A model whose files are served from ``folder`` as file:// URLs (no hash published)."""
+    files = tuple(RemoteFile(n, (folder / n).as_uri()) for n in ("config.json", "pytorch_model.bin"))
+    return ModelSource(name, "biggan-deep", files, hub)
 
 
 def _copy(folder, dest):
@@ -60,7 +66,7 @@ def test_missing_file(tmp_path):
 
 
 def test_directory_without_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="holds neither pytorch_model.bin"):
+    with pytest.raises(FileNotFoundError, match=r"holds none of pytorch_model.bin \(biggan-deep\) / G_ema.pth"):
         load_generator(tmp_path)
 
 
@@ -100,7 +106,8 @@ def test_pickled_code_is_refused(tmp_path):
 def test_wrong_format(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3), "fc.bias": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match="neither a BigGAN-deep .* nor a BigGAN-PyTorch.*conv.weight"):
+    known = "not a checkpoint of a known format .*BigGAN-deep.*BigGAN-PyTorch.*OpenMMLab.*conv.weight"
+    with pytest.raises(ValueError, match=known):
         load_generator(path)
 
 
@@ -143,19 +150,22 @@ def test_bare_weights_file_infers_published_config(tiny_deep_dir, tmp_path):
 
 
 @pytest.mark.parametrize("hub_offline", [False, True])
-def test_local_paths_load_without_network(hf_cache, network_attempts, monkeypatch, tiny_deep_dir, tmp_path, hub_offline):
+def test_local_paths_load_without_network(
+    hf_cache, network_attempts, monkeypatch, tiny_deep_dir, tmp_path, hub_offline
+):
     # An empty cache and no network, with or without HF_HUB_OFFLINE=1: a local directory or file (either
     # format) needs neither; fails if loading a path looks anything up online or writes to the cache.
     if hub_offline:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ajbrock = write_random_checkpoint(tmp_path / "G_ema.pth", fmt="biggan", G_ch=8)
-    for path, family in ((tiny_deep_dir, "biggan-deep"), (tiny_deep_dir / "pytorch_model.bin", "biggan-deep"), (ajbrock, "biggan")):
+    deep_file = tiny_deep_dir / "pytorch_model.bin"
+    for path, family in ((tiny_deep_dir, "biggan-deep"), (deep_file, "biggan-deep"), (ajbrock, "biggan")):
         assert load_generator(path, device="cpu").family == family
     assert network_attempts == [] and not hf_cache.exists()
 
 
 def test_write_random_checkpoint_rejects_unknown_format(tmp_path):
-    with pytest.raises(ValueError, match="unknown checkpoint format 'onnx'; accepted: biggan-deep, biggan"):
+    with pytest.raises(ValueError, match="unknown checkpoint format 'onnx'; accepted: biggan-deep, biggan, openmmlab-"):
         write_random_checkpoint(tmp_path / "x", fmt="onnx")
 
 
@@ -168,7 +178,7 @@ def test_bad_dtype_and_attention(tiny_deep_dir):
 
 def test_ajbrock_file_is_dispatched(tmp_path):
     path = write_random_checkpoint(tmp_path / "G_ema.pth", fmt="biggan", G_ch=8)
-    assert detect_format(torch.load(path, weights_only=True), str(path)) == "biggan"
+    assert detect_format(torch.load(path, weights_only=True), str(path)).name == "biggan"
     model = load_generator(tmp_path, device="cpu")  # a directory holding G_ema.pth
     assert model.family == "biggan" and not model.training
 
@@ -179,23 +189,22 @@ def test_offline_without_cache_says_where_to_put_files(hf_cache, network_attempt
     with pytest.raises(FileNotFoundError) as err:
         load_generator(name)
     message = str(err.value)
-    assert "HF_HUB_OFFLINE=1" in message and str(url_cache_dir(name)) in message
+    assert "HF_HUB_OFFLINE=1" in message and str(model_cache_dir(name)) in message
     assert "config.json and pytorch_model.bin" in message and "local directory" in message
-    assert str(hf_cache) in message and network_attempts == []  # no network touched
+    assert str(hf_cache.parent / "cache" / "models" / name) in message and network_attempts == []  # no network
 
 
 def test_url_download_is_cached_for_offline_reuse(hf_cache, monkeypatch, tiny_deep_dir, tmp_path):
     served = _copy(tiny_deep_dir, tmp_path / "served")
-    source = ModelSource(
-        "biggan-deep-test", "biggan-deep",
-        urls={name: (served / name).as_uri() for name in ("config.json", "pytorch_model.bin")},
-    )
+    source = _source("biggan-deep-test", served)
     monkeypatch.setitem(MODELS, source.name, source)
     expected = load_generator(tiny_deep_dir, device="cpu").generate(Z, CLASS, 0.5)
 
     first = load_generator(source.name, device="cpu").generate(Z, CLASS, 0.5)
-    cached = url_cache_dir(source.name)
-    assert sorted(p.name for p in cached.iterdir()) == ["config.json", "pytorch_model.bin"]  # no .part left
+    cached = model_cache_dir(source.name)
+    # no .part left; the digests of these unhashed files recorded beside them at first download
+    assert sorted(p.name for p in cached.iterdir()) == [
+        "config.json", "config.json.sha256", "pytorch_model.bin", "pytorch_model.bin.sha256"]
     shutil.rmtree(served)  # the source is gone: the second load must come from the cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     second = load_generator(source.name, device="cpu").generate(Z, CLASS, 0.5)
@@ -203,11 +212,12 @@ def test_url_download_is_cached_for_offline_reuse(hf_cache, monkeypatch, tiny_de
 
 
 def test_failed_download_leaves_no_partial_file(hf_cache, monkeypatch, tmp_path):
-    source = ModelSource("biggan-deep-test", "biggan-deep", urls={"config.json": (tmp_path / "gone.json").as_uri()})
+    gone = RemoteFile("config.json", (tmp_path / "gone.json").as_uri())
+    source = ModelSource("biggan-deep-test", "biggan-deep", (gone,))
     monkeypatch.setitem(MODELS, source.name, source)
     with pytest.raises(FileNotFoundError, match="could not download biggan-deep-test .*put config.json in"):
         load_generator(source.name)
-    assert not url_cache_dir(source.name).exists() or not any(url_cache_dir(source.name).iterdir())
+    assert not model_cache_dir(source.name).exists() or not any(model_cache_dir(source.name).iterdir())
 
 
 def test_hub_snapshot_in_cache_is_used_offline(hf_cache, network_attempts, monkeypatch, tiny_deep_dir):
@@ -229,26 +239,26 @@ def test_hub_failure_falls_back_to_urls(hf_cache, monkeypatch, tiny_deep_dir):
         hub_calls.append(args)
         raise OSError("hub unreachable")
 
-    monkeypatch.setattr(weights.download, "hub_resolves", lambda: True)  # the Hub's name resolves, then its download fails
-    monkeypatch.setattr(weights.download, "hf_hub_download", hub_down)
-    source = ModelSource(
-        "biggan-deep-test", "biggan-deep", hub_repo="someone/unreachable",
-        urls={name: (tiny_deep_dir / name).as_uri() for name in ("config.json", "pytorch_model.bin")},
-    )
+    import huggingface_hub
+
+    monkeypatch.setattr(common.download, "hub_resolves", lambda: True)  # the Hub's name resolves, its download fails
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_down)
+    source = _source("biggan-deep-test", tiny_deep_dir, hub=HubRepo("someone/unreachable"))
     monkeypatch.setitem(MODELS, source.name, source)
     assert load_generator(source.name, device="cpu").family == "biggan-deep"
     assert hub_calls  # the Hub was tried first
 
 
-def test_cache_directory_follows_hf_environment(monkeypatch, tmp_path):
-    from weights.download import hf_cache_dir
-
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "BIGGAN_ATTN_CACHE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert model_cache_dir("m") == tmp_path / "home" / ".cache" / "biggan-attn" / "models" / "m"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert hf_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    assert hf_cache_dir() == tmp_path / "home" / "hub"
+    assert hub_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    assert model_cache_dir("m") == tmp_path / "xdg" / "biggan-attn" / "models" / "m"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    assert hub_cache_dir() == tmp_path / "hf-home" / "hub"  # huggingface_hub's precedence for Hub snapshots
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    # same precedence as huggingface_hub, so Hub snapshots and URL downloads share one cache
-    assert hf_cache_dir() == tmp_path / "hub" and url_cache_dir("m") == tmp_path / "hub" / "biggan-attn" / "m"
+    monkeypatch.setenv("BIGGAN_ATTN_CACHE", str(tmp_path / "ours"))
+    assert hub_cache_dir() == tmp_path / "hub" and model_cache_dir("m") == tmp_path / "ours" / "models" / "m"

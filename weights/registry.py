@@ -1,40 +1,45 @@
 """Names of the pretrained generators and where their files come from."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .formats import BIGGAN, BIGGAN_DEEP
-from .hf_deep import CONFIG_NAME, WEIGHTS_NAME
+from common.download import HubRepo, RemoteFile
+
+from .formats.biggan_deep import CONFIG_NAME, WEIGHTS_NAME
 
 _HF_S3 = "https://s3.amazonaws.com/models.huggingface.co/biggan"
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A named pretrained generator: a Hugging Face Hub repo and/or direct URLs (file name -> URL)."""
+    """A named pretrained generator: its files (URL, SHA-256 where published) and optionally a Hub repo to try first.
+
+    No SHA-256 is published for the Hugging Face port's S3 files, nor a commit for the Hub copy: they are
+    ``None`` here and pinned to what the first download gets (``common.download``).
+    """
 
     name: str
     family: str
-    hub_repo: str | None = None
-    urls: dict[str, str] = field(default_factory=dict)
+    files: tuple[RemoteFile, ...] = ()
+    hub: HubRepo | None = None
     where: str = ""  # for models that cannot be downloaded automatically: where the public copies are
 
 
-def _deep(resolution: int, hub_repo: str | None = None) -> ModelSource:
+def _deep(resolution: int, hub: HubRepo | None = None) -> ModelSource:
     name = f"biggan-deep-{resolution}"
-    urls = {CONFIG_NAME: f"{_HF_S3}/{name}-config.json", WEIGHTS_NAME: f"{_HF_S3}/{name}-pytorch_model.bin"}
-    return ModelSource(name, BIGGAN_DEEP, hub_repo, urls)
+    files = tuple(RemoteFile(file, f"{_HF_S3}/{name}-{file}") for file in (CONFIG_NAME, WEIGHTS_NAME))
+    return ModelSource(name, "biggan-deep", files, hub)
 
 
 MODELS: dict[str, ModelSource] = {
     source.name: source
     for source in (
-        _deep(128, hub_repo="osanseviero/BigGAN-deep-128"),
+        _deep(128, hub=HubRepo("osanseviero/BigGAN-deep-128", revision=None)),
         _deep(256),
         _deep(512),
         ModelSource(
             "biggan-128",
-            BIGGAN,
+            "biggan",
             where=(
                 "ajbrock's BigGAN-PyTorch ImageNet-128 '138k' G_ema.pth (https://drive.google.com/open?id="
                 "1nAle7FCVFZdix2--ks0r5JBkFnKw8ctW) or OpenMMLab's conversion (https://download.openmmlab.com/mmgen/"

@@ -16,11 +16,15 @@ def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
 
 def _divide(weight: torch.Tensor, sigma: torch.Tensor, key: str) -> torch.Tensor:
     if not torch.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"{key}: spectral-norm estimate {float(sigma):.3g} is not a positive number; the checkpoint is corrupt")
+        raise ValueError(
+            f"{key}: spectral-norm estimate {float(sigma):.3g} is not a positive number; the checkpoint is corrupt"
+        )
     return weight / sigma
 
 
-def fold_torch_spectral_norm(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, key: str = "weight") -> torch.Tensor:
+def fold_torch_spectral_norm(
+    weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, key: str = "weight"
+) -> torch.Tensor:
     """``torch.nn.utils.spectral_norm`` in eval mode (no power iteration): W / (u . W v).
 
     weight (out, ...) is ``weight_orig``; u (out,) and v (in*k*k,) are ``weight_u`` / ``weight_v``.

@@ -13,7 +13,9 @@ def _listing(keys: list[str]) -> str:
     return head + (f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
 
 
-def check_state_dict(expected: Mapping[str, torch.Size | tuple[int, ...]], state: Mapping[str, torch.Tensor], source: str) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Size | tuple[int, ...]], state: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Raise ValueError naming missing keys, unexpected keys and shape mismatches of ``state``.
 
     ``expected`` maps every key the format requires to its shape; ``source`` names the file in the message.

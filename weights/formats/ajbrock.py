@@ -6,44 +6,48 @@ The checkpoint is a plain state dict. Every spectral-normed layer (``linear``, e
 the buffers ``u0`` (1, out) and ``sv0`` (1,). At inference ajbrock's SN layer runs one power
 iteration from ``u0`` without updating it and divides the weight by the singular value estimate
 of that iteration; ``sv0`` is a training log and is not used. ``fold_ajbrock_spectral_norm`` does
-exactly that once, at load.
+exactly that once, at load. Layers may instead hold torch's ``weight_u`` / ``weight_v`` (OpenMMLab's
+``sn_style='torch'`` conversions, renamed to these names by ``weights.formats.openmmlab``).
 
 Config: every shape-determined field (G_ch, dim_z, shared_dim, hier, resolution, attention
-resolutions, num_classes) is inferred from the tensor shapes. The two epsilons cannot be, so a
-checkpoint whose config differs from what inference gives (non-default ``sn_eps`` / ``bn_eps``) has
-a sidecar ``<file>.json`` (``BigGANConfig.to_json``) next to it; an explicit ``config`` overrides both.
+resolutions, num_classes) is inferred from the tensor shapes. The two epsilons cannot be: the fields
+of a sidecar ``<file>.json`` override the inferred config (``BigGANConfig.to_json`` writes a full one;
+``{"sn_eps": 1e-4, "bn_eps": 1e-4}`` will do), and an explicit ``eps`` overrides both epsilons.
 
-OpenMMLab's conversion of the same checkpoint (mmgeneration / mmagic ``BigGANGenerator``, e.g.
-``biggan_imagenet1k_128x128_cvt_BigGAN-PyTorch_rgb_*.pth``) is the same network under other names
-(``noise2feat``, ``shared_embedding``, ``conv_blocks.{j}`` with attention as its own entry,
-``bn.running_*``, ``output_layer.{bn,conv}``). It is accepted as a raw state dict or a full checkpoint
-(``state_dict`` with ``generator_ema.`` / ``generator.`` prefixes, EMA preferred), renamed to the
-ajbrock names, and loaded the same way. Its spectral norm is either torch's (``weight_orig``,
-``weight_u``, ``weight_v``) or ajbrock's (``u0``/``sv0``); ``weights.spectral_norm`` folds both.
-Its ``rgb2bgr`` flag only flips the output for OpenMMLab's BGR pipeline; the weights are RGB, as here.
+Variants of the layout, read from BigGAN-PyTorch's code:
+
+- ``TFHub/converter.py`` output (``biggan-128.pth`` ...): no ``sv0`` buffers and the attention ``gamma``
+  as TF's shape (1,). It was built with ``BN_eps = SN_eps = 1e-4``, which the file does not record, so
+  without a sidecar or ``eps`` it is refused rather than loaded with the trained models' 1e-5 / 1e-6.
+- ``--mybn`` / ``--cross_replica`` runs keep batch-norm statistics in a ``bn`` submodule; BigGANdeep.py
+  has four convs per block. These are refused with a message saying which one it is.
 """
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from gan.biggan import BOTTOM_WIDTH, BigGAN, BigGANConfig, CHANNEL_MULTIPLIERS
-
 from common.files import save_checkpoint
+from gan.biggan import BOTTOM_WIDTH, CHANNEL_MULTIPLIERS, BigGAN, BigGANConfig
 
-from .formats import read_config
-from .spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
-from .strict import check_state_dict
+from ..spectral_norm import fold_ajbrock_spectral_norm, fold_torch_spectral_norm
+from ..strict import check_state_dict
+from .base import CheckpointFormat, LoadOptions, read_config_data
 
 SN_BUFFERS = ("u0", "sv0", "weight_u", "weight_v")  # power-iteration state: not part of the folded model
+TFHUB_EPS = 1e-4  # BN_eps and SN_eps of TFHub/converter.py's get_config
 
 
-def ajbrock_layout(config: BigGANConfig) -> dict[str, tuple[int, ...]]:
-    """Every key of an ajbrock generator checkpoint for ``config`` -> its shape, in checkpoint order."""
+def ajbrock_layout(config: BigGANConfig, sv0: bool = True) -> dict[str, tuple[int, ...]]:
+    """Every key of an ajbrock generator checkpoint for ``config`` -> its shape, in checkpoint order.
+
+    ``sv0=False``: the layout without the logged singular values (TFHub/converter.py's output).
+    """
     layout: dict[str, tuple[int, ...]] = {"shared.weight": (config.num_classes, config.shared_dim)}
 
     def add_sn(prefix: str, shape: tuple[int, ...], bias: bool) -> None:
@@ -51,7 +55,8 @@ def ajbrock_layout(config: BigGANConfig) -> dict[str, tuple[int, ...]]:
         if bias:
             layout[f"{prefix}.bias"] = (shape[0],)
         layout[f"{prefix}.u0"] = (1, shape[0])
-        layout[f"{prefix}.sv0"] = (1,)
+        if sv0:
+            layout[f"{prefix}.sv0"] = (1,)
 
     add_sn("linear", (config.in_channels[0] * BOTTOM_WIDTH**2, config.dim_z // config.num_slots), bias=True)
     for i, (cin, cout) in enumerate(zip(config.in_channels, config.out_channels)):
@@ -82,73 +87,40 @@ def spectral_norm_prefixes(layout: Mapping[str, object]) -> list[str]:
     return [key[: -len(".u0")] for key in layout if key.endswith(".u0")]
 
 
-def _is_ajbrock_layout(state_dict: Mapping[str, object]) -> bool:
+def looks_like_ajbrock(state_dict: Mapping[str, object]) -> bool:
+    """True for a BigGAN-PyTorch generator state dict (BigGAN.py's or BigGANdeep.py's names)."""
     return all(k in state_dict for k in ("shared.weight", "linear.weight")) and any(
-        k.startswith("blocks.0.0.bn1.gain.") for k in state_dict
+        isinstance(k, str) and k.startswith("blocks.0.0.bn1.gain.") for k in state_dict
     )
 
 
-def _openmmlab_generator(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor] | None:
-    """The generator state dict inside an OpenMMLab BigGAN checkpoint (EMA weights preferred), else None."""
-    state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, Mapping):
-        return None
-    for prefix in ("generator_ema.", "generator."):
-        inner = {k[len(prefix):]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
-        if inner:
-            state = inner
-            break
-    if "shared_embedding.weight" in state and any(isinstance(k, str) and k.startswith("noise2feat.") for k in state):
-        return dict(state)
-    return None
+def _first(state: Mapping[str, object], pattern: str) -> str | None:
+    return next((k for k in state if isinstance(k, str) and re.search(pattern, k)), None)
 
 
-def looks_like_ajbrock(state_dict: Mapping[str, object]) -> bool:
-    """True for an ajbrock BigGAN-PyTorch generator state dict, or OpenMMLab's conversion of one."""
-    return _is_ajbrock_layout(state_dict) or _openmmlab_generator(state_dict) is not None
-
-
-_OPENMMLAB_NAMES = {
-    "shared_embedding.weight": "shared.weight",
-    "output_layer.bn.weight": "output_layer.0.gain",
-    "output_layer.bn.bias": "output_layer.0.bias",
-    "output_layer.bn.running_mean": "output_layer.0.stored_mean",
-    "output_layer.bn.running_var": "output_layer.0.stored_var",
-}
-_OPENMMLAB_PATTERNS = [  # applied in order to the part after the stage prefix
-    (r"^noise2feat\.", "linear."),
-    (r"^output_layer\.conv\.", "output_layer.2."),
-    (r"^(conv1|conv2|theta|phi|g|o)\.conv\.", r"\1."),
-    (r"^shortcut\.conv\.", "conv_sc."),
-    (r"^(bn[12])\.bn\.running_(mean|var)$", r"\1.stored_\2"),
-    (r"\.weight_orig$", ".weight"),
-]
-
-
-def _from_openmmlab_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an OpenMMLab BigGANGenerator state dict to ajbrock's names (unknown keys pass through unchanged).
-
-    ``conv_blocks.{j}`` is a GBlock unless it has a ``gamma`` (self-attention after the previous GBlock).
-    BatchNorm's ``num_batches_tracked`` counters are dropped: inference does not use them.
-    """
-    stage: dict[str, str] = {}
-    block = -1
-    for j in sorted({int(k.split(".")[1]) for k in state if re.match(r"conv_blocks\.\d+\.", k)}):
-        is_attention = f"conv_blocks.{j}.gamma" in state
-        block += not is_attention
-        stage[str(j)] = f"blocks.{block}.{1 if is_attention else 0}"
-    renamed: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(".num_batches_tracked"):
-            continue
-        prefix, rest = "", _OPENMMLAB_NAMES.get(key, key)
-        found = re.match(r"conv_blocks\.(\d+)\.(.*)$", rest)
-        if found:
-            prefix, rest = stage[found.group(1)] + ".", found.group(2)
-        for pattern, replacement in _OPENMMLAB_PATTERNS:
-            rest = re.sub(pattern, replacement, rest)
-        renamed[prefix + rest] = value
-    return renamed
+def reject_other_layouts(state: Mapping[str, object], source: str) -> None:
+    """ValueError naming the BigGAN-PyTorch variant ``state`` is in, if it is one this loader cannot run."""
+    key = _first(state, r"^blocks\.\d+\.0\.conv4\.")
+    if key:
+        raise ValueError(
+            f"{source} is a BigGAN-deep generator in BigGAN-PyTorch's layout (BigGANdeep.py, four convs per block: "
+            f"{key}); not supported: BigGAN-deep loads from the Hugging Face port (biggan-deep-128/256/512, "
+            "or a directory with config.json + pytorch_model.bin)"
+        )
+    key = _first(state, r"\.bn\.(accumulation_counter|stored_mean|stored_var)$")
+    if key:
+        raise ValueError(
+            f"{source} was trained with --mybn (batch-norm statistics in myBN submodules: {key}); not supported: "
+            "whether they are standing-statistics sums (to divide by accumulation_counter) is not in the file; "
+            "move <bn>.bn.stored_mean / stored_var to <bn>.stored_mean / stored_var and drop accumulation_counter"
+        )
+    key = _first(state, r"\.bn\.(running_mean|running_var|num_batches_tracked)$")
+    if key:
+        raise ValueError(
+            f"{source} was trained with --cross_replica (SyncBN statistics: {key}); not supported: BigGAN-PyTorch's "
+            "eval forward of SyncBN adds the class gain instead of multiplying by it (sync_batchnorm/batchnorm.py); "
+            "move <bn>.bn.running_mean / running_var to <bn>.stored_mean / stored_var and drop num_batches_tracked"
+        )
 
 
 def _torch_sn_layout(layout: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -158,7 +130,6 @@ def _torch_sn_layout(layout: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[i
         prefix, name = key.rsplit(".", 1)
         if name == "u0":
             out[f"{prefix}.weight_u"] = (shape[1],)
-        elif name == "sv0":
             out[f"{prefix}.weight_v"] = (math.prod(layout[f"{prefix}.weight"][1:]),)
         else:
             out[key] = shape
@@ -167,11 +138,11 @@ def _torch_sn_layout(layout: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[i
 
 def infer_ajbrock_config(state_dict: Mapping[str, torch.Tensor], source: str) -> BigGANConfig:
     """The config implied by the tensor shapes (epsilons at their defaults)."""
-    if not _is_ajbrock_layout(state_dict):
+    if not looks_like_ajbrock(state_dict):
         raise ValueError(
-            f"{source} is not an ajbrock BigGAN-PyTorch generator (no shared.weight / linear.weight / blocks.0.0 keys) "
-            "nor OpenMMLab's conversion of one (no shared_embedding.weight / noise2feat keys)"
+            f"{source} is not an ajbrock BigGAN-PyTorch generator (no shared.weight / linear.weight / blocks.0.0 keys)"
         )
+    reject_other_layouts(state_dict, source)
     num_blocks = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
     resolutions = {len(ins): res for res, (ins, _) in CHANNEL_MULTIPLIERS.items()}
     if num_blocks not in resolutions:
@@ -207,33 +178,57 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _config_for(state_dict: Mapping[str, torch.Tensor], source: str) -> BigGANConfig:
+def _has_sv0(state: Mapping[str, object]) -> bool:
+    return any(isinstance(k, str) and k.endswith(".sv0") for k in state)
+
+
+def ajbrock_config(state: Mapping[str, torch.Tensor], source: str, eps: float | None) -> BigGANConfig:
+    """Inferred config, overridden by the sidecar's fields, then by ``eps``; refuses a converter file without either."""
+    config = infer_ajbrock_config(state, source)
     sidecar = sidecar_path(source) if source else None
     if sidecar is not None and sidecar.is_file():
-        return read_config(sidecar, BigGANConfig)
-    return infer_ajbrock_config(state_dict, source)
+        data = read_config_data(sidecar)
+        try:
+            config = BigGANConfig.from_dict({**config.to_dict(), **data})
+        except ValueError as err:
+            raise ValueError(f"{sidecar}: {err}") from None
+    elif eps is None and "linear.u0" in state and not _has_sv0(state):
+        eps_text = f"{TFHUB_EPS:g}"
+        raise ValueError(
+            f"{source} has no sv0 buffers, as BigGAN-PyTorch's TFHub/converter.py writes, whose batch-norm and "
+            f"spectral-norm eps are {eps_text} (the file does not record them); put a sidecar "
+            f'{sidecar_path(source).name} holding {{"sn_eps": {eps_text}, "bn_eps": {eps_text}}} beside it, '
+            f"or pass eps={eps_text} (--eps {eps_text})"
+        )
+    if eps is not None:
+        config = replace(config, sn_eps=eps, bn_eps=eps)
+    return config
+
+
+def _scalar_gammas(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The attention gains as scalars: the converter keeps TF's (1,), which ajbrock's load_state_dict accepts."""
+    return {
+        k: v.reshape(()) if re.fullmatch(r"blocks\.\d+\.1\.gamma", k) and tuple(v.shape) == (1,) else v
+        for k, v in state.items()
+    }
 
 
 def generator_from_ajbrock_state_dict(
-    state_dict: Mapping[str, torch.Tensor], source: str, config: BigGANConfig | None = None
+    state_dict: Mapping[str, torch.Tensor], source: str, config: BigGANConfig | None = None, eps: float | None = None
 ) -> BigGAN:
-    """Build a ``BigGAN`` from an ajbrock generator state dict or OpenMMLab's conversion of one.
+    """Build a ``BigGAN`` from an ajbrock generator state dict.
 
     Keys and shapes are checked strictly against the layout of the config, then spectral norm is folded.
-
-    ``source`` names the checkpoint in error messages; when it is a file path with a ``<file>.json``
-    sidecar that config is used; otherwise the config is inferred from the shapes. An explicit
-    ``config`` wins over both.
+    ``sv0`` buffers may be absent (all of them). ``source`` names the checkpoint in error messages; when it
+    is a file path with a ``<file>.json`` sidecar, the sidecar's fields override the inferred config;
+    ``eps`` sets both epsilons. An explicit ``config`` wins over all of these.
     """
-    openmmlab = _openmmlab_generator(state_dict)
-    if openmmlab is not None:
-        state_dict = _from_openmmlab_names(openmmlab)
+    reject_other_layouts(state_dict, source)
+    state_dict = _scalar_gammas(state_dict)
     if config is None:
-        config = _config_for(state_dict, source)
-    if openmmlab is not None:
-        source = f"{source} (OpenMMLab BigGANGenerator; keys shown under their BigGAN-PyTorch names)"
+        config = ajbrock_config(state_dict, source, eps)
     torch_sn = "linear.weight_u" in state_dict
-    layout = ajbrock_layout(config)
+    layout = ajbrock_layout(config, sv0=_has_sv0(state_dict) and not torch_sn)
     check_state_dict(_torch_sn_layout(layout) if torch_sn else layout, state_dict, source)
     folded: dict[str, torch.Tensor] = {}
     for prefix in spectral_norm_prefixes(layout):
@@ -290,3 +285,17 @@ def write_random_ajbrock_checkpoint(path: str | Path, seed: int = 0, **config_ov
     elif sidecar.exists():
         sidecar.unlink()
     return path
+
+
+def load(state: Mapping[str, torch.Tensor], path: Path, options: LoadOptions) -> BigGAN:
+    return generator_from_ajbrock_state_dict(state, str(path), eps=options.eps)
+
+
+FORMAT = CheckpointFormat(
+    name="biggan",
+    summary="BigGAN-PyTorch (G_ema.pth, keys shared.weight / linear.* / blocks.*)",
+    file_names=("G_ema.pth", "G.pth"),
+    recognises=looks_like_ajbrock,
+    load=load,
+    write_random=write_random_ajbrock_checkpoint,
+)

@@ -1,4 +1,4 @@
-"""The Hugging Face BigGAN-deep checkpoint format: ``config.json`` + ``pytorch_model.bin``.
+"""The Hugging Face BigGAN-deep checkpoint format (pytorch-pretrained-biggan): config.json + pytorch_model.bin.
 
 The state dict is what ``pytorch_pretrained_biggan.BigGAN(config).state_dict()`` holds: spectral-
 normed modules store ``weight_orig`` with power-iteration vectors ``weight_u`` (out,) and
@@ -13,11 +13,12 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from common.files import save_checkpoint
 from gan.biggan_deep import BigGANDeep, BigGANDeepConfig
 
-from common.files import save_checkpoint
-from .spectral_norm import fold_torch_spectral_norm
-from .strict import check_state_dict
+from ..spectral_norm import fold_torch_spectral_norm
+from ..strict import check_state_dict
+from .base import CheckpointFormat, LoadOptions, read_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -109,7 +110,9 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str) -> BigGANDeepCo
         ch = state["generator.gen_z.weight_orig"].shape[0] // (4 * 4 * 16)
         n_stats = state["generator.bn.running_means"].shape[0]
     except (KeyError, ValueError, AttributeError):
-        raise ValueError(f"{source} lacks the keys that identify a BigGAN-deep configuration; put its config.json next to it") from None
+        raise ValueError(
+            f"{source} lacks the keys that identify a BigGAN-deep configuration; put its {CONFIG_NAME} next to it"
+        ) from None
     for resolution in (128, 256, 512):
         config = BigGANDeepConfig.preset(
             resolution, z_dim=z_dim, class_embed_dim=z_dim, channel_width=ch, num_classes=num_classes, n_stats=n_stats
@@ -117,7 +120,7 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str) -> BigGANDeepCo
         layout = hf_layout(config)
         if set(layout) == set(state):
             return config
-    raise ValueError(f"{source} matches no published BigGAN-deep layout (128/256/512); put its {CONFIG_NAME} next to it")
+    raise ValueError(f"{source} matches no published BigGAN-deep layout (128/256/512); put its {CONFIG_NAME} beside it")
 
 
 def random_state_dict(config: BigGANDeepConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -164,3 +167,33 @@ def write_checkpoint_dir(path: Path, config: BigGANDeepConfig, state: Mapping[st
     save_checkpoint(state, path / WEIGHTS_NAME)
     (path / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
     return path
+
+
+def recognises(state: Mapping[str, object]) -> bool:
+    return "embeddings.weight" in state and any(str(key).startswith("generator.gen_z.") for key in state)
+
+
+def load(state: Mapping[str, torch.Tensor], path: Path, options: LoadOptions) -> BigGANDeep:
+    """The generator of ``path``'s state dict; the ``config.json`` beside it if there is one, else inferred."""
+    if options.eps is not None:
+        raise ValueError(f"{path}: eps applies to BigGAN-PyTorch checkpoints; BigGAN-deep's is in its {CONFIG_NAME}")
+    config_path = path.with_name(CONFIG_NAME)
+    config = read_config(config_path, BigGANDeepConfig) if config_path.is_file() else infer_config(state, str(path))
+    return build_from_state_dict(state, config, str(path))
+
+
+def write_random(path: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """Directory ``path`` with config.json + pytorch_model.bin: the 128 preset unless ``output_dim`` picks 256/512."""
+    overrides = dict(config_overrides)
+    config = BigGANDeepConfig.preset(overrides.pop("output_dim", 128), **overrides)
+    return write_checkpoint_dir(Path(path), config, random_state_dict(config, seed))
+
+
+FORMAT = CheckpointFormat(
+    name="biggan-deep",
+    summary="BigGAN-deep, Hugging Face port (keys embeddings.weight / generator.*)",
+    file_names=(WEIGHTS_NAME,),
+    recognises=recognises,
+    load=load,
+    write_random=write_random,
+)
