@@ -7,7 +7,9 @@ Layout of ``--out``::
     chunks/chunk_000004.npz
                       --format npz while running: images [c*K, (c+1)*K) as uint8 (n,H,W,3)
     samples.npz       --format npz when done: arr_0 uint8 (N,H,W,3), arr_1 int64 (N,) class ids
-    manifest.jsonl    one JSON line per finished image (file, index, class, seed, backend, params)
+    manifest.jsonl    one JSON line per finished image (file, index, class, seed, backend, params): lines are
+                      appended as images (png) or chunks (npz) finish, and the file is rewritten in index
+                      order, each image once, at the start and the end of a run
     grid.png          --grid: the first images tiled
 
 Every file is written under a temporary name in the same folder and renamed when complete, so a
@@ -59,7 +61,16 @@ def write_run_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def write_manifest(out: Path, lines: Iterable[dict[str, Any]]) -> None:
+    """Replace the manifest atomically with ``lines`` (one JSON object per line)."""
     write_atomic(out / MANIFEST, lambda f: f.writelines((json.dumps(line) + "\n").encode() for line in lines))
+
+
+def append_manifest(out: Path, lines: Iterable[dict[str, Any]]) -> None:
+    """Append ``lines`` in one write (O_APPEND: lines of concurrent ranks do not interleave on a local disk)."""
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    if data:
+        with open(out / MANIFEST, "ab") as f:
+            f.write(data)
 
 
 class PngStore:
@@ -82,8 +93,10 @@ class PngStore:
     def unit_done(self, unit: list[int]) -> bool:
         return (self.dir / Path(self.relative(unit[0])).name).exists()
 
-    def add(self, index: int, image: np.ndarray, label: int) -> None:
+    def add(self, index: int, image: np.ndarray, label: int) -> list[tuple[int, str]]:
+        """Write image ``index``; returns the (index, file) rows finished by this call."""
         write_atomic(self.dir / Path(self.relative(index)).name, lambda f: Image.fromarray(image).save(f, format="PNG"))
+        return [(index, self.relative(index))]
 
     def finish(self) -> None:
         """Nothing to merge: every image is already its own file."""
@@ -125,7 +138,8 @@ class NpzStore:
     def unit_done(self, unit: list[int]) -> bool:
         return self.merged.exists() or self._chunk_path(unit[0] // self.chunk).exists()
 
-    def add(self, index: int, image: np.ndarray, label: int) -> None:
+    def add(self, index: int, image: np.ndarray, label: int) -> list[tuple[int, str]]:
+        """Hold image ``index``; writes its chunk once complete and returns that chunk's (index, file) rows."""
         c = index // self.chunk
         pending = self._pending.setdefault(c, {})
         pending[index] = (image, label)
@@ -135,6 +149,11 @@ class NpzStore:
             labels = np.array([pending[i][1] for i in order], dtype=np.int64)
             write_atomic(self._chunk_path(c), lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
             del self._pending[c]
+            return [(i, self._relative(c)) for i in order]
+        return []
+
+    def _relative(self, c: int) -> str:
+        return f"{self.dir.name}/{self._chunk_path(c).name}"
 
     def finish(self) -> None:
         """Stream every chunk into ``samples.npz`` (memory: one chunk) and drop the chunks; no-op until all exist."""
@@ -164,11 +183,18 @@ class NpzStore:
         self.dir.rmdir()
 
     def done_rows(self) -> Iterator[tuple[int, str]]:
+        """(index, file): every image in ``samples.npz`` once merged, else those of the finished chunks."""
         if self.merged.exists():
             yield from ((i, MERGED) for i in range(self.total))
+            return
+        for c, unit in enumerate(self.units()):
+            if self._chunk_path(c).exists():
+                yield from ((i, self._relative(c)) for i in unit)
 
     def head(self, n: int) -> np.ndarray:
-        """The first ``n`` images of ``samples.npz``, read without loading the whole array."""
+        """The first ``n`` images of ``samples.npz``, read without loading the whole array (none before the merge)."""
+        if not self.merged.exists():
+            return np.zeros((0, 1, 1, 3), np.uint8)
         with zipfile.ZipFile(self.merged) as zf, zf.open("arr_0.npy") as entry:
             version = np.lib.format.read_magic(entry)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0

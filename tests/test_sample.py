@@ -120,8 +120,8 @@ def test_out_of_memory_halves_the_batch(reference, tiny_deep_dir, tmp_path, monk
 
     monkeypatch.setattr(app.sample, "load_generator", small_device_loader)
     assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "8")) == 0
-    # sizes[0] is the 1-image pass that resolves the backend's parameters; then halved twice and kept at 2.
-    assert sizes[1:4] == [8, 4, 2] and set(sizes[4:]) == {2}
+    # No probe pass (parameters come from the config's attention shape): halved twice and kept at 2.
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
     _assert_same_images(np.stack(list(_pngs(tmp_path).values())), np.stack(list(_pngs(reference).values())))
 
 
@@ -188,7 +188,10 @@ def test_two_process_gloo_run_is_the_union_of_one_process(reference, tiny_deep_d
         ({"--per-class": "0"}, "--per-class must be >= 1"),
         ({"--per-class": "ten"}, "argument --per-class: invalid int value: 'ten'"),  # argparse's own check, one line too
         ({"--attn": "nope"}, "unknown attention 'nope'"),
-        ({"--attn-kwargs": "n_hashes"}, "key=value"),
+        ({"--attn-kwargs": "n_hashes"}, "expected NAME='{json object}' or '{json object}' with NAME one of: exact"),
+        ({"--attn-kwargs": "smyrf={}"}, "names 'smyrf', which is not a chosen backend; accepted: exact"),
+        ({"--attn-kwargs": "[1]"}, "expected NAME="),
+        ({"--attn-kwargs": '{"k": 1'}, "bad JSON in --attn-kwargs"),
         ({"--truncation": "0"}, "--truncation must be in (0, 1]"),
         ({"--out": "FILE/sub"}, "cannot write to --out"),
         ({"--model": "/no/such/dir"}, "no such file or directory"),
