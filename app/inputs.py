@@ -102,7 +102,10 @@ def backend_kwargs(
     if len(chosen) + 1 > MAX_BACKENDS:
         raise ValueError(f"choose at most {MAX_BACKENDS - 1} backends besides exact (got {len(chosen)})")
     lines = [line for line in (parameters or "").splitlines() if line.strip()]
-    own = parse_attention_kwargs(lines, chosen)
+    try:
+        own = parse_attention_kwargs(lines, chosen)
+    except ValueError as err:  # the CLI's grammar and messages, named as the page names the field
+        raise ValueError(str(err).replace("--attn-kwargs", "backend parameters")) from None
     shared = {"seed": seed, "budget": budget}
     return [(name, shared | own.get(name, {})) for name in chosen]
 

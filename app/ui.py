@@ -99,12 +99,12 @@ def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
         images = heatmap(run["diff"], vmax) if show_diff else run["images"]
         group_class = {"published": "bg-published", "reference": "bg-reference"}.get(run["group"], "bg-variant")
         numbers = "".join(f"<span class='bg-num' data-key='{key}'>{html.escape(text)}</span>"
-                          + ("<br>" if key in ("attn", "mem") else "") for key, text in run["numbers"].items())
+                          + ("<br>" if key in ("attn", "mem") else " ") for key, text in run["numbers"].items())
         thumbs = "".join(f"<img class='bg-img' alt='{html.escape(run['name'])} image {i + 1}' src='{thumbnail_uri(im, THUMB_MAX)}'>"
                          for i, im in enumerate(images))
         parts.append(
             f"<div class='bg-row' data-backend='{html.escape(run['name'])}'><div class='bg-label'>"
-            f"<span class='bg-name'>{html.escape(run['name'])}</span>"
+            f"<span class='bg-name'>{html.escape(run['name'])}</span> "
             f"<span class='bg-group {group_class}'>{html.escape(run['group'])}</span><br>{numbers}</div>"
             f"<div class='bg-images'>{thumbs}</div></div>"
         )
