@@ -126,10 +126,8 @@ def generate_batches(G, todo: Sequence[int], classes: list[int], args, store, re
             raise ValueError(f"{args.attn} produced NaN/inf pixels for images {indices[0]}..{indices[-1]}; "
                              "none of them was written")
         images = to_uint8(x)  # (b, H, W, 3)
-        finished = []
         for index, image, label in zip(indices, images, labels.tolist()):
-            finished += store.add(index, image, label)
-        record(finished)
+            record(store.add(index, image, label))  # the rows of a unit that just finished (file renamed into place)
         progress.update(len(indices))
         start += len(indices)
 

@@ -52,7 +52,8 @@ CSS = """
 #bg-results .bg-label { flex: 0 0 var(--label-w); width: var(--label-w); font-size: 12.5px; line-height: 15px;
                         overflow: hidden; white-space: nowrap; }
 #bg-results .bg-name { font-weight: 700; font-size: 14px; }
-#bg-results .bg-group { display: inline-block; margin-left: 6px; padding: 0 5px; border-radius: 4px; font-size: 11px; }
+#bg-results .bg-group { display: inline-block; margin: 1px 0; padding: 0 5px; border-radius: 4px; font-size: 11.5px;
+                        line-height: 15px; }
 #bg-results .bg-published { background: #dbeafe; color: #1e3a8a; }
 #bg-results .bg-variant { background: #fde68a; color: #78350f; }
 #bg-results .bg-reference { background: #e5e7eb; color: #111827; }
@@ -104,7 +105,7 @@ def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
                          for i, im in enumerate(images))
         parts.append(
             f"<div class='bg-row' data-backend='{html.escape(run['name'])}'><div class='bg-label'>"
-            f"<span class='bg-name'>{html.escape(run['name'])}</span> "
+            f"<span class='bg-name'>{html.escape(run['name'])}</span><br>"
             f"<span class='bg-group {group_class}'>{html.escape(run['group'])}</span><br>{numbers}</div>"
             f"<div class='bg-images'>{thumbs}</div></div>"
         )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from app.sample import main
+from gan.attention import available_attentions
 from gan.sampling import balanced_class_ids, per_image_latents
 from weights import load_generator
 
@@ -213,3 +215,88 @@ def test_resume_with_other_settings_is_refused(reference, tiny_deep_dir, capsys)
     args[args.index("--seed") + 1] = "6"
     assert main(args) == 2
     assert "other settings (seed differ)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
+    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
+    shutil.copytree(tiny_deep_dir, out)
+    state = torch.load(out / "pytorch_model.bin", weights_only=True)
+    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
+    torch.save(state, out / "pytorch_model.bin")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"--model": "/no/such/dir"}, "no such file or directory"),
+        ({"--attn": "topk", "--attn-kwargs": '{"k": 1025}'}, "topk: k=1025 exceeds the number of keys Nk=1024"),
+    ],
+)
+def test_failed_start_leaves_out_untouched_and_the_corrected_command_runs(tiny_deep_dir, tmp_path, capsys, bad, message):
+    out = tmp_path / "out"
+    args = _args(tiny_deep_dir, out, "--per-class", "1")
+    fixed = [*args, *(["--attn", bad["--attn"]] if "--attn" in bad else [])]
+    for flag, value in bad.items():
+        args += [flag, value]  # argparse: the last occurrence wins
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing was written, not even run.json or the folder
+    assert main(fixed) == 0  # the corrected command is not refused as "other settings"
+    assert len(_pngs(out)) == 2 and len(_manifest(out)) == 2
+
+
+def test_nan_checkpoint_exits_2_and_writes_no_image(nan_deep_dir, tmp_path, capsys):
+    assert main(_args(nan_deep_dir, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds NaN/inf weights" in err and "generator.gen_z.bias" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_images_are_an_error_and_never_written(tiny_deep_dir, tmp_path, monkeypatch, capsys):
+    """A backend that overflows mid-run (finite weights): the batch with NaN pixels is refused, earlier ones are kept."""
+    import app.sample
+
+    def overflowing_loader(*args, **kwargs):
+        G = load_generator(*args, **kwargs)
+        real = G.generate
+
+        def generate(z, class_ids, truncation):
+            x = real(z, class_ids, truncation)
+            return x if z.shape[0] < 4 else x.index_fill(0, torch.tensor([1]), float("inf"))
+
+        G.generate = generate
+        return G
+
+    monkeypatch.setattr(app.sample, "load_generator", overflowing_loader)
+    # batch size 4 with --per-class 3 (6 images): batches of 4 (second image inf) and 2, never reached
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "4", "--per-class", "3")) == 2
+    assert "exact produced NaN/inf pixels for images 0..3; none of them was written" in capsys.readouterr().err
+    assert _pngs(tmp_path) == {} and _manifest(tmp_path) == []
+
+
+def test_manifest_lines_are_written_as_units_finish(tiny_deep_dir, tmp_path, monkeypatch):
+    """With npz chunks of 3: after each chunk file is renamed, its 3 lines are already in the manifest."""
+    import app.sample_store
+
+    seen = []
+    real_add = app.sample_store.NpzStore.add
+
+    def add(self, index, image, label):
+        seen.append((index, len(_manifest(tmp_path))))  # manifest length when image `index` arrives
+        return real_add(self, index, image, label)
+
+    monkeypatch.setattr(app.sample_store.NpzStore, "add", add)
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "2", "--format", "npz", "--npz-chunk", "3")) == 0
+    # images 0-2 form chunk 0: once it is written (during image 2's add) its lines are there when image 3 arrives
+    assert [count for _, count in seen] == [0, 0, 0, 3, 3, 3, 6, 6]
+    assert [line["file"] for line in _manifest(tmp_path)] == ["samples.npz"] * 8  # rewritten after the merge
+
+
+@pytest.mark.parametrize("name", available_attentions())
+def test_every_registered_backend_is_accepted(tiny_deep_dir, tmp_path, name):
+    assert main(_args(tiny_deep_dir, tmp_path, "--attn", name, "--per-class", "1")) == 0
+    lines = _manifest(tmp_path)
+    assert [line["backend"] for line in lines] == [name, name] and all(line["params"]["seed"] == 5 for line in lines)
