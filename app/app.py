@@ -40,7 +40,8 @@ def check_address(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
-            raise ValueError(f"cannot serve on {host}:{port}: {err.strerror or err}; choose another --port or --host") from None
+            reason = err.strerror or err
+            raise ValueError(f"cannot serve on {host}:{port}: {reason}; choose another --port or --host") from None
 
 
 def _terminate(signum, frame):

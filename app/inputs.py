@@ -70,7 +70,8 @@ def parse_budget(text: Any) -> float:
     try:
         value = float(Fraction(item))
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"budget {item!r} is not a fraction; give one in (0, 1] like {', '.join(BUDGET_PRESETS)}") from None
+        accepted = ", ".join(BUDGET_PRESETS)
+        raise ValueError(f"budget {item!r} is not a fraction; give one in (0, 1] like {accepted}") from None
     if not 0.0 < value <= 1.0:
         raise ValueError(f"budget {item} is outside (0, 1]; a budget is a fraction of the dense score matrix")
     return value

@@ -18,7 +18,9 @@ def tunable_parameters(name: str) -> dict[str, Any]:
     return {key: value for key, value in backend_parameters(name).items() if key not in RESERVED}
 
 
-def checked_backend(name: str, kwargs: dict[str, Any], shape: AttentionShape) -> tuple[AttentionBackend, dict[str, Any]]:
+def checked_backend(
+    name: str, kwargs: dict[str, Any], shape: AttentionShape
+) -> tuple[AttentionBackend, dict[str, Any]]:
     """Build ``name`` with ``kwargs`` and check it fits ``shape`` (from the generator's config, no forward pass).
 
     Returns (backend, its resolved parameters); ValueError naming the backend and the shape otherwise
@@ -29,7 +31,8 @@ def checked_backend(name: str, kwargs: dict[str, Any], shape: AttentionShape) ->
         resolved = backend.resolve(shape.nq, shape.nk, shape.d)
         backend.score_entries(shape.nq, shape.nk, shape.d)
     except ValueError as err:
-        raise ValueError(f"{name}: {err} (this generator's attention: Nq={shape.nq}, Nk={shape.nk}, d={shape.d})") from None
+        where = f"this generator's attention: Nq={shape.nq}, Nk={shape.nk}, d={shape.d}"
+        raise ValueError(f"{name}: {err} ({where})") from None
     return backend, resolved
 
 

@@ -1,13 +1,9 @@
-"""The per-backend plot: attention error and pixel difference at the chosen budget, where bars read faster than a table."""
+"""The per-backend plot: attention error and pixel difference at the chosen budget (bars read faster than a table)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: figures are rendered to PNG by Gradio
-
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
 
 PUBLISHED_COLOUR = "#2563eb"
 VARIANT_COLOUR = "#d97706"

@@ -21,8 +21,16 @@ from tqdm import tqdm  # noqa: E402
 
 from app.imaging import tile, to_uint8  # noqa: E402
 from app.params import checked_backend  # noqa: E402
-from app.sample_store import (GRID, NpzStore, PngStore, append_manifest, check_run_settings,  # noqa: E402
-                              remove_stale_temporaries, write_manifest, write_run_settings)
+from app.sample_store import (  # noqa: E402
+    GRID,
+    NpzStore,
+    PngStore,
+    append_manifest,
+    check_run_settings,
+    remove_stale_temporaries,
+    write_manifest,
+    write_run_settings,
+)
 from common.cli import USER_ERRORS, OneLineParser, parse_attention_kwargs, report_error  # noqa: E402
 from common.distributed import DistContext, init_distributed, shutdown  # noqa: E402
 from common.files import write_atomic  # noqa: E402
@@ -39,17 +47,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or local checkpoint path")
     p.add_argument("--attn", default="exact", help="attention backend (see gan.attention.available_attentions())")
     p.add_argument("--attn-kwargs", action="append", default=[], metavar="'{json}'",
-                   help="backend parameters as a JSON object, or NAME='{json}' with NAME the --attn backend; repeatable")
+                   help="backend parameters: a JSON object, or NAME='{json}' with NAME the --attn backend; repeatable")
     p.add_argument("--classes", default="all", help="'all', or comma-separated ImageNet class ids and/or names")
     p.add_argument("--per-class", type=int, default=10, help="images per class")
     p.add_argument("--truncation", type=float, default=0.4, help="truncation in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image latents (and of the attention backend)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (halved on CUDA out-of-memory)")
     p.add_argument("--out", required=True, help="output folder (created; a re-run resumes it)")
-    p.add_argument("--format", choices=("png", "npz"), default="png", help="one PNG per image, or uint8 (N,H,W,3) samples.npz")
+    p.add_argument("--format", choices=("png", "npz"), default="png",
+                   help="one PNG per image, or uint8 (N,H,W,3) samples.npz")
     p.add_argument("--npz-chunk", type=int, default=256, help="images per resumable npz chunk")
     p.add_argument("--grid", action="store_true", help=f"also write grid.png of the first {GRID_IMAGES} images")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     return p.parse_args(argv)
 
 
@@ -84,8 +94,8 @@ def validate(args: argparse.Namespace) -> tuple[list[int], dict[str, Any]]:
 def check_finite_weights(G, model: str) -> None:
     """ValueError naming the first tensors of ``G`` that hold NaN/inf (such a checkpoint only draws NaN images)."""
     tensors = [(name, t) for name, t in [*G.named_parameters(), *G.named_buffers()] if t.is_floating_point()]
-    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).cpu() if tensors else torch.ones(0, dtype=torch.bool)
-    bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist() if tensors else []  # one sync
+    bad = [name for (name, _), ok in zip(tensors, finite) if not ok]
     if bad:
         raise ValueError(f"{model} holds NaN/inf weights in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); "
                          "it cannot generate images")

@@ -52,7 +52,8 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> None:
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     if changed:
         raise ValueError(
-            f"{out} holds a run with other settings ({', '.join(changed)} differ); use the same settings to resume or another --out"
+            f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+            "use the same settings to resume or another --out"
         )
 
 
@@ -110,7 +111,8 @@ class PngStore:
 
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` finished images as (n', H, W, 3) uint8."""
-        rows = [np.asarray(Image.open(self.dir / Path(rel).name).convert("RGB")) for _, rel in itertools.islice(self.done_rows(), n)]
+        rows = [np.asarray(Image.open(self.dir / Path(rel).name).convert("RGB"))
+                for _, rel in itertools.islice(self.done_rows(), n)]
         return np.stack(rows) if rows else np.zeros((0, 1, 1, 3), np.uint8)
 
 
@@ -147,7 +149,8 @@ class NpzStore:
             order = sorted(pending)
             images = np.stack([pending[i][0] for i in order])  # (n, H, W, 3) uint8
             labels = np.array([pending[i][1] for i in order], dtype=np.int64)
-            write_atomic(self._chunk_path(c), lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
+            write_atomic(self._chunk_path(c),
+                         lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
             del self._pending[c]
             return [(i, self._relative(c)) for i in order]
         return []
@@ -169,7 +172,8 @@ class NpzStore:
             labels = []
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 with zf.open("arr_0.npy", "w", force_zip64=True) as entry:
-                    np.lib.format.write_array_header_1_0(entry, {"descr": "|u1", "fortran_order": False, "shape": (self.total, h, w, 3)})
+                    header = {"descr": "|u1", "fortran_order": False, "shape": (self.total, h, w, 3)}
+                    np.lib.format.write_array_header_1_0(entry, header)
                     for path in paths:
                         with np.load(path) as chunk:
                             entry.write(np.ascontiguousarray(chunk["images"]).tobytes())
@@ -197,7 +201,8 @@ class NpzStore:
             return np.zeros((0, 1, 1, 3), np.uint8)
         with zipfile.ZipFile(self.merged) as zf, zf.open("arr_0.npy") as entry:
             version = np.lib.format.read_magic(entry)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read_header(entry)
             count = min(n, shape[0])
             data = entry.read(count * int(np.prod(shape[1:])) * dtype.itemsize)

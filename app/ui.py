@@ -25,8 +25,15 @@ from weights import available_models
 
 from .compare import REFERENCE, BackendRun, compare_backends
 from .imaging import colormap_css, grid, heatmap, thumbnail_uri
-from .inputs import (BUDGET_PRESETS, DEFAULT_BUDGET_TEXT, MAX_IMAGES, RANDOM_CLASS, class_choices, model_name,
-                     parse_request)
+from .inputs import (
+    BUDGET_PRESETS,
+    DEFAULT_BUDGET_TEXT,
+    MAX_IMAGES,
+    RANDOM_CLASS,
+    class_choices,
+    model_name,
+    parse_request,
+)
 from .model_cache import GeneratorCache
 from .params import checked_backend, describe, tunable_parameters
 from .plots import error_plot
@@ -101,8 +108,8 @@ def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
         group_class = {"published": "bg-published", "reference": "bg-reference"}.get(run["group"], "bg-variant")
         numbers = "".join(f"<span class='bg-num' data-key='{key}'>{html.escape(text)}</span>"
                           + ("<br>" if key in ("attn", "mem") else " ") for key, text in run["numbers"].items())
-        thumbs = "".join(f"<img class='bg-img' alt='{html.escape(run['name'])} image {i + 1}' src='{thumbnail_uri(im, THUMB_MAX)}'>"
-                         for i, im in enumerate(images))
+        thumbs = "".join(f"<img class='bg-img' alt='{html.escape(run['name'])} image {i + 1}' "
+                         f"src='{thumbnail_uri(im, THUMB_MAX)}'>" for i, im in enumerate(images))
         parts.append(
             f"<div class='bg-row' data-backend='{html.escape(run['name'])}'><div class='bg-label'>"
             f"<span class='bg-name'>{html.escape(run['name'])}</span><br>"
@@ -130,7 +137,7 @@ class ComparisonApp:
     def cleanup(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def compare(self, model, class_choice, seed, truncation, num_images, backends, budget, parameters) -> list[dict[str, Any]]:
+    def compare(self, model, class_choice, seed, truncation, num_images, backends, budget, parameters) -> list[dict]:
         """Form values -> stored runs (one dict per backend, exact first); ValueError on bad input or NaN/inf images."""
         G = self.cache.get(model_name(model), self.device)
         request = parse_request(model, class_choice, seed, truncation, num_images, backends, budget, parameters,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 
@@ -24,7 +25,7 @@ def report_error(err: BaseException) -> int:
     return 2
 
 
-def parse_attention_kwargs(values: list[str] | tuple[str, ...] | None, names: list[str] | tuple[str, ...]) -> dict[str, dict]:
+def parse_attention_kwargs(values: Sequence[str] | None, names: Sequence[str]) -> dict[str, dict]:
     """``--attn-kwargs`` values -> {name: kwargs} for every name in ``names`` (``{}`` where none given).
 
     Each value is ``NAME='{json object}'`` (parameters of backend NAME) or a bare JSON object (parameters

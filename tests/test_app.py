@@ -110,7 +110,8 @@ def server(app_process) -> str:
 def client(server, tmp_path_factory):
     from gradio_client import Client
 
-    return Client(server, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")), analytics_enabled=False)
+    downloads = str(tmp_path_factory.mktemp("downloads"))
+    return Client(server, verbose=False, download_files=downloads, analytics_enabled=False)
 
 
 def _request(**overrides):
@@ -214,7 +215,8 @@ def test_error_keeps_previous_results_and_next_success_clears_it(client, tiny_de
     ],
 )
 def test_invalid_input_is_refused_with_a_message(client, tiny_deep_dir, overrides, message):
-    status, *outputs = client.predict(**_request(model=str(tiny_deep_dir), num_images=1) | overrides, api_name="/generate")
+    form = _request(model=str(tiny_deep_dir), num_images=1) | overrides
+    status, *outputs = client.predict(**form, api_name="/generate")
     assert message in status.replace("&#x27;", "'"), status  # one line on the page, next to the controls
     assert "Traceback" not in status and len(outputs) == 4 and all(map(_unchanged, outputs))
 
@@ -242,7 +244,8 @@ def _boxes(page, selector: str) -> list[dict]:
 
 
 def _assert_in_viewport(box: dict, what: str) -> None:
-    inside = box["x"] >= 0 and box["y"] >= 0 and box["right"] <= VIEWPORT["width"] and box["bottom"] <= VIEWPORT["height"]
+    inside = (box["x"] >= 0 and box["y"] >= 0
+              and box["right"] <= VIEWPORT["width"] and box["bottom"] <= VIEWPORT["height"])
     assert inside and box["drawn"], f"{what} {box['text']!r} is not fully visible: {box}"
 
 

@@ -1,4 +1,4 @@
-"""The app's callbacks without a server: caching, the comparison, input parsing, errors, rows/grid rendering, CLI start."""
+"""The app's callbacks without a server: caching, comparison, input parsing, errors, rendering, CLI start-up."""
 from __future__ import annotations
 
 import re
@@ -152,8 +152,10 @@ def test_budget_goes_to_every_approximate_backend_and_parameters_override():
 def test_attention_kwargs_grammar():
     names = ["smyrf", "topk"]
     assert parse_attention_kwargs([], names) == {"smyrf": {}, "topk": {}}
-    assert parse_attention_kwargs(['{"seed": 1}', 'topk={"k": 8}'], names) == {"smyrf": {"seed": 1}, "topk": {"seed": 1, "k": 8}}
-    for bad, message in (("k=8", "names 'k', which is not a chosen backend"), ("topk={k: 8}", "bad JSON in --attn-kwargs topk"),
+    parsed = parse_attention_kwargs(['{"seed": 1}', 'topk={"k": 8}'], names)
+    assert parsed == {"smyrf": {"seed": 1}, "topk": {"seed": 1, "k": 8}}
+    for bad, message in (("k=8", "names 'k', which is not a chosen backend"),
+                         ("topk={k: 8}", "bad JSON in --attn-kwargs topk"),
                          ("topk", "expected NAME="),
                          ('exact={"a": 1}', "accepted: smyrf, topk"), ("topk=[1]", "must be a JSON object")):
         with pytest.raises(ValueError, match=re.escape(message)) as err:
@@ -165,7 +167,7 @@ def test_listed_parameters_are_the_registrys_and_build():
     for name in available_attentions():
         params = tunable_parameters(name)
         assert "budget" not in params and "seed" not in params
-        build_attention(name, **{key: value for key, value in params.items() if value is not None})  # accepted as listed
+        build_attention(name, **{key: value for key, value in params.items() if value is not None})  # as listed
 
 
 def test_heatmap_grid_and_scale():
@@ -173,7 +175,8 @@ def test_heatmap_grid_and_scale():
     diff[1] = 1.0
     colours = heatmap(diff, vmax=1.0)
     assert colours.shape == (2, 8, 8, 3) and colours.dtype == np.uint8
-    assert colours[0].max() < 10 and colours[1].min() > 180  # zero -> darkest, vmax -> brightest (magma(1) = (252, 253, 191))
+    # zero -> darkest, vmax -> brightest (magma(1) = (252, 253, 191))
+    assert colours[0].max() < 10 and colours[1].min() > 180
     labels = ["exact", "reference", "gen 0.1 s"]
     plain = grid([(labels, colours), (labels, colours)])
     row_h = 16 * len(labels) + 4  # three 16-px text lines in the label column are taller than the 8-px images

@@ -136,7 +136,11 @@ def test_resume_after_kill(tiny_deep_dir, tmp_path, fmt):
     args[args.index("--per-class") + 1] = str(per_class)
     proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "sample.py"), *args], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finished = (lambda: list((tmp_path / "images").glob("*.png"))) if fmt == "png" else (lambda: list((tmp_path / "chunks").glob("*.npz")))
+    pattern = ("images", "*.png") if fmt == "png" else ("chunks", "*.npz")
+
+    def finished():
+        return list((tmp_path / pattern[0]).glob(pattern[1]))
+
     deadline = time.monotonic() + 120
     while len(finished()) < (2 if fmt == "png" else 1) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)  # poll often: the kill must land before the last batch is written
@@ -188,7 +192,7 @@ def test_two_process_gloo_run_is_the_union_of_one_process(reference, tiny_deep_d
     [
         ({"--classes": "goldfsh"}, "unknown ImageNet class name 'goldfsh'"),
         ({"--per-class": "0"}, "--per-class must be >= 1"),
-        ({"--per-class": "ten"}, "argument --per-class: invalid int value: 'ten'"),  # argparse's own check, one line too
+        ({"--per-class": "ten"}, "argument --per-class: invalid int value: 'ten'"),  # argparse's own check, one line
         ({"--attn": "nope"}, "unknown attention 'nope'"),
         ({"--attn-kwargs": "n_hashes"}, "expected NAME='{json object}' or '{json object}' with NAME one of: exact"),
         ({"--attn-kwargs": "smyrf={}"}, "names 'smyrf', which is not a chosen backend; accepted: exact"),
@@ -235,7 +239,8 @@ def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
         ({"--attn": "topk", "--attn-kwargs": '{"k": 1025}'}, "topk: k=1025 exceeds the number of keys Nk=1024"),
     ],
 )
-def test_failed_start_leaves_out_untouched_and_the_corrected_command_runs(tiny_deep_dir, tmp_path, capsys, bad, message):
+def test_failed_start_leaves_out_untouched_and_the_corrected_command_runs(tiny_deep_dir, tmp_path, capsys, bad,
+                                                                            message):
     out = tmp_path / "out"
     args = _args(tiny_deep_dir, out, "--per-class", "1")
     fixed = [*args, *(["--attn", bad["--attn"]] if "--attn" in bad else [])]
@@ -256,7 +261,7 @@ def test_nan_checkpoint_exits_2_and_writes_no_image(nan_deep_dir, tmp_path, caps
 
 
 def test_nan_images_are_an_error_and_never_written(tiny_deep_dir, tmp_path, monkeypatch, capsys):
-    """A backend that overflows mid-run (finite weights): the batch with NaN pixels is refused, earlier ones are kept."""
+    """A backend that overflows mid-run (finite weights): the batch with inf pixels is refused, none of it written."""
     import app.sample
 
     def overflowing_loader(*args, **kwargs):
