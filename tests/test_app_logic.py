@@ -204,6 +204,20 @@ def test_rows_html_carries_names_groups_numbers_and_scale():
     assert re.search(r"class='bg-max'>max 0\.25<", diff_html)  # the stated maximum is the largest difference
 
 
+def test_non_finite_images_of_one_backend_are_an_error_naming_it(comparison, tiny_deep_dir, monkeypatch):
+    G = comparison.cache.get(str(tiny_deep_dir), "cpu")
+    real = G.sample
+    name = APPROXIMATE[0]
+
+    def overflowing(*args, **kwargs):  # the chosen backend overflows; exact stays finite
+        x = real(*args, **kwargs)
+        return x.index_fill(0, torch.tensor([0]), float("inf")) if G.attention.name == name else x
+
+    monkeypatch.setattr(G, "sample", overflowing)
+    status, html, *_ = comparison.generate(**_form(str(tiny_deep_dir), published=[name]))
+    assert f"{name} produced NaN/inf pixels" in status and "exact" not in status and html == {"__type__": "update"}
+
+
 def test_nan_checkpoint_is_reported_naming_the_backend(comparison, nan_deep_dir):
     status, html, *_ = comparison.generate(**_form(str(nan_deep_dir)))
     assert "exact produced NaN/inf pixels" in status and html == {"__type__": "update"}
@@ -254,9 +268,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_grid_png_is_written_atomically_and_the_scratch_folder_is_bounded(comparison, tiny_deep_dir):
+def test_grid_png_is_written_atomically_and_the_scratch_folder_is_bounded(comparison, tiny_deep_dir, monkeypatch):
     from app import ui
 
+    monkeypatch.setattr(ui, "MAX_GRIDS", 3)
     for _ in range(ui.MAX_GRIDS + 3):
         *_, path, state = comparison.generate(**_form(str(tiny_deep_dir), published=[]))
     files = sorted(comparison.scratch.iterdir())
