@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                     footer_links=["api"])
     except OSError as err:  # the port was taken between the check and the launch
         return report_error(ValueError(f"cannot serve on {args.host}:{args.port}: {err}"))
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM before the server was up
+        return 130
     finally:
         app.cleanup()
     return 0
