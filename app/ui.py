@@ -73,13 +73,14 @@ CSS = """
 
 
 def parameter_help(backends: Sequence[str]) -> str:
-    """Markdown table: each backend's group, paper and tunable parameters with defaults (None = from the budget)."""
-    lines = ["| backend | group | paper | parameters (default; none = from the budget) |", "|---|---|---|---|"]
+    """Markdown list (narrow enough for the controls column): each backend's group, paper and tunable
+    parameters with their defaults (None = chosen from the budget)."""
+    lines = ["Parameters left unset are chosen from the budget (default shown; None = from the budget)."]
     for name in backends:
         info = attention_info(name)
-        group = "published" if info["published"] else f"variant of {info['variant_of']}"
-        params = ", ".join(f"`{key}={value}`" for key, value in tunable_parameters(name).items()) or "-"
-        lines.append(f"| {name} | {group} | {info['paper']} | {params} |")
+        group = "published" if info["published"] else f"project variant of {info['variant_of']}"
+        params = ", ".join(f"`{key}={value}`" for key, value in tunable_parameters(name).items()) or "none"
+        lines.append(f"- **{name}** ({group}; {info['paper']}): {params}")
     return "\n".join(lines)
 
 
