@@ -50,7 +50,7 @@ class BackendRun:
             "attn": f"attn {self.attn_seconds * 1e3:.2f} ms",
             "mem": f"mem {self.attn_bytes / 2**20:.2f} MiB",
             "err": f"attn err {self.attn_rel_error:.3g}",
-            "pix": f"pixel diff {self.pixel_diff:.4f}",
+            "pix": f"pixel diff {self.pixel_diff:.3g}",
         }
 
 

@@ -225,7 +225,8 @@ class ComparisonApp:
                                        format="png", elem_id="plot", scale=2)
                         grid_file = gr.File(label="Grid PNG (row labels and numbers)", elem_id="grid", scale=1)
                     table = gr.Dataframe(headers=TABLE_HEADERS, label="Measurements", interactive=False, wrap=True,
-                                         column_widths=["10%", "14%", "7%", "7%", "8%", "7%", "7%", "40%"])
+                                         max_height=900,
+                                         column_widths=["13%", "15%", "7%", "8%", "7%", "7%", "7%", "36%"])
             state = gr.State([])
             run.click(self.generate,
                       [model, class_choice, seed, truncation, num_images, chosen_published, chosen_variants, budget,
@@ -250,8 +251,8 @@ class _gpu_memory_reported:
 
 
 def _run_state(run: BackendRun, budget: str) -> dict[str, Any]:
-    values = [round(run.gen_seconds, 4), round(run.attn_seconds * 1e3, 3), round(run.attn_bytes / 2**20, 3),
-              float(f"{run.attn_rel_error:.4g}"), round(run.pixel_diff, 5)]
+    values = [round(run.gen_seconds, 3), round(run.attn_seconds * 1e3, 2), round(run.attn_bytes / 2**20, 2),
+              float(f"{run.attn_rel_error:.3g}"), float(f"{run.pixel_diff:.3g}")]  # as the row labels print them
     return {"name": run.name, "group": run.group, "budget": budget, "numbers": run.numbers(), "values": values,
             "params": describe(run.params), "images": run.images, "diff": run.diff,
             "attn_rel_error": run.attn_rel_error, "pixel_diff": run.pixel_diff}

@@ -37,7 +37,7 @@ VIEWPORT = {"width": 1400, "height": 900}
 PUBLISHED = [name for name in available_attentions(published=True) if name != "exact"]
 APPROXIMATE = [name for name in available_attentions() if name != "exact"]
 NUMBER_KEYS = {"gen": r"gen \d+\.\d{3} s", "attn": r"attn \d+\.\d{2} ms", "mem": r"mem \d+\.\d{2} MiB",
-               "err": r"attn err \d(\.\d+)?(e[-+]?\d+)?", "pix": r"pixel diff \d\.\d{4}"}
+               "err": r"attn err \d(\.\d+)?(e[-+]?\d+)?", "pix": r"pixel diff \d(\.\d+)?(e[-+]?\d+)?"}
 
 
 def _unchanged(output) -> bool:
