@@ -226,7 +226,7 @@ class ComparisonApp:
                         grid_file = gr.File(label="Grid PNG (row labels and numbers)", elem_id="grid", scale=1)
                     table = gr.Dataframe(headers=TABLE_HEADERS, label="Measurements", interactive=False, wrap=True,
                                          max_height=900,
-                                         column_widths=["13%", "15%", "7%", "8%", "7%", "7%", "7%", "36%"])
+                                         column_widths=["12%", "14%", "7%", "8%", "7%", "8%", "8%", "36%"])
             state = gr.State([])
             run.click(self.generate,
                       [model, class_choice, seed, truncation, num_images, chosen_published, chosen_variants, budget,
