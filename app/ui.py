@@ -52,6 +52,7 @@ CSS = """
 #controls { gap: 6px; }
 #controls .block { padding: 6px 8px; }
 #status:empty { display: none; }
+#controls .bg-hint { font-size: 12px; color: #555; }
 #status .bg-error { color: #b00020; font-weight: 600; margin: 0; }
 #bg-results { --label-w: 232px; }
 #bg-results .bg-legend { font-size: 12px; color: #555; margin: 0 0 4px 0; white-space: normal; }
@@ -87,7 +88,7 @@ def parameter_help(backends: Sequence[str]) -> str:
 def _side(rows: int, cols: int) -> str:
     """CSS size of one image so that ``rows`` x ``cols`` fit the window (1400x900 included) without scrolling."""
     return (f"min({THUMB_MAX}px, calc((100vh - 150px) / {rows} - 4px), "
-            f"calc((100vw - 420px - var(--label-w)) / {cols} - 3px))")
+            f"calc((100vw - 450px - var(--label-w)) / {cols} - 3px))")
 
 
 def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
@@ -195,29 +196,32 @@ class ComparisonApp:
         with gr.Blocks(title="biggan-attn: attention backends side by side", analytics_enabled=False,
                        fill_width=True, delete_cache=GRADIO_CACHE) as demo:
             with gr.Row(equal_height=False):
-                with gr.Column(scale=0, min_width=330, elem_id="controls"):
-                    gr.HTML("<b>biggan-attn</b>: the same latents through exact and approximate attention")
+                with gr.Column(scale=0, min_width=360, elem_id="controls"):
+                    gr.HTML("<b>biggan-attn</b>: same latents, exact vs approximate attention")
                     model = gr.Dropdown(models, value=self.default_model, label="Model", allow_custom_value=True)
                     class_choice = gr.Dropdown(class_choices(), value=RANDOM_CLASS, label="ImageNet class",
                                                allow_custom_value=True)
                     with gr.Row():
-                        seed = gr.Number(0, label="Seed", min_width=80, elem_id="seed")
-                        truncation = gr.Number(0.4, label="Truncation", min_width=80, elem_id="truncation")
-                        num_images = gr.Number(4, label=f"Images 1-{MAX_IMAGES}", min_width=80, elem_id="num-images")
-                    budget = gr.Dropdown(list(BUDGET_PRESETS), value=DEFAULT_BUDGET_TEXT, allow_custom_value=True,
-                                         label="Budget (fraction of the dense score matrix)", elem_id="budget")
+                        seed = gr.Number(0, label="Seed", min_width=50, elem_id="seed")
+                        truncation = gr.Number(0.4, label="Truncation", min_width=70, elem_id="truncation")
+                        num_images = gr.Number(4, label="Images", min_width=60, elem_id="num-images")
+                        # a fraction of the dense score matrix, as eval/fid.py --budget takes it
+                        budget = gr.Dropdown(list(BUDGET_PRESETS), value=DEFAULT_BUDGET_TEXT, allow_custom_value=True,
+                                             label="Budget", min_width=100, elem_id="budget")
+                    gr.HTML(f"<span class='bg-hint'>truncation in (0, 1]; 1-{MAX_IMAGES} images; budget: fraction of "
+                            f"the dense score matrix, {BUDGET_PRESETS[0]} ... {BUDGET_PRESETS[-1]}</span>")
                     chosen_published = gr.CheckboxGroup(published, value=published[:1], elem_id="backends-published",
                                                         label="Published algorithms (exact is always the reference)")
                     chosen_variants = gr.CheckboxGroup(variants, value=[], label="Project variants",
                                                        elem_id="backends-variants")
-                    with gr.Accordion("Backend parameters", open=False):
-                        parameters = gr.Textbox("", lines=2, label="One per line: NAME={json} or {json} for all",
-                                                placeholder='topk={"k": 64}', elem_id="parameters")
-                        gr.Markdown(parameter_help([*published, *variants]))
                     with gr.Row(equal_height=True):
                         run = gr.Button("Generate", variant="primary", elem_id="generate", min_width=120)
                         show_diff = gr.Checkbox(False, label="Heatmaps vs exact", elem_id="show-diff", min_width=150)
                     status = gr.HTML("", elem_id="status")
+                    with gr.Accordion("Backend parameters", open=False):  # below the button: opening it moves nothing
+                        parameters = gr.Textbox("", lines=2, label="One per line: NAME={json} or {json} for all",
+                                                placeholder='topk={"k": 64}', elem_id="parameters")
+                        gr.Markdown(parameter_help([*published, *variants]))
                 with gr.Column(scale=1):
                     results = gr.HTML(rows_html([], False), elem_id="rows")
                     with gr.Row():
