@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from eval.attention_probe import AttentionProbe, probed
+from gan.attention import attention_info
 from gan.generator import Generator
 
 from .imaging import to_uint8
@@ -32,6 +33,7 @@ class BackendRun:
     """One backend's images and measurements on the shared batch."""
 
     name: str
+    group: str  # "reference" (exact), "published" (the paper's algorithm) or "project variant of <name>"
     params: dict[str, Any]  # as resolved for the attention shapes (budget turned into sizes)
     images: np.ndarray  # (N, H, W, 3) uint8
     diff: np.ndarray  # (N, H, W) float32, mean |x - x_exact| over channels, pixels in [0, 1]
@@ -41,20 +43,43 @@ class BackendRun:
     attn_rel_error: float  # mean over images of ||out - exact||_F / ||exact||_F on the same q, k, v
     pixel_diff: float  # mean |x - x_exact| over the batch, pixels in [0, 1]
 
-    def caption(self) -> str:
-        return (
-            f"{self.name} | gen {self.gen_seconds:.3f} s | attn {self.attn_seconds * 1e3:.2f} ms | "
-            f"mem {self.attn_bytes / 2**20:.2f} MiB | attn err {self.attn_rel_error:.3g} | pixel diff {self.pixel_diff:.4f}"
-        )
+    def numbers(self) -> dict[str, str]:
+        """The row's measurements as the page and the grid print them: key -> 'label value unit'."""
+        return {
+            "gen": f"gen {self.gen_seconds:.3f} s",
+            "attn": f"attn {self.attn_seconds * 1e3:.2f} ms",
+            "mem": f"mem {self.attn_bytes / 2**20:.2f} MiB",
+            "err": f"attn err {self.attn_rel_error:.3g}",
+            "pix": f"pixel diff {self.pixel_diff:.3g}",
+        }
+
+
+def backend_group(name: str) -> str:
+    """'reference' for exact, 'published' for a paper's algorithm, 'project variant of X' for the project's own."""
+    if name == REFERENCE:
+        return "reference"
+    info = attention_info(name)
+    if info["published"]:
+        return "published"
+    return f"project variant of {info['variant_of']}" if info.get("variant_of") else "project variant"
+
+
+class NonFiniteOutput(ValueError):
+    """A backend's images hold NaN or inf."""
 
 
 def compare_backends(
-    G: Generator, z: torch.Tensor, class_ids: torch.Tensor, truncation: float, backends: Sequence[tuple[str, dict[str, Any]]]
+    G: Generator,
+    indices: Sequence[int],
+    class_ids: torch.Tensor,
+    truncation: float,
+    seed: int,
+    backends: Sequence[tuple[str, dict[str, Any]]],
 ) -> list[BackendRun]:
-    """Run exact and then each (name, kwargs) backend on the same z (B, z_dim) and class ids (B,).
-
-    Exact always comes first (added if missing); G is left with exact attention and no probe.
-    """
+    """Run exact and then each (name, kwargs) backend on the same images: ``G.sample(indices, class_ids,
+    truncation, seed)`` (B images). Exact always comes first (added if missing); G is left with exact
+    attention and no probe. A backend whose images hold NaN/inf raises ``NonFiniteOutput`` naming it."""
+    device = next(G.parameters()).device
     order = [(REFERENCE, {})] + [(name, kw) for name, kw in backends if name != REFERENCE]
     runs: list[BackendRun] = []
     reference: torch.Tensor | None = None
@@ -62,25 +87,31 @@ def compare_backends(
         for name, kwargs in order:
             backend = G.set_attention(name, **kwargs)
             with probed(G, AttentionProbe(measure_error=name != REFERENCE)) as probe:
-                _sync(z.device)
+                _sync(device)
                 start = time.perf_counter()
-                x = G.generate(z, class_ids, truncation)  # (B, 3, H, W) in [-1, 1]
-                _sync(z.device)
+                x = G.sample(indices, class_ids, truncation, seed)  # (B, 3, H, W) in [-1, 1]
+                _sync(device)
                 seconds = time.perf_counter() - start
                 probe.flush()
+            if not bool(torch.isfinite(x).all()):
+                raise NonFiniteOutput(
+                    f"{name} produced NaN/inf pixels"
+                    + (" (exact attention too: the checkpoint or generator is broken)" if name == REFERENCE else "")
+                )
             x01 = (x.float().clamp(-1, 1) + 1) / 2
             reference = x01 if reference is None else reference
             diff = (x01 - reference).abs().mean(dim=1)  # (B, H, W)
             runs.append(
                 BackendRun(
                     name=name,
+                    group=backend_group(name),
                     params=backend.resolve(*probe.shape) if probe.shape else dict(kwargs),
                     images=to_uint8(x),
                     diff=diff.cpu().numpy(),
                     gen_seconds=max(seconds - probe.reference_seconds, 0.0),
                     attn_seconds=probe.seconds,
                     attn_bytes=int(probe.peak_bytes),
-                    attn_rel_error=float(probe.take_errors(z.shape[0]).mean()),
+                    attn_rel_error=float(probe.take_errors(len(indices)).mean()),
                     pixel_diff=float(diff.mean()),
                 )
             )

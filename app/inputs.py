@@ -1,22 +1,29 @@
-"""The app's form values -> a validated comparison request (ValueError with a readable message otherwise)."""
+"""The app's form values -> a validated comparison request (ValueError with a readable message otherwise).
+
+Nothing is clamped: a value outside its range is refused with a message saying what is accepted.
+"""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Sequence
 
 import torch
 
+from common.cli import parse_attention_kwargs
 from gan.attention import available_attentions
 from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names
 
 from .compare import REFERENCE
-from .params import parse_value
 
 RANDOM_CLASS = "random"
-TRUNCATION_RANGE = (0.02, 1.0)
 MAX_IMAGES = 8
-ADVANCED_HEADERS = ["backend", "parameter", "default", "value"]
+MAX_BACKENDS = 8  # rows the page lays out without scrolling, exact included
+# the budgets eval/fid.py's --budget is usually given (any fraction in (0, 1] is accepted, as there)
+BUDGET_PRESETS = ("1/64", "1/32", "1/16", "1/8", "1/4", "1/2", "1")
+DEFAULT_BUDGET_TEXT = "1/8"
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class CompareRequest:
     seed: int
     truncation: float
     num_images: int
+    budget: str  # as typed, e.g. "1/8"
     backends: list[tuple[str, dict[str, Any]]]  # approximate backends with their kwargs, exact excluded
 
 
@@ -35,14 +43,38 @@ def class_choices() -> list[str]:
 
 
 def _integer(value: Any, what: str, low: int, high: int | None = None) -> int:
+    accepted = f"{low}..{high}" if high is not None else f">= {low}"
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a whole number, got {value!r}") from None
-    if not number.is_integer() or number < low or (high is not None and number > high):
-        accepted = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{what} must be a whole number in {accepted}, got {value!r}") from None
+    if not math.isfinite(number) or not number.is_integer() or number < low or (high is not None and number > high):
         raise ValueError(f"{what} must be a whole number in {accepted}, got {value!r}")
     return int(number)
+
+
+def parse_truncation(value: Any) -> float:
+    """Truncation in (0, 1]; ValueError otherwise (0 included: it would collapse every latent to zero)."""
+    try:
+        trunc = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"truncation must be a number in (0, 1], got {value!r}") from None
+    if not (math.isfinite(trunc) and 0.0 < trunc <= 1.0):
+        raise ValueError(f"truncation must be in (0, 1], got {value!r}")
+    return trunc
+
+
+def parse_budget(text: Any) -> float:
+    """'1/8' or '0.125' -> 0.125: a fraction of the dense score matrix in (0, 1], read as eval/fid.py's --budget."""
+    item = str(text if text is not None else "").strip()
+    try:
+        value = float(Fraction(item))
+    except (ValueError, ZeroDivisionError):
+        accepted = ", ".join(BUDGET_PRESETS)
+        raise ValueError(f"budget {item!r} is not a fraction; give one in (0, 1] like {accepted}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"budget {item} is outside (0, 1]; a budget is a fraction of the dense score matrix")
+    return value
 
 
 def resolve_classes(choice: str | None, num_images: int, seed: int, num_classes: int) -> list[int]:
@@ -59,25 +91,24 @@ def resolve_classes(choice: str | None, num_images: int, seed: int, num_classes:
 
 
 def backend_kwargs(
-    backends: Sequence[str] | None, budget: float | None, advanced: Sequence[Sequence[Any]] | None, seed: int
+    backends: Sequence[str] | None, budget: float, parameters: str | None, seed: int
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Selected approximate backends -> (name, kwargs): the shared budget and seed plus filled-in advanced rows."""
+    """Selected approximate backends -> (name, kwargs): the shared budget and seed, then each backend's own
+    parameters from the text box (one ``--attn-kwargs`` value per line, the CLI's grammar)."""
     known = available_attentions()
     chosen = [name for name in dict.fromkeys(backends or []) if name != REFERENCE]
     unknown = [name for name in chosen if name not in known]
     if unknown:
         raise ValueError(f"unknown attention backend(s) {', '.join(unknown)}; available: {', '.join(known)}")
-    if budget is not None and not (0.0 < float(budget) <= 1.0):
-        raise ValueError(f"budget must be a fraction of the dense score matrix in (0, 1], got {budget!r}")
-    overrides: dict[str, dict[str, Any]] = {}
-    for row in advanced or []:
-        if len(row) < len(ADVANCED_HEADERS):
-            raise ValueError(f"advanced parameter rows need the columns {', '.join(ADVANCED_HEADERS)}")
-        name, param, value = str(row[0]).strip(), str(row[1]).strip(), "" if row[3] is None else str(row[3]).strip()
-        if value:
-            overrides.setdefault(name, {})[param] = parse_value(value)
-    shared = {"seed": seed} | ({} if budget is None else {"budget": float(budget)})
-    return [(name, shared | overrides.get(name, {})) for name in chosen]
+    if len(chosen) + 1 > MAX_BACKENDS:
+        raise ValueError(f"choose at most {MAX_BACKENDS - 1} backends besides exact (got {len(chosen)})")
+    lines = [line for line in (parameters or "").splitlines() if line.strip()]
+    try:
+        own = parse_attention_kwargs(lines, chosen)
+    except ValueError as err:  # the CLI's grammar and messages, named as the page names the field
+        raise ValueError(str(err).replace("--attn-kwargs", "backend parameters")) from None
+    shared = {"seed": seed, "budget": budget}
+    return [(name, shared | own.get(name, {})) for name in chosen]
 
 
 def model_name(model: str | None) -> str:
@@ -94,24 +125,21 @@ def parse_request(
     truncation: Any,
     num_images: Any,
     backends: Sequence[str] | None,
-    budget: float | None,
-    advanced: Sequence[Sequence[Any]] | None,
+    budget: Any,
+    parameters: str | None,
     num_classes: int,
 ) -> CompareRequest:
     """Validate the form; ``num_classes`` comes from the loaded generator."""
     seed = _integer(seed, "seed", 0, 2**31 - 1)
     count = _integer(num_images, "number of images", 1, MAX_IMAGES)
-    try:
-        trunc = float(truncation)
-    except (TypeError, ValueError):
-        raise ValueError(f"truncation must be a number in [{TRUNCATION_RANGE[0]}, {TRUNCATION_RANGE[1]}], got {truncation!r}") from None
-    if not TRUNCATION_RANGE[0] <= trunc <= TRUNCATION_RANGE[1]:
-        raise ValueError(f"truncation must be in [{TRUNCATION_RANGE[0]}, {TRUNCATION_RANGE[1]}], got {trunc}")
+    trunc = parse_truncation(truncation)
+    fraction = parse_budget(budget)
     return CompareRequest(
         model=model_name(model),
         class_ids=resolve_classes(class_choice, count, seed, num_classes),
         seed=seed,
         truncation=trunc,
         num_images=count,
-        backends=backend_kwargs(backends, budget, advanced, seed),
+        budget=str(budget).strip(),
+        backends=backend_kwargs(backends, fraction, parameters, seed),
     )

@@ -1,55 +1,41 @@
-"""Attention parameters typed by users: ``k=v`` lists or JSON objects -> keyword dicts."""
+"""Backend parameters for the app and the sampler: the registry's own list, checked against a generator's shape.
+
+Introspection lives in ``gan.attention.backend_parameters``; the ``--attn-kwargs`` grammar in
+``common.cli.parse_attention_kwargs``. This module only adds what the programs need on top.
+"""
 from __future__ import annotations
 
-import inspect
-import json
 from typing import Any
 
-from gan.attention import build_attention
+from gan.attention import AttentionBackend, backend_parameters, build_attention
+from gan.generator import AttentionShape
 
-RESERVED = ("budget", "seed")  # set by the app's budget slider / the run seed, not per backend
-
-
-def parse_value(text: str) -> Any:
-    """'8' -> 8, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
-    text = text.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        return json.loads(text.lower() if text.lower() in ("true", "false") else text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_attention_kwargs(text: str | None) -> dict[str, Any]:
-    """'{"n_hashes": 4}' or 'n_hashes=4, q_cluster_size=64' -> {'n_hashes': 4, 'q_cluster_size': 64}."""
-    text = (text or "").strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"attention kwargs are not valid JSON ({err.msg}); use '{{\"key\": value}}' or 'key=value,...'") from None
-        if not isinstance(value, dict):
-            raise ValueError("attention kwargs JSON must be an object such as {\"n_hashes\": 4}")
-        return value
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"cannot read attention kwarg {item!r}; write key=value pairs separated by commas")
-        kwargs[key.strip()] = parse_value(value)
-    return kwargs
+RESERVED = ("budget", "seed")  # set by the app's budget control / the run seed, not per backend
 
 
 def tunable_parameters(name: str) -> dict[str, Any]:
     """Keyword parameters of backend ``name`` other than budget/seed, with their defaults (None = from budget)."""
-    params: dict[str, Any] = {}
-    for klass in type(build_attention(name)).__mro__:
-        if "__init__" not in vars(klass) or klass.__module__.startswith("torch"):
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name != "self" and p.name not in RESERVED and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                params.setdefault(p.name, None if p.default is p.empty else p.default)
-    return params
+    return {key: value for key, value in backend_parameters(name).items() if key not in RESERVED}
+
+
+def checked_backend(
+    name: str, kwargs: dict[str, Any], shape: AttentionShape
+) -> tuple[AttentionBackend, dict[str, Any]]:
+    """Build ``name`` with ``kwargs`` and check it fits ``shape`` (from the generator's config, no forward pass).
+
+    Returns (backend, its resolved parameters); ValueError naming the backend and the shape otherwise
+    (e.g. topk's k > Nk).
+    """
+    backend = build_attention(name, **kwargs)
+    try:
+        resolved = backend.resolve(shape.nq, shape.nk, shape.d)
+        backend.score_entries(shape.nq, shape.nk, shape.d)
+    except ValueError as err:
+        where = f"this generator's attention: Nq={shape.nq}, Nk={shape.nk}, d={shape.d}"
+        raise ValueError(f"{name}: {err} ({where})") from None
+    return backend, resolved
+
+
+def describe(params: dict[str, Any]) -> str:
+    """{'k': 128, 'chunk_size': 1024} -> 'k=128, chunk_size=1024' ('-' when empty)."""
+    return ", ".join(f"{key}={value}" for key, value in params.items()) or "-"

@@ -20,16 +20,23 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from app.imaging import tile, to_uint8  # noqa: E402
-from app.params import parse_attention_kwargs  # noqa: E402
-from app.sample_store import (GRID, NpzStore, PngStore, check_run_settings,  # noqa: E402
-                              remove_stale_temporaries, write_manifest, write_run_settings)
-from eval.attention_probe import AttentionProbe, probed  # noqa: E402
-from common.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
+from app.params import checked_backend  # noqa: E402
+from app.sample_store import (  # noqa: E402
+    GRID,
+    NpzStore,
+    PngStore,
+    append_manifest,
+    check_run_settings,
+    remove_stale_temporaries,
+    write_manifest,
+    write_run_settings,
+)
+from common.cli import USER_ERRORS, OneLineParser, parse_attention_kwargs, report_error  # noqa: E402
 from common.distributed import DistContext, init_distributed, shutdown  # noqa: E402
-from gan.attention import build_attention  # noqa: E402
-from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names, per_image_latents  # noqa: E402
-from weights import load_generator  # noqa: E402
 from common.files import write_atomic  # noqa: E402
+from gan.attention import build_attention  # noqa: E402
+from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names  # noqa: E402
+from weights import load_generator  # noqa: E402
 
 DEFAULT_MODEL = "biggan-deep-128"
 GRID_IMAGES = 64
@@ -39,22 +46,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or local checkpoint path")
     p.add_argument("--attn", default="exact", help="attention backend (see gan.attention.available_attentions())")
-    p.add_argument("--attn-kwargs", default="", help="backend parameters: JSON object or key=value,key=value")
+    p.add_argument("--attn-kwargs", action="append", default=[], metavar="'{json}'",
+                   help="backend parameters: a JSON object, or NAME='{json}' with NAME the --attn backend; repeatable")
     p.add_argument("--classes", default="all", help="'all', or comma-separated ImageNet class ids and/or names")
     p.add_argument("--per-class", type=int, default=10, help="images per class")
     p.add_argument("--truncation", type=float, default=0.4, help="truncation in (0, 1]")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image latents (and of the attention backend)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (halved on CUDA out-of-memory)")
     p.add_argument("--out", required=True, help="output folder (created; a re-run resumes it)")
-    p.add_argument("--format", choices=("png", "npz"), default="png", help="one PNG per image, or uint8 (N,H,W,3) samples.npz")
+    p.add_argument("--format", choices=("png", "npz"), default="png",
+                   help="one PNG per image, or uint8 (N,H,W,3) samples.npz")
     p.add_argument("--npz-chunk", type=int, default=256, help="images per resumable npz chunk")
     p.add_argument("--grid", action="store_true", help=f"also write grid.png of the first {GRID_IMAGES} images")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
     return p.parse_args(argv)
 
 
+def check_out_folder(out: Path) -> None:
+    """ValueError unless ``out`` is (or can be created as) a writable folder; creates and writes nothing."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write to --out {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to --out {out}: {existing} is not writable")
+
+
 def validate(args: argparse.Namespace) -> tuple[list[int], dict[str, Any]]:
-    """Check the arguments before any model is loaded; returns (class ids, backend kwargs)."""
+    """Check the arguments before any model is loaded; returns (class ids, the backend's own kwargs)."""
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
     if args.batch_size < 1:
@@ -64,35 +85,46 @@ def validate(args: argparse.Namespace) -> tuple[list[int], dict[str, Any]]:
     if not 0.0 < args.truncation <= 1.0:
         raise ValueError(f"--truncation must be in (0, 1], got {args.truncation}")
     classes = class_ids_from(args.classes)
-    kwargs = {"seed": args.seed} | parse_attention_kwargs(args.attn_kwargs)  # the backend's draws follow --seed
-    build_attention(args.attn, **kwargs)  # unknown backend / parameter -> ValueError now, not after loading
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_test = out / f".write-test.{os.getpid()}.tmp"
-        write_test.touch()
-        write_test.unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to --out {out}: {err.strerror or err}") from None
-    return classes, kwargs
+    own = parse_attention_kwargs(args.attn_kwargs, [args.attn]).get(args.attn, {})
+    build_attention(args.attn, **({"seed": args.seed} | own))  # unknown backend / parameter: refused now
+    check_out_folder(Path(args.out))
+    return classes, own
 
 
-def resolved_attention_params(G, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The backend's concrete parameters on this generator's attention shapes (one 1-image forward pass)."""
-    with probed(G, AttentionProbe(measure_error=False)) as probe:
-        G.generate(torch.zeros(1, G.z_dim), torch.zeros(1, dtype=torch.long), 1.0)
-    return {**kwargs, **(G.attention.resolve(*probe.shape) if probe.shape else {})}
+def check_finite_weights(G, model: str) -> None:
+    """ValueError naming the first tensors of ``G`` that hold NaN/inf (such a checkpoint only draws NaN images)."""
+    tensors = [(name, t) for name, t in [*G.named_parameters(), *G.named_buffers()] if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist() if tensors else []  # one sync
+    bad = [name for (name, _), ok in zip(tensors, finite) if not ok]
+    if bad:
+        raise ValueError(f"{model} holds NaN/inf weights in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); "
+                         "it cannot generate images")
 
 
-def generate_batches(G, todo: Sequence[int], classes: list[int], args, store, device: torch.device, progress) -> None:
-    """Generate ``todo`` (global indices) in batches, handing each image to ``store``; halves the batch on CUDA OOM."""
+def prepare_generator(args: argparse.Namespace, ctx: DistContext, classes: list[int], own: dict[str, Any]):
+    """Load and check the generator and the backend on its attention shape (from the config, no forward pass).
+
+    Returns (G, the backend's kwargs, its resolved parameters); ValueError before anything is written.
+    """
+    kwargs = {"seed": args.seed} | own  # the backend's draws follow --seed unless given
+    G = load_generator(args.model, attention="exact", device=ctx.device).eval()
+    if max(classes) >= G.num_classes:
+        raise ValueError(f"class id {max(classes)} is out of range for {args.model}, which has {G.num_classes} classes")
+    backend, resolved = checked_backend(args.attn, kwargs, G.attention_shape())
+    check_finite_weights(G, args.model)
+    G.set_attention(backend)
+    return G, {**kwargs, **resolved}
+
+
+def generate_batches(G, todo: Sequence[int], classes: list[int], args, store, record, progress) -> None:
+    """Generate ``todo`` (global indices) in batches, handing each image to ``store`` and each finished
+    (index, file) row to ``record``; halves the batch on CUDA OOM; NaN/inf images raise before any is written."""
     batch_size, start = args.batch_size, 0
     while start < len(todo):
         indices = list(todo[start:start + batch_size])
         labels = balanced_class_ids(indices, classes)
-        z = per_image_latents(indices, G.z_dim, args.truncation, args.seed)
         try:
-            images = to_uint8(G.generate(z.to(device), labels.to(device), args.truncation))  # (b, H, W, 3)
+            x = G.sample(indices, labels, args.truncation, args.seed)  # (b, 3, H, W) in [-1, 1]
         except torch.cuda.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -100,52 +132,58 @@ def generate_batches(G, todo: Sequence[int], classes: list[int], args, store, de
             progress.write(f"CUDA out of memory: batch size halved to {batch_size}")
             torch.cuda.empty_cache()
             continue
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{args.attn} produced NaN/inf pixels for images {indices[0]}..{indices[-1]}; "
+                             "none of them was written")
+        images = to_uint8(x)  # (b, H, W, 3)
         for index, image, label in zip(indices, images, labels.tolist()):
-            store.add(index, image, label)
+            record(store.add(index, image, label))  # the rows of a unit that just finished (file renamed into place)
         progress.update(len(indices))
         start += len(indices)
 
 
 def run(args: argparse.Namespace) -> int:
-    classes, kwargs = validate(args)
+    classes, own = validate(args)
     out = Path(args.out)
-    total = len(classes) * args.per_class
-    settings = {"model": args.model, "attn": args.attn, "attn_kwargs": parse_attention_kwargs(args.attn_kwargs), "classes": classes,
+    settings = {"model": args.model, "attn": args.attn, "attn_kwargs": own, "classes": classes,
                 "per_class": args.per_class, "truncation": args.truncation, "seed": args.seed, "format": args.format}
     if args.format == "npz":
         settings["npz_chunk"] = args.npz_chunk
-    check_run_settings(out, settings)
+    check_run_settings(out, settings)  # reads only
     ctx = init_distributed(args.device)
     try:
-        return _run_rank(args, ctx, classes, kwargs, settings, total)
+        G, params = prepare_generator(args, ctx, classes, own)  # every check passed: now --out may be written
+        return _run_rank(args, ctx, G, params, classes, settings, len(classes) * args.per_class)
     finally:
         shutdown(ctx)
 
 
-def _run_rank(args: argparse.Namespace, ctx: DistContext, classes: list[int], kwargs: dict[str, Any], settings: dict[str, Any], total: int) -> int:
+def _run_rank(args, ctx: DistContext, G, params: dict[str, Any], classes: list[int], settings: dict[str, Any],
+              total: int) -> int:
     out = Path(args.out)
     store = PngStore(out, total) if args.format == "png" else NpzStore(out, total, args.npz_chunk)
+    lines = ManifestLines(G, args, params, classes)
     if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
         write_run_settings(out, settings)
         store.prepare()
+        write_manifest(out, lines(store.done_rows()))  # a clean base for this run's appended lines
     ctx.barrier()
 
-    G = load_generator(args.model, attention=args.attn, attention_kwargs=kwargs, device=ctx.device).eval()
-    if len(classes) and max(classes) >= G.num_classes:
-        raise ValueError(f"class id {max(classes)} is out of range for {args.model}, which has {G.num_classes} classes")
-    params = resolved_attention_params(G, kwargs)
     todo = [i for u, unit in enumerate(store.units()) if ctx.owns(u) and not store.unit_done(unit) for i in unit]
     desc = f"{args.attn} rank {ctx.rank}/{ctx.world_size}"
     with tqdm(total=len(todo), unit="img", desc=desc, disable=not ctx.is_main or not todo) as progress:
         try:
-            generate_batches(G, todo, classes, args, store, ctx.device, progress)
+            generate_batches(G, todo, classes, args, store, lambda rows: append_manifest(out, lines(rows)), progress)
         finally:
             if not ctx.active:
-                write_finished(G, args, params, classes, store, out)
+                store.finish()
+                write_manifest(out, lines(store.done_rows()))
     ctx.barrier()
     if ctx.is_main and ctx.active:
-        write_finished(G, args, params, classes, store, out)
+        store.finish()
+        write_manifest(out, lines(store.done_rows()))
     if ctx.is_main and args.grid:
         head = store.head(GRID_IMAGES)
         if len(head):
@@ -156,16 +194,22 @@ def _run_rank(args: argparse.Namespace, ctx: DistContext, classes: list[int], kw
     return 0
 
 
-def write_finished(G, args, params: dict[str, Any], classes: list[int], store, out: Path) -> None:
-    """Merge (npz) and rewrite the manifest so it lists exactly the finished images, once each."""
-    store.finish()
-    names = imagenet_class_names() if G.num_classes == 1000 else None
-    write_manifest(out, (
-        {"file": rel, "index": i, "class": classes[i % len(classes)],
-         **({"class_name": names[classes[i % len(classes)]]} if names else {}),
-         "seed": args.seed, "truncation": args.truncation, "model": args.model, "backend": args.attn, "params": params}
-        for i, rel in store.done_rows()
-    ))
+class ManifestLines:
+    """(index, file) rows -> manifest lines: file, index, class (and name), seed, truncation, model, backend, params."""
+
+    def __init__(self, G, args: argparse.Namespace, params: dict[str, Any], classes: list[int]):
+        self.args, self.params, self.classes = args, params, classes
+        self.names = imagenet_class_names() if G.num_classes == 1000 else None
+
+    def __call__(self, rows) -> list[dict[str, Any]]:
+        lines = []
+        for i, rel in rows:
+            label = self.classes[i % len(self.classes)]
+            lines.append({"file": rel, "index": i, "class": label,
+                          **({"class_name": self.names[label]} if self.names else {}),
+                          "seed": self.args.seed, "truncation": self.args.truncation, "model": self.args.model,
+                          "backend": self.args.attn, "params": self.params})
+        return lines
 
 
 def main(argv: list[str] | None = None) -> int:

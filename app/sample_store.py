@@ -7,7 +7,9 @@ Layout of ``--out``::
     chunks/chunk_000004.npz
                       --format npz while running: images [c*K, (c+1)*K) as uint8 (n,H,W,3)
     samples.npz       --format npz when done: arr_0 uint8 (N,H,W,3), arr_1 int64 (N,) class ids
-    manifest.jsonl    one JSON line per finished image (file, index, class, seed, backend, params)
+    manifest.jsonl    one JSON line per finished image (file, index, class, seed, backend, params): lines are
+                      appended as images (png) or chunks (npz) finish, and the file is rewritten in index
+                      order, each image once, at the start and the end of a run
     grid.png          --grid: the first images tiled
 
 Every file is written under a temporary name in the same folder and renamed when complete, so a
@@ -50,7 +52,8 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> None:
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     if changed:
         raise ValueError(
-            f"{out} holds a run with other settings ({', '.join(changed)} differ); use the same settings to resume or another --out"
+            f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+            "use the same settings to resume or another --out"
         )
 
 
@@ -59,7 +62,16 @@ def write_run_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def write_manifest(out: Path, lines: Iterable[dict[str, Any]]) -> None:
+    """Replace the manifest atomically with ``lines`` (one JSON object per line)."""
     write_atomic(out / MANIFEST, lambda f: f.writelines((json.dumps(line) + "\n").encode() for line in lines))
+
+
+def append_manifest(out: Path, lines: Iterable[dict[str, Any]]) -> None:
+    """Append ``lines`` in one write (O_APPEND: lines of concurrent ranks do not interleave on a local disk)."""
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    if data:
+        with open(out / MANIFEST, "ab") as f:
+            f.write(data)
 
 
 class PngStore:
@@ -82,8 +94,10 @@ class PngStore:
     def unit_done(self, unit: list[int]) -> bool:
         return (self.dir / Path(self.relative(unit[0])).name).exists()
 
-    def add(self, index: int, image: np.ndarray, label: int) -> None:
+    def add(self, index: int, image: np.ndarray, label: int) -> list[tuple[int, str]]:
+        """Write image ``index``; returns the (index, file) rows finished by this call."""
         write_atomic(self.dir / Path(self.relative(index)).name, lambda f: Image.fromarray(image).save(f, format="PNG"))
+        return [(index, self.relative(index))]
 
     def finish(self) -> None:
         """Nothing to merge: every image is already its own file."""
@@ -97,7 +111,8 @@ class PngStore:
 
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` finished images as (n', H, W, 3) uint8."""
-        rows = [np.asarray(Image.open(self.dir / Path(rel).name).convert("RGB")) for _, rel in itertools.islice(self.done_rows(), n)]
+        rows = [np.asarray(Image.open(self.dir / Path(rel).name).convert("RGB"))
+                for _, rel in itertools.islice(self.done_rows(), n)]
         return np.stack(rows) if rows else np.zeros((0, 1, 1, 3), np.uint8)
 
 
@@ -125,7 +140,8 @@ class NpzStore:
     def unit_done(self, unit: list[int]) -> bool:
         return self.merged.exists() or self._chunk_path(unit[0] // self.chunk).exists()
 
-    def add(self, index: int, image: np.ndarray, label: int) -> None:
+    def add(self, index: int, image: np.ndarray, label: int) -> list[tuple[int, str]]:
+        """Hold image ``index``; writes its chunk once complete and returns that chunk's (index, file) rows."""
         c = index // self.chunk
         pending = self._pending.setdefault(c, {})
         pending[index] = (image, label)
@@ -133,8 +149,14 @@ class NpzStore:
             order = sorted(pending)
             images = np.stack([pending[i][0] for i in order])  # (n, H, W, 3) uint8
             labels = np.array([pending[i][1] for i in order], dtype=np.int64)
-            write_atomic(self._chunk_path(c), lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
+            write_atomic(self._chunk_path(c),
+                         lambda f: np.savez(f, images=images, labels=labels, indices=np.array(order)))
             del self._pending[c]
+            return [(i, self._relative(c)) for i in order]
+        return []
+
+    def _relative(self, c: int) -> str:
+        return f"{self.dir.name}/{self._chunk_path(c).name}"
 
     def finish(self) -> None:
         """Stream every chunk into ``samples.npz`` (memory: one chunk) and drop the chunks; no-op until all exist."""
@@ -150,7 +172,8 @@ class NpzStore:
             labels = []
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 with zf.open("arr_0.npy", "w", force_zip64=True) as entry:
-                    np.lib.format.write_array_header_1_0(entry, {"descr": "|u1", "fortran_order": False, "shape": (self.total, h, w, 3)})
+                    header = {"descr": "|u1", "fortran_order": False, "shape": (self.total, h, w, 3)}
+                    np.lib.format.write_array_header_1_0(entry, header)
                     for path in paths:
                         with np.load(path) as chunk:
                             entry.write(np.ascontiguousarray(chunk["images"]).tobytes())
@@ -164,14 +187,22 @@ class NpzStore:
         self.dir.rmdir()
 
     def done_rows(self) -> Iterator[tuple[int, str]]:
+        """(index, file): every image in ``samples.npz`` once merged, else those of the finished chunks."""
         if self.merged.exists():
             yield from ((i, MERGED) for i in range(self.total))
+            return
+        for c, unit in enumerate(self.units()):
+            if self._chunk_path(c).exists():
+                yield from ((i, self._relative(c)) for i in unit)
 
     def head(self, n: int) -> np.ndarray:
-        """The first ``n`` images of ``samples.npz``, read without loading the whole array."""
+        """The first ``n`` images of ``samples.npz``, read without loading the whole array (none before the merge)."""
+        if not self.merged.exists():
+            return np.zeros((0, 1, 1, 3), np.uint8)
         with zipfile.ZipFile(self.merged) as zf, zf.open("arr_0.npy") as entry:
             version = np.lib.format.read_magic(entry)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read_header(entry)
             count = min(n, shape[0])
             data = entry.read(count * int(np.prod(shape[1:])) * dtype.itemsize)

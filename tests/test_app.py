@@ -1,23 +1,29 @@
 """The comparison app, served by ``python app/app.py`` on 127.0.0.1 with the tiny random checkpoint.
 
-Driven through gradio_client (every endpoint the page uses: /generate and /render) and through a
-real headless Chromium (Playwright). One server process serves the whole module.
+Driven through gradio_client (the endpoints the page uses: /generate and /render) and through a
+real headless Chromium (Playwright) at 1400x900. One server process serves the whole module; the
+last test stops it with SIGTERM and checks that its scratch folder is gone.
 """
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from app.inputs import MAX_BACKENDS
 from gan.attention import available_attentions
 
 pytestmark = pytest.mark.slow
@@ -25,10 +31,19 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 128  # the tiny checkpoint keeps biggan-deep-128's layout
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-APPROXIMATE = [name for name in available_attentions() if name != "exact"][:2]
-NUMBER = r"\d+(\.\d+)?(e[-+]?\d+)?"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
+PUBLISHED = [name for name in available_attentions(published=True) if name != "exact"]
+APPROXIMATE = [name for name in available_attentions() if name != "exact"]
+NUMBER_KEYS = {"gen": r"gen \d+\.\d{3} s", "attn": r"attn \d+\.\d{2} ms", "mem": r"mem \d+\.\d{2} MiB",
+               "err": r"attn err \d(\.\d+)?(e[-+]?\d+)?", "pix": r"pixel diff \d(\.\d+)?(e[-+]?\d+)?"}
+
+
+def _unchanged(output) -> bool:
+    """True for what gradio_client receives for an output the callback left as it was (an update without a value)."""
+    return (isinstance(output, dict) and output.get("__type__") == "update" and "value" not in output
+            and "value" not in output.get("props", {}))
 
 
 def _free_port() -> int:
@@ -38,21 +53,32 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_deep_dir, tmp_path_factory):
-    """URL of a running app; the process is stopped (by its pid) after the module."""
+def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
+    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
+    shutil.copytree(tiny_deep_dir, out)
+    state = torch.load(out / "pytorch_model.bin", weights_only=True)
+    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
+    torch.save(state, out / "pytorch_model.bin")
+    return out
+
+
+@pytest.fixture(scope="module")
+def app_process(tiny_deep_dir, tmp_path_factory):
+    """(process, URL, work folder) of a running app; stopped (by its pid) after the module if still running."""
     port = _free_port()
     work = tmp_path_factory.mktemp("app")
+    (work / "tmp").mkdir()
     log = work / "server.log"
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost",
-                        "GRADIO_TEMP_DIR": str(work / "gradio")}
+                        "GRADIO_TEMP_DIR": str(work / "gradio"), "TMPDIR": str(work / "tmp")}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "app.py"), "--model", str(tiny_deep_dir),
-                                 "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 # Ctrl-C must reach the app even when pytest runs as a background job (SIGINT ignored)
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                 "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -63,34 +89,48 @@ def server(tiny_deep_dir, tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"app did not answer on {url} within 120 s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"app did not answer on {url} within 180 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield proc, url, work
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Gradio shuts down and the app's exit handlers run
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(app_process) -> str:
+    return app_process[1]
 
 
 @pytest.fixture(scope="module")
 def client(server, tmp_path_factory):
     from gradio_client import Client
 
-    return Client(server, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")), analytics_enabled=False)
-
-
-def _items(gallery, per_row: int) -> list[dict]:
-    """The gallery's images; it comes back as an update that also sets one column per image, one row per backend."""
-    assert gallery["columns"] == per_row  # exact: fails if rows would wrap and mix backends
-    return gallery["value"]
+    downloads = str(tmp_path_factory.mktemp("downloads"))
+    return Client(server, verbose=False, download_files=downloads, analytics_enabled=False)
 
 
 def _request(**overrides):
-    values = dict(model=None, class_choice="goldfish", seed=3, truncation=0.4, num_images=2, backends=APPROXIMATE,
-                  budget=0.25, advanced={"headers": ["backend", "parameter", "default", "value"], "data": []}, show_diff=False)
+    values = dict(model=None, class_choice="goldfish", seed=3, truncation=0.4, num_images=2, published=PUBLISHED[:2],
+                  variants=[], budget="1/8", parameters="", show_diff=False)
     return values | overrides
+
+
+def _rows(html: str) -> list[dict]:
+    """The rows of the results HTML: backend name, group and the label's numbers by key, image count."""
+    rows = []
+    for block in re.split(r"(?=<div class='bg-row')", html)[1:]:
+        rows.append({
+            "name": re.search(r"data-backend='([^']+)'", block).group(1),
+            "group": re.search(r"class='bg-group [^']+'>([^<]+)<", block).group(1),
+            "numbers": dict(re.findall(r"data-key='(\w+)'>([^<]+)<", block)),
+            "images": block.count("<img "),
+        })
+    return rows
 
 
 def test_server_binds_localhost_only(server):
@@ -104,108 +144,188 @@ def test_server_binds_localhost_only(server):
         pass
 
 
-def test_generate_gives_one_row_per_backend(client, tiny_deep_dir):
-    assert len(APPROXIMATE) == 2, f"need two approximate backends to compare, have {available_attentions()}"
-    gallery, table, grid_path = client.predict(**_request(model=str(tiny_deep_dir)), api_name="/generate")
-    gallery = _items(gallery, 2)
-    names = ["exact", *APPROXIMATE]
-    # Exact: one row of num_images per backend, exact first; fails if a backend is dropped or rows are mixed.
-    assert len(gallery) == len(names) * 2
-    for i, item in enumerate(gallery):
-        assert item["caption"].startswith(names[i // 2] + " |"), item["caption"]
-        # Captions carry generation time, attention time, memory, attention error and pixel difference.
-        for key in ("gen", "attn", "mem", "attn err", "pixel diff"):
-            assert re.search(rf"{key} {NUMBER}", item["caption"]), (key, item["caption"])
-        with Image.open(item["image"]) as image:
-            assert image.size == (RESOLUTION, RESOLUTION)  # exact: fails if images were resized or cropped
-    rows = table["data"]
-    assert [row[0] for row in rows] == names
-    assert rows[0][4] == 0 and rows[0][5] == 0  # exact vs itself: error and pixel diff exactly 0
-    for row in rows[1:]:
-        # An approximation of a random network moves the output; < 1 since the budget keeps the dominant keys.
-        assert 0 < row[4] < 1.0, row
-        assert row[3] > 0 and row[1] > 0 and row[2] > 0, row  # memory and times measured (> 0)
+def test_generate_gives_one_labelled_row_per_backend(client, tiny_deep_dir):
+    status, html, plot, table, grid_path = client.predict(**_request(model=str(tiny_deep_dir)), api_name="/generate")
+    names = ["exact", *PUBLISHED[:2]]
+    assert status == ""
+    rows = _rows(html)
+    assert [row["name"] for row in rows] == names  # exact first, then the chosen ones in order
+    assert [row["group"] for row in rows] == ["reference", "published", "published"]
+    for row in rows:
+        assert row["images"] == 2
+        assert set(row["numbers"]) == set(NUMBER_KEYS)  # every number in the row's own label
+        for key, pattern in NUMBER_KEYS.items():
+            assert re.fullmatch(pattern, row["numbers"][key]), (key, row["numbers"][key])
+    data = table["data"]
+    assert [row[0] for row in data] == names and [row[1] for row in data] == ["reference", "published", "published"]
+    assert data[0][5] == 0 and data[0][6] == 0  # exact vs itself: error and pixel diff exactly 0
+    for row in data[1:]:
+        assert 0 < row[5] < 1.0 and row[4] > 0 and row[2] > 0 and row[3] > 0, row
+    assert plot and plot.get("plot"), plot  # the error / pixel-difference figure was sent
     with Image.open(grid_path) as grid:
-        # Grid: 3 rows of 128 px plus 2 px padding; fails if a row or an image is missing from the PNG.
-        assert grid.size[1] == 2 + 3 * (RESOLUTION + 2) and grid.size[0] > 2 * RESOLUTION
+        pixels = np.asarray(grid.convert("L"))
+    # 3 rows of 128 px (+2 px padding); a label column left of 2 images; fails if a row or the labels are missing
+    assert pixels.shape[0] == 2 + 3 * (RESOLUTION + 2) and pixels.shape[1] > 2 * (RESOLUTION + 2) + 100
+    assert pixels[:, :100].min() < 100  # dark label text in the label column
 
 
-def test_render_switches_to_difference_heatmaps(client, tiny_deep_dir):
-    client.predict(**_request(model=str(tiny_deep_dir), backends=APPROXIMATE[:1]), api_name="/generate")
-    gallery, grid_path = client.predict(show_diff=True, api_name="/render")
-    gallery = _items(gallery, 2)
-    assert len(gallery) == 2 * 2  # same rows as the stored run: exact + one backend, 2 images each
-    with Image.open(gallery[0]["image"]) as exact_heat:
-        # Exact vs itself is zero everywhere -> the colour map's darkest colour only (magma(0) is near black).
-        assert max(exact_heat.convert("L").getextrema()) < 10
-    assert Path(grid_path).is_file()
+def test_render_switches_to_heatmaps_with_a_stated_scale(client, tiny_deep_dir):
+    *_, table, _ = client.predict(**_request(model=str(tiny_deep_dir), published=PUBLISHED[:1]), api_name="/generate")
+    html, grid_path = client.predict(show_diff=True, api_name="/render")
+    assert [row["name"] for row in _rows(html)] == ["exact", PUBLISHED[0]]  # the stored run, not regenerated
+    stated = float(re.search(r"class='bg-max'>max ([0-9.e+-]+)<", html).group(1))
+    assert "linear-gradient" in html and "bg-bar" in html  # the colour bar
+    assert stated >= table["data"][1][6] > 0  # the maximum difference is at least the mean difference
+    with Image.open(grid_path) as grid:
+        assert grid.size[1] == 2 + 2 * (RESOLUTION + 2) + 3 * 16 + 4  # two rows plus the colour bar
 
 
-def test_advanced_parameters_reach_the_backend(client, tiny_deep_dir):
-    name = APPROXIMATE[0]
-    from app.params import tunable_parameters
+def test_backend_parameters_reach_the_backend(client, tiny_deep_dir):
+    _, _, _, table, _ = client.predict(**_request(model=str(tiny_deep_dir), published=["topk"], num_images=1,
+                                                  parameters='topk={"k": 7}'), api_name="/generate")
+    assert "k=7" in table["data"][1][7]  # the resolved parameters include the override
 
-    param = next(p for p, default in tunable_parameters(name).items() if default is None or isinstance(default, int))
-    value = 2
-    data = [[name, param, "auto (budget)", str(value)]]
-    _, table, _ = client.predict(**_request(model=str(tiny_deep_dir), backends=[name], num_images=1,
-                                            advanced={"headers": ["backend", "parameter", "default", "value"], "data": data}),
-                                 api_name="/generate")
-    # Exact: the resolved parameters shown for the backend include the override; fails if the table is ignored.
-    assert f"{param}={value}" in table["data"][1][6]
+
+def test_error_keeps_previous_results_and_next_success_clears_it(client, tiny_deep_dir):
+    first = client.predict(**_request(model=str(tiny_deep_dir), seed=11), api_name="/generate")
+    assert first[0] == ""
+    failed = client.predict(**_request(model=str(tiny_deep_dir), truncation=0), api_name="/generate")
+    assert "truncation must be in (0, 1], got 0" in failed[0]  # refused, not clamped to the smallest value
+    assert len(failed) == 5 and all(map(_unchanged, failed[1:]))  # rows, plot, table and grid stay as they were
+    html, _ = client.predict(show_diff=False, api_name="/render")  # the session still holds the first results
+    assert _rows(html) == _rows(first[1])
+    again = client.predict(**_request(model=str(tiny_deep_dir), num_images=1), api_name="/generate")
+    assert again[0] == "" and len(_rows(again[1])) == 3  # the message is cleared by the next success
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"class_choice": "not a class"}, "unknown imagenet class name 'not a class'"),
+        ({"class_choice": "not a class"}, "unknown ImageNet class name 'not a class'"),
         ({"class_choice": "1000"}, "class id 1000 out of range"),
-        # the sliders' own range check (Gradio) or ours, whichever answers first
-        ({"truncation": 1.5}, r"truncation must be in|greater than maximum value 1\.0"),
-        ({"truncation": 0.0}, r"truncation must be in|less than minimum value 0\.02"),
-        ({"num_images": 9}, r"number of images|greater than maximum value 8"),
+        ({"truncation": 1.5}, "truncation must be in (0, 1], got 1.5"),
+        ({"num_images": 9}, "number of images must be a whole number in 1..8, got 9"),
+        ({"num_images": 2.5}, "number of images must be a whole number in 1..8, got 2.5"),
         ({"model": "/no/such/checkpoint"}, "no such file or directory"),
-        ({"budget": 0.0}, r"budget|less than minimum value"),
+        ({"budget": "0"}, "budget 0 is outside (0, 1]"),
+        ({"budget": "a lot"}, "budget 'a lot' is not a fraction"),
+        ({"published": ["topk"], "parameters": 'topk={"k": 5000}'}, "k=5000 exceeds the number of keys Nk=1024"),
+        ({"parameters": "n_hashes=4"}, "n_hashes"),  # not a chosen backend: the message lists the chosen ones
+        ({"parameters": "[4]"}, "backend parameters"),
     ],
 )
-def test_invalid_input_is_reported_and_app_stays_usable(client, tiny_deep_dir, overrides, message):
-    from gradio_client.exceptions import AppError
+def test_invalid_input_is_refused_with_a_message(client, tiny_deep_dir, overrides, message):
+    form = _request(model=str(tiny_deep_dir), num_images=1) | overrides
+    status, *outputs = client.predict(**form, api_name="/generate")
+    assert message in status.replace("&#x27;", "'"), status  # one line on the page, next to the controls
+    assert "Traceback" not in status and len(outputs) == 4 and all(map(_unchanged, outputs))
 
-    with pytest.raises(AppError) as err:
-        client.predict(**_request(model=str(tiny_deep_dir), num_images=1, backends=[]) | overrides, api_name="/generate")
-    # The page shows this one-line message; fails if the error were swallowed or a traceback leaked.
-    assert re.search(message, str(err.value).lower()), str(err.value)
-    assert "Traceback" not in str(err.value)
-    gallery, _, _ = client.predict(**_request(model=str(tiny_deep_dir), num_images=1, backends=[]), api_name="/generate")
-    assert len(_items(gallery, 1)) == 1  # the next valid request works: exact only, one image
+
+def test_nan_checkpoint_is_an_error_naming_the_backend(client, nan_deep_dir):
+    status, *outputs = client.predict(**_request(model=str(nan_deep_dir), num_images=1), api_name="/generate")
+    assert "exact produced NaN/inf pixels" in status and len(outputs) == 4 and all(map(_unchanged, outputs))
+
+
+def _check(page, names: list[str]) -> None:
+    published = set(available_attentions(published=True))
+    for name in names:
+        group = "#backends-published" if name in published else "#backends-variants"
+        page.locator(group).get_by_label(name, exact=True).check()
+
+
+def _boxes(page, selector: str) -> list[dict]:
+    """Bounding box, text, overflow and whether the element is the one drawn at its centre, for each match."""
+    return page.locator(selector).evaluate_all("""els => els.map(e => {
+        const r = e.getBoundingClientRect();
+        const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+        return {x: r.x, y: r.y, right: r.right, bottom: r.bottom, text: e.innerText,
+                clipped: e.scrollWidth > e.clientWidth + 1, drawn: !!top && (top === e || e.contains(top))};
+    })""")
+
+
+def _assert_in_viewport(box: dict, what: str) -> None:
+    inside = (box["x"] >= 0 and box["y"] >= 0
+              and box["right"] <= VIEWPORT["width"] and box["bottom"] <= VIEWPORT["height"])
+    assert inside and box["drawn"], f"{what} {box['text']!r} is not fully visible: {box}"
 
 
 @pytest.mark.browser
-def test_browser_generates_the_gallery(server, tmp_path):
+def test_browser_rows_are_readable_at_1400x900(server, tmp_path):
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} missing in CI; install Debian's chromium")
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
-    per_row = 4  # the page's default number of images
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    shots = Path(os.environ.get("APP_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    # + exact = 8 backends (the most the page lays out), published ones and project variants with long names
+    variants = available_attentions(published=False)
+    names = [*PUBLISHED[:MAX_BACKENDS - 1 - min(2, len(variants))], *variants[:2]]
+    per_row = 8
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                        viewport=VIEWPORT)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page = browser.new_page()
             page.goto(server, timeout=60_000)
-            for name in APPROXIMATE:
-                page.locator("#backends").get_by_label(name, exact=True).check()
+            _check(page, names)
+            page.locator("#num-images input").fill(str(per_row))
             page.locator("#generate").click()
-            images = page.locator("#gallery img")
-            # Fails if the gallery does not show one row of images per backend (exact + the two picked).
-            expect(images).to_have_count((1 + len(APPROXIMATE)) * per_row, timeout=120_000)
+            rows = page.locator("#bg-results .bg-row")
+            expect(rows).to_have_count(1 + len(names), timeout=240_000)
             page.wait_for_function(
-                "() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)",
+                "() => [...document.querySelectorAll('#bg-results img')].every(i => i.complete && i.naturalWidth > 0)",
                 timeout=30_000)
-            widths = images.evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
-            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+            page.screenshot(path=str(shots / "rows.png"))
+            assert page.evaluate("window.scrollY") == 0  # nothing scrolled the page to show the results
+            labels = _boxes(page, "#bg-results .bg-label")
+            assert [box["text"].split()[0] for box in labels] == ["exact", *names]
+            for box in labels:
+                _assert_in_viewport(box, "row label")
+                assert not box["clipped"], f"row label is truncated: {box}"
+            for selector in (".bg-name", ".bg-group", ".bg-num"):
+                for box in _boxes(page, f"#bg-results {selector}"):
+                    _assert_in_viewport(box, selector)
+            numbers = _boxes(page, "#bg-results .bg-num")
+            assert len(numbers) == len(NUMBER_KEYS) * (1 + len(names))  # every number of every row, none hidden
+            images = _boxes(page, "#bg-results img")
+            assert len(images) == per_row * (1 + len(names))
+            for box in images:
+                _assert_in_viewport(box, "image")
+
+            page.locator("#show-diff input").check()
+            page.wait_for_selector("#bg-scale", timeout=60_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#bg-results img')].every(i => i.complete && i.naturalWidth > 0)",
+                timeout=30_000)
+            page.screenshot(path=str(shots / "heatmaps.png"))
+            for selector in ("#bg-scale .bg-bar", "#bg-scale .bg-max"):
+                (box,) = _boxes(page, selector)
+                _assert_in_viewport(box, selector)
+            assert re.fullmatch(r"max \d+(\.\d+)?(e-\d+)?", page.locator("#bg-scale .bg-max").inner_text())
+            for box in _boxes(page, "#bg-results .bg-label"):
+                _assert_in_viewport(box, "row label")
+
+            page.locator("#truncation input").fill("0")
+            page.locator("#generate").click()
+            expect(page.locator("#status")).to_contain_text("truncation must be in (0, 1], got 0", timeout=60_000)
+            (box,) = _boxes(page, "#status")
+            _assert_in_viewport(box, "error message")
+            expect(rows).to_have_count(1 + len(names))  # the previous results stay
+            page.screenshot(path=str(shots / "error.png"))
+            page.screenshot(path=str(shots / "full_page.png"), full_page=True)
         finally:
             browser.close()
-    assert widths == [RESOLUTION] * len(widths)  # every image decoded at full size; fails on broken images
-    assert (tmp_path / "app.png").stat().st_size > 10_000
+    print(f"screenshots: {shots}")
+
+
+def test_sigterm_removes_the_scratch_folder(app_process, client, tiny_deep_dir):
+    """Runs last: stops the module's server. Its grid PNGs live in TMPDIR/biggan-attn-app-*; SIGTERM removes them."""
+    proc, _, work = app_process
+    client.predict(**_request(model=str(tiny_deep_dir), published=[], num_images=1), api_name="/generate")
+    scratch = list((work / "tmp").glob("biggan-attn-app-*"))
+    assert len(scratch) == 1 and list(scratch[0].glob("grid-*.png"))  # a grid was written there
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert not scratch[0].exists()

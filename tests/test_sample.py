@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from app.sample import main
+from gan.attention import available_attentions
 from gan.sampling import balanced_class_ids, per_image_latents
 from weights import load_generator
 
@@ -120,8 +122,8 @@ def test_out_of_memory_halves_the_batch(reference, tiny_deep_dir, tmp_path, monk
 
     monkeypatch.setattr(app.sample, "load_generator", small_device_loader)
     assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "8")) == 0
-    # sizes[0] is the 1-image pass that resolves the backend's parameters; then halved twice and kept at 2.
-    assert sizes[1:4] == [8, 4, 2] and set(sizes[4:]) == {2}
+    # No probe pass (parameters come from the config's attention shape): halved twice and kept at 2.
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}
     _assert_same_images(np.stack(list(_pngs(tmp_path).values())), np.stack(list(_pngs(reference).values())))
 
 
@@ -134,7 +136,11 @@ def test_resume_after_kill(tiny_deep_dir, tmp_path, fmt):
     args[args.index("--per-class") + 1] = str(per_class)
     proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "sample.py"), *args], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finished = (lambda: list((tmp_path / "images").glob("*.png"))) if fmt == "png" else (lambda: list((tmp_path / "chunks").glob("*.npz")))
+    pattern = ("images", "*.png") if fmt == "png" else ("chunks", "*.npz")
+
+    def finished():
+        return list((tmp_path / pattern[0]).glob(pattern[1]))
+
     deadline = time.monotonic() + 120
     while len(finished()) < (2 if fmt == "png" else 1) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)  # poll often: the kill must land before the last batch is written
@@ -186,9 +192,13 @@ def test_two_process_gloo_run_is_the_union_of_one_process(reference, tiny_deep_d
     [
         ({"--classes": "goldfsh"}, "unknown ImageNet class name 'goldfsh'"),
         ({"--per-class": "0"}, "--per-class must be >= 1"),
-        ({"--per-class": "ten"}, "argument --per-class: invalid int value: 'ten'"),  # argparse's own check, one line too
+        ({"--per-class": "ten"}, "argument --per-class: invalid int value: 'ten'"),  # argparse's own check, one line
         ({"--attn": "nope"}, "unknown attention 'nope'"),
-        ({"--attn-kwargs": "n_hashes"}, "key=value"),
+        # common.cli.parse_attention_kwargs: NAME='{json}' or '{json}'; a NAME other than --attn lists the accepted one
+        ({"--attn-kwargs": "n_hashes"}, "--attn-kwargs"),
+        ({"--attn-kwargs": "smyrf={}"}, "exact"),
+        ({"--attn-kwargs": "[1]"}, "--attn-kwargs"),
+        ({"--attn-kwargs": '{"k": 1'}, "--attn-kwargs"),
         ({"--truncation": "0"}, "--truncation must be in (0, 1]"),
         ({"--out": "FILE/sub"}, "cannot write to --out"),
         ({"--model": "/no/such/dir"}, "no such file or directory"),
@@ -210,3 +220,89 @@ def test_resume_with_other_settings_is_refused(reference, tiny_deep_dir, capsys)
     args[args.index("--seed") + 1] = "6"
     assert main(args) == 2
     assert "other settings (seed differ)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
+    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
+    shutil.copytree(tiny_deep_dir, out)
+    state = torch.load(out / "pytorch_model.bin", weights_only=True)
+    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
+    torch.save(state, out / "pytorch_model.bin")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"--model": "/no/such/dir"}, "no such file or directory"),
+        ({"--attn": "topk", "--attn-kwargs": '{"k": 1025}'}, "topk: k=1025 exceeds the number of keys Nk=1024"),
+    ],
+)
+def test_failed_start_leaves_out_untouched_and_the_corrected_command_runs(tiny_deep_dir, tmp_path, capsys, bad,
+                                                                            message):
+    out = tmp_path / "out"
+    args = _args(tiny_deep_dir, out, "--per-class", "1")
+    fixed = [*args, *(["--attn", bad["--attn"]] if "--attn" in bad else [])]
+    for flag, value in bad.items():
+        args += [flag, value]  # argparse: the last occurrence wins
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing was written, not even run.json or the folder
+    assert main(fixed) == 0  # the corrected command is not refused as "other settings"
+    assert len(_pngs(out)) == 2 and len(_manifest(out)) == 2
+
+
+def test_nan_checkpoint_exits_2_and_writes_no_image(nan_deep_dir, tmp_path, capsys):
+    assert main(_args(nan_deep_dir, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds NaN/inf weights" in err and "generator.gen_z.bias" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_images_are_an_error_and_never_written(tiny_deep_dir, tmp_path, monkeypatch, capsys):
+    """A backend that overflows mid-run (finite weights): the batch with inf pixels is refused, none of it written."""
+    import app.sample
+
+    def overflowing_loader(*args, **kwargs):
+        G = load_generator(*args, **kwargs)
+        real = G.generate
+
+        def generate(z, class_ids, truncation):
+            x = real(z, class_ids, truncation)
+            return x if z.shape[0] < 4 else x.index_fill(0, torch.tensor([1]), float("inf"))
+
+        G.generate = generate
+        return G
+
+    monkeypatch.setattr(app.sample, "load_generator", overflowing_loader)
+    # batch size 4 with --per-class 3 (6 images): batches of 4 (second image inf) and 2, never reached
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "4", "--per-class", "3")) == 2
+    assert "exact produced NaN/inf pixels for images 0..3; none of them was written" in capsys.readouterr().err
+    assert _pngs(tmp_path) == {} and _manifest(tmp_path) == []
+
+
+def test_manifest_lines_are_written_as_units_finish(tiny_deep_dir, tmp_path, monkeypatch):
+    """With npz chunks of 3: after each chunk file is renamed, its 3 lines are already in the manifest."""
+    import app.sample_store
+
+    seen = []
+    real_add = app.sample_store.NpzStore.add
+
+    def add(self, index, image, label):
+        seen.append((index, len(_manifest(tmp_path))))  # manifest length when image `index` arrives
+        return real_add(self, index, image, label)
+
+    monkeypatch.setattr(app.sample_store.NpzStore, "add", add)
+    assert main(_args(tiny_deep_dir, tmp_path, "--batch-size", "2", "--format", "npz", "--npz-chunk", "3")) == 0
+    # images 0-2 form chunk 0: once it is written (during image 2's add) its lines are there when image 3 arrives
+    assert [count for _, count in seen] == [0, 0, 0, 3, 3, 3, 6, 6]
+    assert [line["file"] for line in _manifest(tmp_path)] == ["samples.npz"] * 8  # rewritten after the merge
+
+
+@pytest.mark.parametrize("name", available_attentions())
+def test_every_registered_backend_is_accepted(tiny_deep_dir, tmp_path, name):
+    assert main(_args(tiny_deep_dir, tmp_path, "--attn", name, "--per-class", "1")) == 0
+    lines = _manifest(tmp_path)
+    assert [line["backend"] for line in lines] == [name, name] and all(line["params"]["seed"] == 5 for line in lines)
