@@ -141,8 +141,10 @@ def test_budget_goes_to_every_approximate_backend_and_parameters_override():
     assert [name for name, _ in chosen] == APPROXIMATE[:3]  # exact is the reference, never a compared backend
     assert all(kw["budget"] == 0.3 and kw["seed"] == 2 for _, kw in chosen)
     assert chosen[0][1]["some_param"] == 4 and "some_param" not in chosen[1][1]
-    both = backend_kwargs(APPROXIMATE[:2], 0.3, '{"redraw": true}', seed=0)  # a bare object: every chosen backend
-    assert all(kw["redraw"] is True for _, kw in both)
+    only = backend_kwargs(APPROXIMATE[:1], 0.3, '{"some_param": 5}', seed=0)  # one backend: its name may be left out
+    assert only[0][1]["some_param"] == 5
+    with pytest.raises(ValueError, match="names no backend"):  # several backends: each line names its backend
+        backend_kwargs(APPROXIMATE[:2], 0.3, '{"some_param": 5}', seed=0)
     with pytest.raises(ValueError, match="unknown attention backend"):
         backend_kwargs(["nope"], 0.3, "", seed=0)
     with pytest.raises(ValueError, match=f"exact.*{APPROXIMATE[0]}|{APPROXIMATE[0]}.*exact"):  # names both
@@ -151,8 +153,8 @@ def test_budget_goes_to_every_approximate_backend_and_parameters_override():
 
 def test_attention_kwargs_grammar():
     names = ["smyrf", "topk"]
-    parsed = parse_attention_kwargs(['{"seed": 1}', 'topk={"k": 8}'], names)
-    assert {name: parsed.get(name, {}) for name in names} == {"smyrf": {"seed": 1}, "topk": {"seed": 1, "k": 8}}
+    parsed = parse_attention_kwargs(['smyrf={"seed": 1}', 'topk={"k": 8}', "topk:seed=2"], names)
+    assert {name: parsed.get(name, {}) for name in names} == {"smyrf": {"seed": 1}, "topk": {"seed": 2, "k": 8}}
     assert parse_attention_kwargs([], names).get("topk", {}) == {}
     for bad in ("k=8", "topk={k: 8}", "topk", "topk=[1]", 'exact={"a": 1}'):
         with pytest.raises(ValueError) as err:
