@@ -45,6 +45,8 @@ GRID_IMAGES = 64
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="registry name or local checkpoint path")
+    p.add_argument("--eps", type=float, default=None,
+                   help="BN/SN epsilon of a TF-Hub-converted BigGAN-PyTorch checkpoint without its sidecar (e.g. 1e-4)")
     p.add_argument("--attn", default="exact", help="attention backend (see gan.attention.available_attentions())")
     p.add_argument("--attn-kwargs", action="append", default=[], metavar="'{json}'",
                    help="backend parameters: a JSON object, or NAME='{json}' with NAME the --attn backend; repeatable")
@@ -107,7 +109,7 @@ def prepare_generator(args: argparse.Namespace, ctx: DistContext, classes: list[
     Returns (G, the backend's kwargs, its resolved parameters); ValueError before anything is written.
     """
     kwargs = {"seed": args.seed} | own  # the backend's draws follow --seed unless given
-    G = load_generator(args.model, attention="exact", device=ctx.device).eval()
+    G = load_generator(args.model, attention="exact", device=ctx.device, eps=args.eps).eval()
     if max(classes) >= G.num_classes:
         raise ValueError(f"class id {max(classes)} is out of range for {args.model}, which has {G.num_classes} classes")
     backend, resolved = checked_backend(args.attn, kwargs, G.attention_shape())
@@ -145,7 +147,7 @@ def generate_batches(G, todo: Sequence[int], classes: list[int], args, store, re
 def run(args: argparse.Namespace) -> int:
     classes, own = validate(args)
     out = Path(args.out)
-    settings = {"model": args.model, "attn": args.attn, "attn_kwargs": own, "classes": classes,
+    settings = {"model": args.model, "eps": args.eps, "attn": args.attn, "attn_kwargs": own, "classes": classes,
                 "per_class": args.per_class, "truncation": args.truncation, "seed": args.seed, "format": args.format}
     if args.format == "npz":
         settings["npz_chunk"] = args.npz_chunk

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=None, help="comma-separated fractions of the dense score matrix, e.g. 1/32,1/8")
     p.add_argument("--no-baseline", action="store_true", help="do not add exact when it is not listed in --attn")
     p.add_argument("--model", default="biggan-deep-128", help="model name or local checkpoint path")
+    p.add_argument("--eps", type=float, default=None,
+                   help="BN/SN epsilon of a TF-Hub-converted BigGAN-PyTorch checkpoint without its sidecar (e.g. 1e-4)")
     p.add_argument("--num-samples", type=int, default=None, help=f"images per method (default {DEFAULT_NUM_SAMPLES}; "
                    "with --class-order repeat: classes x --per-class)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -292,7 +294,7 @@ def load_everything(args, ctx, input_mode: str, check_generator):
     except USER_ERRORS as err:
         errors.append(err)
     try:
-        G = load_generator(args.model, attention="exact", device=ctx.device, dtype=args.dtype)
+        G = load_generator(args.model, attention="exact", device=ctx.device, dtype=args.dtype, eps=args.eps)
     except USER_ERRORS as err:
         errors.append(err)
     checked = check_generator(G) if G is not None else None
@@ -355,7 +357,8 @@ def run(args) -> int:
         inception, inception_id, G, resolved, (ref_mu, ref_sigma, ref_source) = loaded
         plan = ImagePlan(args.truncation, args.seed, tuple(classes), args.latents, args.class_order, args.per_class,
                          n if args.latents == "reference" else None)
-        image = ImageSpec(model_id(args.model), plan, args.dtype, inception_id, input_mode)
+        model = model_id(args.model) + (f"|eps={args.eps}" if args.eps else "")
+        image = ImageSpec(model, plan, args.dtype, inception_id, input_mode)
         todo = {s.label: missing_images(cache, image, s, n, args.shard_size, ctx) for s in specs}
         if ctx.is_main:
             print(f"device {describe_device(ctx.device)}, {args.dtype}, {ctx.world_size} process(es); "
