@@ -18,6 +18,7 @@ reference default) or by sqrt(d) (``scaling=1``). ``sb_projection`` draws it fro
 reference's order (the Gaussian blocks, then the norms), so a CPU generator seeded with s gives the
 matrix the reference draws after ``torch.manual_seed(s)`` on the CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ def default_num_features(d: int) -> int:
     return int(d * math.log(d))
 
 
-def sb_projection(num_features: int, d: int, generator: torch.Generator, scaling: int = 0, cosh: bool = True) -> torch.Tensor:
+def sb_projection(
+    num_features: int, d: int, generator: torch.Generator, scaling: int = 0, cosh: bool = True
+) -> torch.Tensor:
     """(rows, d) fp32 projection on the generator's device: rows = num_features // 2 with cosh, else num_features."""
     rows = num_features // 2 if cosh else num_features
     if rows < 1:
@@ -78,7 +81,9 @@ def sb_key_features(
     return _finish(logits - log_scale, eps, m, log), log_scale
 
 
-def _projected(x: torch.Tensor, proj: torch.Tensor, softmax_temp: float, cosh: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _projected(
+    x: torch.Tensor, proj: torch.Tensor, softmax_temp: float, cosh: bool
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(B, N, m) projections sqrt(t) w.x (and their negatives with cosh), (B, N, 1) t |x|^2 / 2, and m."""
     if not softmax_temp > 0:
         raise ValueError(f"softmax features need a positive softmax temperature (scale), got {softmax_temp}")
