@@ -151,7 +151,7 @@ def test_more_clusters_than_keys_rejected():
         build_attention("smyrf-topkeys", q_cluster_size=1)(q, k, v)
 
 
-@pytest.mark.parametrize("name", ["smyrf-topkeys", "reformer", "scatterbrain-centred"])
+@pytest.mark.parametrize("name", ["smyrf-topkeys", "scatterbrain-centred"])
 def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     # clustered_attention scores a round in steps of whole clusters (PAIRS_PER_STEP bounds the working
     # set); tiny steps (one or two clusters each) must give the one-step result to float round-off (1e-5):
@@ -159,7 +159,7 @@ def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     import gan.attention.lsh as lsh
 
     q, k, v = qkv(nq=250, nk=62)
-    attn = build_attention(name, n_hashes=3, seed=1, **({} if name == "reformer" else {"q_cluster_size": 16, "k_cluster_size": 4}))
+    attn = build_attention(name, n_hashes=3, seed=1, q_cluster_size=16, k_cluster_size=4)
     whole = attn(q, k, v, scale=0.7)
     monkeypatch.setattr(lsh, "PAIRS_PER_STEP", 2 * 16 * 8)
     stepped = attn(q, k, v, scale=0.7)

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
+from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
+from .coverage import covering_top_keys
 from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attention, query_clusters, top_keys_per_cluster, xbox_plus
 
 DEFAULT_N_HASHES = 8
@@ -129,14 +130,16 @@ class SmyrfHash:
             self._draws[key] = (seeds.to(device), (directions / directions.norm(dim=-1, keepdim=True)).to(device))
         return self._draws[key]
 
-    def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan) -> RoundLayout:
-        """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys."""
+    def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan, covering: bool = True) -> RoundLayout:
+        """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys (covering
+        selection, ``coverage``, or the plain top keys of each cluster's summed queries)."""
         key_norm = k.norm(dim=-1).amax(-1).view(-1, 1, 1)  # (B, 1, 1)
         qx, kx = xbox_plus(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-30) * key_norm, k)
         seeds, directions = self.draws(plan.n_hashes, plan.n_clusters, k.shape[1], qx.shape[-1], q.device)
         sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=plan.work_rows(plan.n_clusters))
         q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
-        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
+        select = covering_top_keys if covering else top_keys_per_cluster
+        return select(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
 
 
 class SmyrfTopKeysAttention(AttentionBackend):
@@ -157,10 +160,12 @@ class SmyrfTopKeysAttention(AttentionBackend):
         n_hashes: int | None = None,
         q_cluster_size: int | None = None,
         k_cluster_size: int | None = None,
+        covering: bool = True,
         budget: float | None = None,
         seed: int = 0,
     ):
         super().__init__(budget=budget, seed=seed)
+        self.covering = check_bool("covering", covering)
         self.n_hashes = positive_int("n_hashes", n_hashes)
         self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
@@ -175,7 +180,7 @@ class SmyrfTopKeysAttention(AttentionBackend):
 
     def layout(self, q: torch.Tensor, k: torch.Tensor) -> RoundLayout:
         """Query clusters and their keys for fp32 q (B,Nq,d) (already scaled) and k (B,Nk,d)."""
-        return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]))
+        return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]), self.covering)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
         return self.plan(nq, nk).score_entries()
