@@ -15,17 +15,20 @@ As majid-daliri/kdeformer ``KDEformer.py`` computes it (the BigGAN script
    exp(q.k_s) v'_s / (p_s sample_size) over the samples that are NOT in its own block.
 4. Output = numerator columns / the ones column.
 
-Differences that do not change the estimate: exp is taken after subtracting each query's largest
-logit over everything it sees (the reference exponentiates raw logits in float64; the ratio in
-step 4 is the same, and fp16/bf16 and logits up to 100 stay finite); sorting is stable; samples are
-drawn by inverse CDF from uniforms (same distribution as ``torch.multinomial``). When Nk is not a
-multiple of bucket_size (the reference needs one), the sorted keys and queries are cut into
+Differences that do not change the estimate: scores are fp32 and exp is taken after subtracting
+each query's largest logit over everything it sees (the BigGAN script exponentiates raw logits in
+float64; the ratio in step 4 is the same, and fp16/bf16 and logits up to 100 stay finite). When Nk
+is not a multiple of bucket_size (the reference needs one), the sorted keys and queries are cut into
 ceil(Nk / bucket_size) near-equal consecutive blocks (identical to the reference when it divides).
 With one block the sparse part is exact attention and every sample is masked, so hashing and
 sampling are skipped (the result is the reference's).
 
-The reference draws its hyperplanes, power-iteration start and samples afresh on every call
-(``redraw=True``, the default here); ``redraw=False`` draws them once from ``seed`` per shape.
+Draws: the reference draws its hyperplanes, power-iteration start and samples afresh on every call
+(``redraw=True``, the default here); ``redraw=False`` draws them once from ``seed`` per shape. They are
+drawn in the reference's order, layout and dtype (float64), and samples are taken by
+``torch.multinomial``'s own rule (the first sorted position whose cumulative mass reaches a uniform),
+ties in the hash order left as ``torch.sort`` leaves them, as the reference does: so on the CPU a
+generator seeded with s reproduces the reference run after ``torch.manual_seed(s)``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ MAX_NUM_PROJS = 30
 
 
 class KDEformerDraws(NamedTuple):
-    """The random draws of one call: hyperplanes (B, d, r), power-iteration start (B, dv + 1), uniforms (B, S)."""
+    """One call's float64 draws: hyperplanes (B, d, r), power-iteration start (B, dv + 1), uniforms (B, S)."""
 
     hyperplanes: torch.Tensor
     power_start: torch.Tensor
@@ -123,6 +126,8 @@ class KDEformerAttention(AttentionBackend):
         bucket = max(1, min(nk, math.floor((per_query - fixed) / (1 + ratio))))
         while bucket > 1 and self._entries(nq, nk, bucket, fixed + ratio * bucket) > allowed:
             bucket -= 1
+        while bucket < nk and self._entries(nq, nk, bucket + 1, fixed + ratio * (bucket + 1)) <= allowed:
+            bucket += 1  # near-equal blocks can be smaller than bucket_size: take what still fits
         return bucket, fixed + ratio * bucket
 
     def _entries(self, nq: int, nk: int, bucket: int, samples: int) -> int:
@@ -136,8 +141,8 @@ class KDEformerAttention(AttentionBackend):
 
         def draw(generator):
             return KDEformerDraws(
-                torch.randn(batch, d, projs, generator=generator),
-                torch.randn(batch, dv + 1, generator=generator),
+                torch.randn(batch, d, projs, generator=generator, dtype=torch.float64),
+                torch.randn(batch, dv + 1, generator=generator, dtype=torch.float64),
                 torch.rand(batch, samples, generator=generator, dtype=torch.float64),
             )
 
@@ -211,8 +216,8 @@ def kdeformer_attention(
         q_order = torch.arange(nq, device=q.device).expand(batch, nq)
         k_order = torch.arange(nk, device=q.device).expand(batch, nk)
     else:
-        q_order = torch.sort(angular_hash(q32, draws.hyperplanes), dim=1, stable=True).indices  # (B, Nq)
-        k_order = torch.sort(angular_hash(k32, draws.hyperplanes), dim=1, stable=True).indices  # (B, Nk)
+        q_order = torch.sort(angular_hash(q32, draws.hyperplanes), dim=1).indices  # (B, Nq)
+        k_order = torch.sort(angular_hash(k32, draws.hyperplanes), dim=1).indices  # (B, Nk)
     q_slots, q_valid = _block_slots(nq, blocks, q_max, q.device)  # (nb, qmax) sorted positions
     k_slots, k_valid = _block_slots(nk, blocks, k_max, q.device)
     q_idx = q_order[:, q_slots.flatten()]  # (B, nb*qmax) original query index per slot
@@ -246,16 +251,17 @@ def _residual_samples(
 ):
     """Importance samples: weights 1 / (p_s S) (B, S), keys (B, S, d), values (B, S, dv+1), key blocks (B, S)."""
     samples = draws.uniforms.shape[1]
-    gram = torch.einsum("bnt,bnd->btd", values, values)  # (B, dv+1, dv+1)
-    lam = top_eigenvalue(gram, draws.power_start.float())  # (B,)
-    p = values.norm(dim=-1) / lam.unsqueeze(-1) + 1.0 / nk  # (B, Nk)
-    p = p / p.sum(dim=-1, keepdim=True)
-    cdf = p.double().cumsum(dim=-1)
-    index = torch.searchsorted(cdf, draws.uniforms.double() * cdf[:, -1:], right=True).clamp_(max=nk - 1)  # (B, S)
-    rank = torch.empty_like(k_order).scatter_(1, k_order, torch.arange(nk, device=k.device).expand_as(k_order))
-    k_starts = _block_starts(nk, blocks, k.device)
-    key_block = torch.searchsorted(k_starts, rank.gather(1, index), right=True) - 1  # (B, S) block of each sample
-    weights = 1.0 / (p.gather(1, index) * samples)
+    gram = torch.einsum("bnt,bnd->btd", values.double(), values.double())  # (B, dv+1, dv+1)
+    lam = top_eigenvalue(gram, draws.power_start.double())  # (B,) float64, as the reference's
+    p = values.double().norm(dim=-1) / lam.unsqueeze(-1) + 1.0 / nk  # (B, Nk)
+    p = (p / p.sum(dim=-1, keepdim=True)).gather(1, k_order)  # in sorted-key order, as the reference samples
+    cdf = p.cumsum(dim=-1)
+    cdf = cdf / cdf[:, -1:]
+    # torch.multinomial(replacement=True)'s rule: the first sorted position whose cumulative mass reaches u
+    position = torch.searchsorted(cdf, draws.uniforms.double()).clamp_(max=nk - 1)  # (B, S)
+    key_block = torch.searchsorted(_block_starts(nk, blocks, k.device), position, right=True) - 1  # (B, S)
+    weights = (1.0 / (p.gather(1, position) * samples)).float()
+    index = k_order.gather(1, position)  # original key index of each sample
     return weights, _gather(k, index), _gather(values, index), key_block
 
 

@@ -13,7 +13,8 @@ window contribution subtracted so no pair is counted twice:
 with the window W(i) = {i - w//2, ..., i - w//2 + w - 1} clipped to [0, Nk) (fast-transformers'
 ``local_dot_product``). The features are drawn once and kept (the reference's ``SBPerformerFeatures``
 never redraws); ``redraw=True`` draws fresh ones per call, as majid-daliri/kdeformer's BigGAN script
-does by building the module inside ``forward``.
+does by building the module inside ``forward``. A CPU generator seeded with s draws the projection
+the reference draws after ``torch.manual_seed(s)``.
 
 Nq != Nk: the published BigGAN experiments (microsoft/thinformer and majid-daliri/kdeformer,
 ``biggan_models/model_sblocal.py``) call the module on four chunks of 1024 queries against all 1024

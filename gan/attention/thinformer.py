@@ -19,7 +19,9 @@ as a loop over the pairs of one bucket (2^g sqrt(n) steps in all, at BigGAN 221)
 vectorised over every bucket and batch element, as in the reference.
 
 The reference draws its thresholds and coins afresh on every call (``redraw=True``, the default);
-``redraw=False`` draws them once from ``seed`` per shape. Nq != Nk needs nothing special (queries only
+``redraw=False`` draws them once from ``seed`` per shape. They are drawn in the reference's order and
+layout, so on the CPU a generator seeded with s reproduces the reference run after
+``torch.manual_seed(s)``. Nq != Nk needs nothing special (queries only
 read the coreset). At g >= log4(n) nothing is compressed and, when Nk is a power of 4, the result is
 exact attention.
 """
@@ -36,7 +38,8 @@ from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool
 
 
 class HalvingDraws(NamedTuple):
-    """One halving round's draws: uniforms in [0, 1) (B, buckets, pairs) and one fair coin (a 0-d bool)."""
+    """One halving round's draws: uniforms on [-L, L) (B, buckets, pairs), L = 0.5 + log(2 s / delta_round),
+    and one fair coin (a (1,) bool), drawn in the reference's order and layout (buckets before batch)."""
 
     uniforms: torch.Tensor
     coin: torch.Tensor
@@ -88,15 +91,15 @@ class ThinformerAttention(AttentionBackend):
 
     def draws(self, batch: int, nk: int, g: int, device) -> list[HalvingDraws]:
         """The draws of one call, one per halving round (fresh with ``redraw``, else cached from ``seed``)."""
-        rounds = halving_rounds(log4_largest_power_of_four(nk), g)
+        log4_n = log4_largest_power_of_four(nk)
+        rounds = halving_rounds(log4_n, g)
 
         def draw(generator):
             out = []
             for buckets, pairs in rounds:
-                out += [
-                    torch.rand(batch, buckets, pairs, generator=generator),
-                    torch.rand((), generator=generator) < 0.5,
-                ]
+                bound = threshold_bound(log4_n, g, self.delta, 2 * pairs)
+                uniforms = torch.empty(buckets, batch, pairs).uniform_(-bound, bound, generator=generator)
+                out += [uniforms.transpose(0, 1), torch.empty(1, dtype=torch.bool).bernoulli_(generator=generator)]
             return tuple(out)
 
         flat = draw(self._generator) if self.redraw else self._draws(("thin", batch, nk, g), "cpu", draw)
@@ -107,7 +110,7 @@ class ThinformerAttention(AttentionBackend):
             raise ValueError(f"thinformer attention needs scale > 0 (its kernel uses sqrt(scale) k), got {scale}")
         g = self.g_for(q.shape[1], k.shape[1])
         draws = self.draws(q.shape[0], k.shape[1], g, q.device)
-        keys, values = kh_compress(k.float() * math.sqrt(scale), v.float(), g, self.delta, draws)
+        keys, values = kh_compress(k.float() * math.sqrt(scale), v.float(), g, draws)
         logits = (q.float() @ keys.transpose(1, 2)).mul_(math.sqrt(scale))  # (B, Nq, coreset)
         return (torch.softmax(logits, dim=-1) @ values).to(q.dtype)
 
@@ -146,13 +149,19 @@ def halving_rounds(log4_n: int, g: int) -> list[tuple[int, int]]:
     return rounds
 
 
+def threshold_bound(log4_n: int, g: int, delta: float, bucket: int) -> float:
+    """L of the halving thresholds' uniforms for a bucket of ``bucket`` points: 0.5 + log(2 s / delta_round)."""
+    halve_prob = delta / 4 ** (g + 1) / (log4_n - g) / 4**log4_n
+    return 0.5 + math.log(2 * bucket / (halve_prob * bucket * bucket))
+
+
 def _entries(nq: int, log4_n: int, g: int) -> int:
     kernel = 2 * 4**log4_n * 4 ** (g + 1) if halving_rounds(log4_n, g) else 0  # one round's kernel matrices
     return max(nq * coreset_size(log4_n, g), kernel)
 
 
 def kh_compress(
-    keys: torch.Tensor, values: torch.Tensor, g: int, delta: float, draws: list[HalvingDraws]
+    keys: torch.Tensor, values: torch.Tensor, g: int, draws: list[HalvingDraws]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """keys (B, Nk, d) already scaled by sqrt(scale), values (B, Nk, dv) -> the coreset (B, c, d), (B, c, dv)."""
     nk = keys.shape[1]
@@ -163,7 +172,6 @@ def kh_compress(
     rounds = halving_rounds(log4_n, g)
     if not rounds:
         return keys, values
-    halve_prob = delta / 4 ** (g + 1) / len(rounds) / n
     shift = keys.square().sum(dim=-1).amax(dim=1).view(-1, 1, 1, 1)  # (B, 1, 1, 1): max |k|^2
     b_sqd = values.abs().amax(dim=(1, 2)).square().view(-1, 1, 1, 1)  # (B, 1, 1, 1): max |v| entry, squared
     bucket = 4 ** (g + 1)
@@ -172,23 +180,22 @@ def kh_compress(
         vb = rearrange(values, "b (a s) e -> b a s e", s=bucket)
         kernel = torch.einsum("base,bare->basr", kb, kb).sub_(shift).exp_()
         kernel.mul_(torch.einsum("base,bare->basr", vb, vb).add_(b_sqd))  # (B, A, s, s)
-        chosen = halve(kernel, halve_prob * bucket * bucket, draw)  # (B, A, s/2) indices within each bucket
+        chosen = halve(kernel, draw)  # (B, A, s/2) indices within each bucket
         keys = rearrange(kb.gather(2, chosen.unsqueeze(-1).expand(-1, -1, -1, kb.shape[-1])), "b a s e -> b (a s) e")
         values = rearrange(vb.gather(2, chosen.unsqueeze(-1).expand(-1, -1, -1, vb.shape[-1])), "b a s e -> b (a s) e")
         bucket *= 2
     return keys, values
 
 
-def halve(kernel: torch.Tensor, delta: float, draw: HalvingDraws) -> torch.Tensor:
+def halve(kernel: torch.Tensor, draw: HalvingDraws) -> torch.Tensor:
     """Kernel halving of each bucket: kernel (B, A, s, s) -> (B, A, s/2) kept indices (one of each pair 2i, 2i+1)."""
     size = kernel.shape[-1]
     pairs = size // 2
-    log_multiplier = 0.5 + math.log(2 * size / delta)
     diff = kernel[..., ::2] - kernel[..., 1::2]
     diff = diff[..., ::2, :] - diff[..., 1::2, :]  # (B, A, s/2, s/2): <phi_2i - phi_2i+1, phi_2j - phi_2j+1>
     del kernel
     root_diag = diff.diagonal(dim1=-2, dim2=-1).sqrt()  # (B, A, s/2)
-    thresholds = (draw.uniforms * (2 * log_multiplier) - log_multiplier) * root_diag * root_diag.cummax(dim=-1).values
+    thresholds = draw.uniforms * root_diag * root_diag.cummax(dim=-1).values
     signed_sum = diff[..., 0, :].clone()  # pair 0 keeps its first point
     swaps = torch.zeros_like(thresholds, dtype=torch.bool)
     for i in range(1, pairs):  # the self-balancing walk: each choice depends on the ones before it
