@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .lsh import RoundLayout, chunk_neighbours, clustered_attention
@@ -136,12 +138,21 @@ class ReformerAttention(AttentionBackend):
         nq, nk = q.shape[1], v.shape[1]
         n_hashes, bucket_size = self.shared_plan(nq, nk)
         rotations = self.chunk_rotations(n_hashes, bucket_size, nq, nk, q.shape[2], q.device)
+        full = nq // nk  # chunks of Nk queries, attended together with their own rotations; then the shorter rest
         out = v.new_empty(q.shape[0], nq, v.shape[2], dtype=torch.float32)
-        for (start, n), rotation in zip(query_chunks(nq, nk), rotations):  # Nq / Nk chunks (4 for BigGAN)
-            length = padded_length(n, bucket_size)
-            qk = torch.nn.functional.pad(q[:, start:start + n].float(), (0, 0, 0, length - n))  # (B, L, d), zero rows
-            values = torch.nn.functional.pad(v[:, :n].float(), (0, 0, 0, length - n))  # value t pairs with query t
-            out[:, start:start + n] = shared_qk_attention(qk, values, rotation, bucket_size, scale)[:, :n]
+        if full:
+            length = padded_length(nk, bucket_size)
+            qk = rearrange(q[:, : full * nk].float(), "b (c n) d -> (c b) n d", c=full)  # chunk-major
+            values = v.float().repeat(full, 1, 1)  # (C*B, Nk, dv): query t of every chunk pairs with value t
+            rotation = torch.stack(rotations[:full]).repeat_interleave(q.shape[0], dim=0)  # (C*B, d, R, nb/2)
+            pad = (0, 0, 0, length - nk)
+            chunked = shared_qk_attention(F.pad(qk, pad), F.pad(values, pad), rotation, bucket_size, scale)[:, :nk]
+            out[:, : full * nk] = rearrange(chunked, "(c b) n e -> b (c n) e", c=full)
+        if nq > full * nk:
+            n = nq - full * nk
+            pad = (0, 0, 0, padded_length(n, bucket_size) - n)
+            qk, values = F.pad(q[:, full * nk :].float(), pad), F.pad(v[:, :n].float(), pad)
+            out[:, full * nk :] = shared_qk_attention(qk, values, rotations[full], bucket_size, scale)[:, :n]
         return out
 
     # -- separate-qk ------------------------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ def draw_rotations(generator: torch.Generator, d: int, n_hashes: int, n_buckets:
 
 
 def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, piece: int) -> torch.Tensor:
-    """x (B,L,d), rotations (d,R,h) -> (B,R,L) argmax([x R_r, -x R_r]), ``piece`` tokens at a time."""
+    """x (B,L,d), rotations (d,R,h) or one per sequence (B,d,R,h) -> (B,R,L) argmax([x R_r, -x R_r]),
+    ``piece`` tokens at a time."""
     rounds = []
-    for r in range(rotations.shape[1]):
+    for r in range(rotations.shape[-2]):
         parts = []
         for part in x.split(piece, dim=1):
-            rotated = part @ rotations[:, r]  # (B, piece, h)
+            rotated = part @ rotations[..., r, :]  # (B, piece, h)
             parts.append(torch.cat([rotated, -rotated], dim=-1).argmax(-1))
         rounds.append(torch.cat(parts, dim=1))
     return torch.stack(rounds, dim=1)
@@ -46,9 +47,10 @@ def _look_one_back(x: torch.Tensor) -> torch.Tensor:
 
 def shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, rotations: torch.Tensor, bucket_size: int,
                         scale: float = 1.0) -> torch.Tensor:
-    """qk (B,L,d), v (B,L,dv) fp32, L a multiple of 2 * bucket_size, rotations (d,R,n_buckets/2) -> (B,L,dv) fp32."""
+    """qk (B,L,d), v (B,L,dv) fp32, L a multiple of 2 * bucket_size, rotations (d,R,n_buckets/2) shared or one per
+    sequence (B,d,R,n_buckets/2) -> (B,L,dv) fp32."""
     b, length, _ = qk.shape
-    n_hashes, n_buckets = rotations.shape[1], length // bucket_size
+    n_hashes, n_buckets = rotations.shape[-2], length // bucket_size
     piece = max(1, length * 2 * bucket_size // n_buckets)  # one round's [xR, -xR] within one round's support
     buckets = hash_buckets(qk, rotations, piece) + (torch.arange(n_hashes, device=qk.device) * n_buckets).view(1, -1, 1)
     ticker = torch.arange(n_hashes * length, device=qk.device)
