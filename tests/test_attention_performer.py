@@ -13,9 +13,9 @@ import math
 
 import pytest
 import torch
-
 from attention_inputs import exact as exact64
 from attention_inputs import rel_err
+
 from bench.attention import call_with_peak_memory
 from bench.regimes import regime_qkv
 from gan.attention import build_attention, performer

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from attention_inputs import exact, qkv, rel_err, support_mask
+
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
 

@@ -12,8 +12,8 @@ import math
 
 import pytest
 import torch
-
 from attention_inputs import exact, qkv, rel_err
+
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
 from gan.attention.sb_features import sb_projection
@@ -25,7 +25,7 @@ def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):
     b, nq, d = q.shape
     nk = k.shape[1]
     t, s = -(-nq // q_size) * q_size, -(-nk // k_size) * k_size
-    n_clusters, n_hashes = t // q_size, alpha.shape[1]
+    n_clusters = t // q_size
     assert n_clusters == s // k_size
     qp = torch.cat([q, q.new_zeros(b, t - nq, d)], 1)
     kp = torch.cat([k, k.new_zeros(b, s - nk, d)], 1)

@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-
 from attention_inputs import exact, qkv, rel_err
+
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
 from gan.attention.sorted_clusters import draw_e2lsh

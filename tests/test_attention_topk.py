@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from attention_inputs import exact, rel_err
+
 from bench.attention import call_with_peak_memory
 from bench.regimes import regime_qkv
 from gan.attention import build_attention

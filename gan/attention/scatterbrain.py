@@ -30,7 +30,14 @@ from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .lsh import LowRankTerms
 from .sb_features import sb_key_features, sb_projection, sb_query_features
 from .smyrf import check_positive
-from .sorted_clusters import SortedClusterPlan, draw_e2lsh, pad_tokens, plan_sorted_clusters, sorted_cluster_attention, sorted_positions
+from .sorted_clusters import (
+    SortedClusterPlan,
+    draw_e2lsh,
+    pad_tokens,
+    plan_sorted_clusters,
+    sorted_cluster_attention,
+    sorted_positions,
+)
 
 SPARSE_SHARE = 0.5  # the reference's split: half the budget for the SMYRF support, half for the features
 NORMALISER_FLOOR = 1e-6  # the reference's clamp_min on the normaliser, in units of exp(N)

@@ -49,7 +49,7 @@ def shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, rotations: torch.Tens
                         scale: float = 1.0) -> torch.Tensor:
     """qk (B,L,d), v (B,L,dv) fp32, L a multiple of 2 * bucket_size, rotations (d,R,n_buckets/2) shared or one per
     sequence (B,d,R,n_buckets/2) -> (B,L,dv) fp32."""
-    b, length, _ = qk.shape
+    length = qk.shape[1]
     n_hashes, n_buckets = rotations.shape[-2], length // bucket_size
     piece = max(1, length * 2 * bucket_size // n_buckets)  # one round's [xR, -xR] within one round's support
     buckets = hash_buckets(qk, rotations, piece) + (torch.arange(n_hashes, device=qk.device) * n_buckets).view(1, -1, 1)

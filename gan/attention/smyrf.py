@@ -21,7 +21,14 @@ from typing import Any
 import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
-from .sorted_clusters import SortedClusterPlan, draw_e2lsh, pad_tokens, plan_sorted_clusters, sorted_cluster_attention, sorted_positions
+from .sorted_clusters import (
+    SortedClusterPlan,
+    draw_e2lsh,
+    pad_tokens,
+    plan_sorted_clusters,
+    sorted_cluster_attention,
+    sorted_positions,
+)
 
 
 def check_positive(name: str, value: Any) -> float:
