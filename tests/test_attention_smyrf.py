@@ -73,7 +73,7 @@ def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, para
     plan = attn.resolve(nq, nk, d)
     assert plan["n_clusters"] > 1 and (nq % plan["q_cluster_size"] or nk % plan["k_cluster_size"] or nq == 4096)
     generator = torch.Generator().manual_seed(7)
-    for _ in range(2):
+    for _ in range(2 if nq < 4096 else 1):  # a second call (the next draw) on the small shapes only
         alpha, beta = draw_e2lsh(generator, plan["n_hashes"], d + 2, 1.0)
         ref = reference_smyrf(q, k, v, alpha, beta, plan["q_cluster_size"], plan["k_cluster_size"])
         assert rel_err(attn(q, k, v), ref) < 1e-5
