@@ -142,8 +142,8 @@ def sblocal_attention(
     kf, k_log_scale = sb_key_features(k, proj, scale, eps=eps)  # (B, Nk, m), (B, 1, 1)
     prime_log_scale = q_log_scale + k_log_scale  # (B, Nq, 1)
     v = v.float()
-    lr_mass = qf @ rearrange(kf.sum(dim=1), "b m -> b m 1")  # (B, Nq, 1): phi_q . sum_j phi_k
-    lr_out = qf @ torch.einsum("bnm,bne->bme", kf, v)  # (B, Nq, dv)
+    key_sum = rearrange(kf.sum(dim=1), "b m -> b 1 1 m 1")  # sum_j phi_k(k_j)
+    key_values = rearrange(torch.einsum("bnm,bne->bme", kf, v), "b m e -> b 1 1 m e")  # phi_k(K)^T V
 
     # Window blocks: local positions i = j w + a (j < nb blocks); their windows lie in padded keys [j w, j w + 2 w).
     n_blocks, chunks = -(-nk // window), -(-nq // nk)
@@ -166,24 +166,20 @@ def sblocal_attention(
 
     qk = window_products(blocks_of_queries(q.float()), key_blocks(k.float())).mul_(scale)  # exact window logits
     qk.masked_fill_(~valid, -math.inf)
-    dots_prime = window_products(blocks_of_queries(qf), key_blocks(kf)).masked_fill_(
-        ~valid, 0.0
-    )  # feature window products
+    qf_blocks = blocks_of_queries(qf)  # (B, C, nb, w, m)
+    dots_prime = window_products(qf_blocks, key_blocks(kf)).masked_fill_(~valid, 0.0)  # feature window products
 
-    prime_log_scale_b = blocks_of_queries(prime_log_scale)  # (B, C, nb, w, 1)
-    lr_mass_b = blocks_of_queries(lr_mass)
+    prime_log_scale = blocks_of_queries(prime_log_scale)  # (B, C, nb, w, 1)
     qk_lse = torch.logsumexp(qk, dim=-1, keepdim=True)  # every query sees its own position, so finite
-    lr_log_norm = (lr_mass_b - dots_prime.sum(dim=-1, keepdim=True)).clamp_min_(1e-24).log_() + prime_log_scale_b
-    log_norm = torch.logaddexp(qk_lse, lr_log_norm)  # (B, C, nb, w, 1)
-    prime_scale = torch.exp(prime_log_scale_b - log_norm)
+    lr_mass = (qf_blocks @ key_sum).sub_(dots_prime.sum(dim=-1, keepdim=True))  # low-rank mass outside the window
+    log_norm = torch.logaddexp(qk_lse, lr_mass.clamp_min_(1e-24).log_().add_(prime_log_scale))  # (B, C, nb, w, 1)
+    prime_scale = torch.exp(prime_log_scale - log_norm)
     dots = qk.sub_(log_norm).exp_().sub_(dots_prime.mul_(prime_scale))  # (B, C, nb, w, 2w)
     vb = key_blocks(v)  # (B, nb+1, w, dv)
-    out_local = torch.einsum("bcjau,bjue->bcjae", dots[..., :window], vb[:, :-1])
-    out_local += torch.einsum("bcjau,bjue->bcjae", dots[..., window:], vb[:, 1:])
-    out_local = rearrange(out_local, "b c j a e -> b c (j a) e")[:, :, :nk].reshape(batch, chunks * nk, -1)[:, :nq]
-    return (
-        out_local + lr_out * rearrange(prime_scale, "b c j a 1 -> b c (j a) 1")[:, :, :nk].reshape(batch, -1, 1)[:, :nq]
-    )
+    out = (qf_blocks @ key_values).mul_(prime_scale)  # the low-rank part, (B, C, nb, w, dv)
+    out += torch.einsum("bcjau,bjue->bcjae", dots[..., :window], vb[:, :-1])
+    out += torch.einsum("bcjau,bjue->bcjae", dots[..., window:], vb[:, 1:])
+    return rearrange(out, "b c j a e -> b c (j a) e")[:, :, :nk].reshape(batch, chunks * nk, -1)[:, :nq]
 
 
 def _window_mask(n_blocks: int, window: int, nk: int, device) -> torch.Tensor:
