@@ -202,3 +202,15 @@ def test_more_buckets_than_keys_rejected():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="n_buckets=65 exceeds the number of keys Nk=64"):
         build_attention("reformer", n_buckets=65, mode="separate-qk")(q, k, v)
+
+
+def test_steps_of_sequences_do_not_change_the_result(monkeypatch):
+    # biggan-shared-qk attends (query chunk x batch element) sequences in steps of SCORES_PER_STEP scores; one
+    # sequence per step must give the one-step result (each sequence is attended on its own: bit for bit here).
+    import gan.attention.reformer as reformer
+
+    q, k, v = qkv(b=2, nq=300, nk=77)
+    attn = build_attention("reformer", budget=0.25, redraw=False)
+    whole = attn(q, k, v)
+    monkeypatch.setattr(reformer, "SCORES_PER_STEP", 1)
+    assert torch.equal(attn(q, k, v), whole)

@@ -63,7 +63,7 @@ def shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, rotations: torch.Tens
     bk = _look_one_back(rearrange(F.normalize(sqk, p=2, dim=-1), "b (c i) d -> b c i d", i=bucket_size))
     bv = _look_one_back(rearrange(sv, "b (c i) e -> b c i e", i=bucket_size))
     bt = rearrange(tokens, "b (c i) -> b c i", i=bucket_size)
-    dots = (bq @ bk.transpose(-1, -2)) * scale  # (B, R*nb, bs, 2bs)
+    dots = (bq if scale == 1.0 else bq * scale) @ bk.transpose(-1, -2)  # (B, R*nb, bs, 2bs)
     dots.masked_fill_(bt.unsqueeze(-1) == _look_one_back(bt).unsqueeze(-2), SELF_ATTENTION_LOGIT)
     lse = dots.logsumexp(dim=-1, keepdim=True)
     so = rearrange(dots.sub_(lse).exp_() @ bv, "b c i e -> b (c i) e")  # (B, R*L, dv)
