@@ -37,9 +37,10 @@ MODES = ("biggan-shared-qk", "separate-qk")
 DEFAULT_N_HASHES = 4  # separate-qk
 SHARED_QK_N_HASHES = 8  # the BigGAN experiments' ReformerAttention(bucket_size=64, n_hashes=8)
 MIN_BUCKET_SIZE = 8  # budget plans with smaller buckets take fewer rounds instead
-# Scores per step of biggan-shared-qk: whole sequences (query chunk x batch element) at a time. 2^21 keeps the
-# step's gathered copies (values twice with the look-back) near cache size; 4x larger steps ran 1.7x slower on CPU.
-SCORES_PER_STEP = 1 << 21
+# Floats per step of biggan-shared-qk, whole sequences (query chunk x batch element) at a time: a sequence holds
+# its scores and, as the reference, its values gathered per round and again for the look-back (R L (2 bs + 3 dv
+# + 3 d) floats), so steps bound the working set whatever Nq and B; 4x larger steps ran 1.7x slower on CPU.
+FLOATS_PER_STEP = 1 << 21
 
 
 def query_chunks(nq: int, nk: int) -> list[tuple[int, int]]:
@@ -141,27 +142,12 @@ class ReformerAttention(AttentionBackend):
         nq, nk = q.shape[1], v.shape[1]
         n_hashes, bucket_size = self.shared_plan(nq, nk)
         rotations = self.chunk_rotations(n_hashes, bucket_size, nq, nk, q.shape[2], q.device)
-        full = nq // nk  # chunks of Nk queries, attended together with their own rotations; then the shorter rest
         out = v.new_empty(q.shape[0], nq, v.shape[2], dtype=torch.float32)
+        full = nq // nk  # chunks of Nk queries, then the shorter rest
         if full:
-            length = padded_length(nk, bucket_size)
-            qk = rearrange(q[:, : full * nk].float(), "b (c n) d -> (c b) n d", c=full)  # chunk-major
-            values = v.float().repeat(full, 1, 1)  # (C*B, Nk, dv): query t of every chunk pairs with value t
-            rotation = torch.stack(rotations[:full]).repeat_interleave(q.shape[0], dim=0)  # (C*B, d, R, nb/2)
-            pad = (0, 0, 0, length - nk)
-            qk, values = F.pad(qk, pad), F.pad(values, pad)
-            chunked = torch.empty_like(values)
-            group = max(1, SCORES_PER_STEP // (n_hashes * length * 2 * bucket_size))  # sequences per step
-            for first in range(0, qk.shape[0], group):  # bounded steps: the working set stays cache-sized
-                sequences = slice(first, first + group)
-                chunked[sequences] = shared_qk_attention(qk[sequences], values[sequences], rotation[sequences],
-                                                         bucket_size, scale)
-            out[:, : full * nk] = rearrange(chunked[:, :nk], "(c b) n e -> b (c n) e", c=full)
+            _attend_chunks(q, v, [c * nk for c in range(full)], nk, rotations[:full], bucket_size, scale, out)
         if nq > full * nk:
-            n = nq - full * nk
-            pad = (0, 0, 0, padded_length(n, bucket_size) - n)
-            qk, values = F.pad(q[:, full * nk :].float(), pad), F.pad(v[:, :n].float(), pad)
-            out[:, full * nk :] = shared_qk_attention(qk, values, rotations[full], bucket_size, scale)[:, :n]
+            _attend_chunks(q, v, [full * nk], nq - full * nk, rotations[full:], bucket_size, scale, out)
         return out
 
     # -- separate-qk ------------------------------------------------------------------------------------------------
@@ -246,3 +232,26 @@ class ReformerAttention(AttentionBackend):
     def extra_repr(self) -> str:
         return (f"mode={self.mode}, n_hashes={self.n_hashes}, bucket_size={self.bucket_size}, n_buckets={self.n_buckets}, "
                 f"redraw={self.redraw}, {super().extra_repr()}")
+
+
+def _attend_chunks(q: torch.Tensor, v: torch.Tensor, starts: list[int], n: int, rotations: list[torch.Tensor],
+                   bucket_size: int, scale: float, out: torch.Tensor) -> None:
+    """Query chunks q[:, start:start + n] of q (B,Nq,d), each a shared-QK sequence with the values v[:, :n] (query t
+    pairs with value t) and its own rotation (d,R,h), zero-padded to a multiple of 2 bucket_size (unmasked, as the
+    reference); written into out (B,Nq,dv). Sequences (chunk x batch element) go in steps of FLOATS_PER_STEP."""
+    b, d, dv = q.shape[0], q.shape[2], v.shape[2]
+    length = padded_length(n, bucket_size)
+    pad = (0, 0, 0, length - n)
+    values = F.pad(v[:, :n].float(), pad)  # (B, L, dv), shared by every chunk
+    per_sequence = rotations[0].shape[-2] * length * (2 * bucket_size + 3 * dv + 3 * d)
+    group = max(1, FLOATS_PER_STEP // per_sequence)  # sequences per step: whole chunks, or part of one chunk's batch
+    chunks_per_step, rows_per_step = max(1, group // b), min(b, group)
+    for first in range(0, len(starts), chunks_per_step):
+        chunks = range(first, min(first + chunks_per_step, len(starts)))
+        for row in range(0, b, rows_per_step):
+            rows = slice(row, row + rows_per_step)
+            qk = torch.cat([F.pad(q[rows, starts[c] : starts[c] + n].float(), pad) for c in chunks])  # (c'b', L, d)
+            rotation = torch.stack([rotations[c] for c in chunks]).repeat_interleave(values[rows].shape[0], dim=0)
+            result = shared_qk_attention(qk, values[rows].repeat(len(chunks), 1, 1), rotation, bucket_size, scale)
+            for i, per_chunk in enumerate(result[:, :n].split(values[rows].shape[0])):
+                out[rows, starts[chunks[i]] : starts[chunks[i]] + n] = per_chunk
