@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .lsh import RoundLayout, chunk_neighbours, clustered_attention
