@@ -1,5 +1,6 @@
 """smyrf-topkeys: the project's SMYRF variant (varies ``smyrf``, Daras et al., 2020): asymmetric LSH query
-clusters, each meeting the keys its queries score highest, rounds combined over the union of supports.
+clusters, each meeting the keys its queries score highest (that earlier rounds did not already give
+them), rounds combined over the union of supports.
 
 Hash, per round: queries (rescaled to the keys' max norm: a query's key ranking does not depend
 on its norm) and keys go through the XBOX+ transform onto one sphere where large inner products
@@ -9,9 +10,12 @@ C equal clusters, so big centroid groups split along an angular coordinate.
 
 Keys, per cluster: instead of cutting the key order into C equal pieces by rank (the reference
 design, which misaligns query and key cuts wherever a bucket holds more or fewer keys than its
-share, so queries often miss their heaviest keys), each query cluster takes the Nk/C keys that
-score highest against the sum of its queries: same number of scores, keys chosen by what the
-cluster actually attends to. Hashing (point-centroid scores, cluster-key selection scores) runs
+share, so queries often miss their heaviest keys), each query cluster takes Nk/C keys by what its
+queries attend to: same number of scores. With ``covering=True`` (the default, ``coverage``) round r's
+cluster ranks key j by its queries' mean score plus log of the fraction of them that have not met j
+in earlier rounds, so later rounds spend their slots on keys still missing (plain top keys per
+cluster picked largely the same keys every round: few distinct pairs where attention is diffuse);
+``covering=False`` is the plain top keys against the cluster's summed queries. Hashing (point-centroid scores, cluster-key selection scores) runs
 one round at a time in pieces of at most one round's support entries, so the support is the peak.
 
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
