@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-
 from attention_inputs import clustered_qkv, exact, peak_bytes, qkv, rel_err
+
 from gan.attention import attention_info, build_attention
 from gan.attention.random_features import draw_orthogonal_projection
 

@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
-
 from attention_inputs import clustered_qkv as _clustered_qkv
 from attention_inputs import exact, peak_bytes, qkv, rel_err, support_mask
+
 from gan.attention import build_attention
 from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from attention_inputs import clustered_qkv, exact, peak_bytes, qkv, rel_err, support_mask
+
 from gan.attention import build_attention
 from gan.attention.lsh import xbox_plus
 
@@ -196,7 +196,7 @@ def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     # clustered_attention scores a round in steps of whole clusters (PAIRS_PER_STEP bounds the working
     # set); tiny steps (one or two clusters each) must give the one-step result to float round-off (1e-5):
     # fails if a step drops clusters, misses earlier-round duplicates or rescales other queries wrongly.
-    import gan.attention.lsh as lsh
+    from gan.attention import lsh
 
     q, k, v = qkv(nq=250, nk=62)
     attn = build_attention(name, n_hashes=3, seed=1, q_cluster_size=16, k_cluster_size=4)

@@ -30,12 +30,6 @@ def probe_truth(q_probe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return shift, weights, (weights @ v) / weights.sum(-1, keepdim=True)
 
 
-def top_support(weights: torch.Tensor, width: int) -> torch.Tensor:
-    """(B,p,Nk) bool: each probe's ``width`` heaviest keys (a proxy for a support of that many pairs)."""
-    width = min(width, weights.shape[-1])
-    return torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, weights.topk(width, dim=-1).indices, True)
-
-
 def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
     """(B, L, p) squared error of each probe with the support + lam * residual estimate, for each lam in ``lams``.
 
@@ -79,7 +73,7 @@ def clearly_better(baseline: torch.Tensor, candidate: torch.Tensor) -> torch.Ten
 
 def probe_support(layout, probes: torch.Tensor, nk: int) -> torch.Tensor:
     """(B,p,Nk) bool: the keys a layout's rounds give each probe query (probes (p,) query indices)."""
-    b, n_rounds, n_clusters, width = layout.k_rows.shape
+    b, width = layout.k_rows.shape[0], layout.k_rows.shape[-1]
     cluster = layout.q_cluster[:, :, probes]  # (B, R, p)
     keys = layout.k_rows.gather(2, cluster.unsqueeze(-1).expand(-1, -1, -1, width))  # (B, R, p, W) flat rows
     keys = keys.permute(0, 2, 1, 3).reshape(b, len(probes), -1)  # (B, p, R*W)

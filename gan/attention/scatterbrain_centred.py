@@ -51,7 +51,6 @@ from .probe_calibration import (
     probe_support,
     probe_truth,
     residual_errors,
-    top_support,
 )
 from .random_features import ProjectionCache, favor_log_features
 from .smyrf_topkeys import ClusterPlan, SmyrfHash, plan_clusters

@@ -37,7 +37,15 @@ import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .coverage import covering_top_keys
-from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attention, query_clusters, top_keys_per_cluster, xbox_plus
+from .lsh import (
+    RoundLayout,
+    centroid_sort_key,
+    cluster_size,
+    clustered_attention,
+    query_clusters,
+    top_keys_per_cluster,
+    xbox_plus,
+)
 
 DEFAULT_N_HASHES = 8
 # Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
