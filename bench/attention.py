@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     records = run(config)
     env = environment(config, argv, wall_s=time.perf_counter() - start)
-    print(markdown(records, config, env))
-    if args.out:
+    if args.out:  # written first: the measurements survive whatever happens to the tables
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text(json.dumps({"environment": env, "config": config_json(config), "results": records}, indent=1))
         tmp.replace(out)
+    print(markdown(records, config, env))
     return 0
 
 
@@ -325,7 +325,7 @@ def _regime_tables(records: list[dict], config: dict) -> list[str]:
 
 
 def _scaling_table(records: list[dict], config: dict) -> list[str]:
-    rows = [r for r in records if r["regime"] == config["scaling_regime"]]
+    rows = [r for r in records if r["regime"] == config["scaling_regime"] and r["method"] in config["methods"]]
     rows.sort(key=lambda r: (config["methods"].index(r["method"]), Fraction(r["budget"] or 1), r["nq"]))
     exact_ms = {r["nq"]: r["time_ms"] for r in rows if r["method"] == "exact" and "time_ms" in r}
     lines = [f"\n### scaling ({config['scaling_regime']}): time and peak extra memory, Nk = Nq/4\n",
