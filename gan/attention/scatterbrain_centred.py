@@ -174,24 +174,36 @@ class ScatterbrainCentredAttention(AttentionBackend):
         lowers the error on the probes' exact rows most, beyond one standard error, relative to the largest
         support alone (which is kept where no candidate clearly helps).
 
-        Candidates: the split's support with the FAVOR+ residual or the mean-field residual, and the
-        all-sparse support with the mean-field residual; each with its best weight lam (0 = no residual)."""
+        Candidates: the all-sparse support with the mean-field residual, and the split's support with the
+        mean-field or the FAVOR+ residual (hashed only when FAVOR+ clearly helps on the larger support's
+        probes); each with its best weight lam (0 = no residual)."""
         shift, weights, truth = probe_truth(q[:, probes], k, v, scale)  # (B,p,1), (B,p,Nk), (B,p,dv)
         log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
         mean_field = (log_mean[:, probes, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, p, Nk)
-        layouts = [self.hash.layout(q * scale, k, clusters)]
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
-        if sparse is not None:
-            layouts.append(self.hash.layout(q * scale, k, sparse))
-        kinds, errors, lams = [], [], []  # per candidate: (layout index, residual), (B, p) errors, (B,) lam
-        for index, layout in enumerate(layouts):
-            support = probe_support(layout, probes, k.shape[1])
+        split_index = 0 if sparse is None else 1
+        plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
+        layouts, kinds, errors, lams = [], [], [], []  # per candidate: (layout index, residual), (B, p) errors, (B,) lam
+        favor = None if low_rank is None else _probe_estimate(low_rank, probes, shift)
+        for index, plan in enumerate(plans):
+            if index == split_index and index > 0:
+                # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger
+                # support's probes first (a proxy) and skip hashing the split when it does not.
+                if favor is None:
+                    break
+                proxy = best_weight(residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS), FAVOR_WEIGHTS)[1]
+                totals = torch.stack(errors).sum(-1)  # (candidates, B)
+                best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
+                if not bool(clearly_better(best_so_far, proxy).isfinite().any()):
+                    break
+            layouts.append(self.hash.layout(q * scale, k, plan))
+            support = probe_support(layouts[-1], probes, k.shape[1])
             residuals = [("mean-field", mean_field, MEAN_FIELD_WEIGHTS)]
-            if index == 0 and low_rank is not None:
-                residuals.append(("favor", _probe_estimate(low_rank, probes, shift), FAVOR_WEIGHTS))
+            if index == split_index and favor is not None:
+                residuals.append(("favor", favor, FAVOR_WEIGHTS))
             for kind, estimate, grid in residuals:
                 per_lam = residual_errors(weights, support, estimate, v, truth, grid)  # (B, L, p); grid[0] = 0
-                if kind == "mean-field" and index == len(layouts) - 1:  # the baseline: the largest support alone
+                if index == 0 and kind == "mean-field":  # the baseline: the largest support alone
                     baseline = len(kinds)
                     kinds.append((index, kind))
                     errors.append(per_lam[:, 0])
@@ -200,7 +212,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
                 kinds.append((index, kind))
                 errors.append(error)
                 lams.append(lam.float())
-        del weights, mean_field
+        del weights, mean_field, favor
         gains = torch.stack([clearly_better(errors[baseline], e) for e in errors], -1)  # (B, candidates)
         gains[:, baseline] = 0.0  # the baseline needs no evidence
         chosen = gains.argmax(-1)  # (B,) candidate per batch element
