@@ -25,6 +25,8 @@ best residual weight lam of a grid for each (lam = 0: the support alone, always 
   - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
   - the 3/4 support + lam * mean-field residual,
   - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual.
+The 3/4 support is hashed only when the FAVOR+ residual clearly helps on the whole-budget support's
+probes (a proxy), which saves the second hash wherever the features are noise.
 The mean-field residual is a rank-1 kernel exp(s_ij) ~ exp(q_i.mu + q_i^T Sigma q_i / 2) (the mean of
 exp(q.k) over Gaussian keys with the keys' mean and covariance): outside its support a query sees
 the plain mean of the remaining values, weighted by that mass; lam fits its scale. The probes'
