@@ -11,7 +11,7 @@ an estimate P_g of a query's output and the full estimate is P = sum_g w_g P_g w
 share of the denominator. Var(P) ~ sum_g w_g^2 * s^2, s^2 = sum_g w_g |P_g - P|^2 / (1 - sum_g w_g^2)
 the weighted spread: when one group carries all the mass (FAVOR+'s heavy tail at large logits),
 1 - sum w^2 -> 0 and the variance estimate grows without bound, as it should. Everything is
-formed from per-feature sums (a block-diagonal Gram of the key summaries), never per group and query.
+formed from per-feature sums (the key summaries' Gram within each group), never per group and query.
 
 Calibration: the group spread sees the features' noise but not FAVOR+'s common bias at heavy tails
 (every group over-sharpens towards the same keys), so it underestimates the error there. A few probe
@@ -37,8 +37,8 @@ NOISE_FACTORS = (0.0, *(2.0**i for i in range(13)), float("inf"))
 class KeySummary:
     """Keys summarised per feature f: weights b_jf = exp(lk_jf - key_max_f) <= 1 of the centred features.
 
-    key_max (B,1,m); mass (B,m) = sum_j b_jf; kv (B,m,dv) = sum_j b_jf v_j; gram (B,m,m) = kv kv^T kept only
-    within a feature group (the rest zero); q_mean (B,1,d) the queries' mean the features were centred on.
+    key_max (B,1,m); mass (B,m) = sum_j b_jf; kv (B,m,dv) = sum_j b_jf v_j; gram (B,G,s,s) = kv kv^T within each
+    feature group (``group_slots``: G groups of s slots); q_mean (B,1,d) the queries' mean the features were centred on.
     """
 
     key_max: torch.Tensor
@@ -48,9 +48,18 @@ class KeySummary:
     q_mean: torch.Tensor
 
 
-def feature_groups(num_features: int, device) -> torch.Tensor:
-    """(m,) group id of every feature: f mod G, G = min(FEATURE_GROUPS, m)."""
-    return torch.arange(num_features, device=device) % min(FEATURE_GROUPS, num_features)
+def group_slots(num_features: int, device) -> torch.Tensor:
+    """(G, s) feature index in each slot of each group: group g holds features g, g + G, g + 2G, ...,
+    G = min(FEATURE_GROUPS, m), s = ceil(m / G); empty slots hold m (a zero column appended by the callers)."""
+    n_groups = min(FEATURE_GROUPS, num_features)
+    slots = torch.arange(n_groups, device=device).view(-1, 1) + n_groups * torch.arange(-(-num_features // n_groups), device=device)
+    return slots.clamp_max_(num_features).masked_fill_(slots >= num_features, num_features)
+
+
+def _by_group(x: torch.Tensor, slots: torch.Tensor, dim: int) -> torch.Tensor:
+    """x with its feature axis ``dim`` (size m) regrouped to (G, s) slots; empty slots are 0."""
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, 1]
+    return torch.nn.functional.pad(x, pad).index_select(dim, slots.reshape(-1)).unflatten(dim, tuple(slots.shape))
 
 
 def summarise_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> KeySummary:
@@ -60,9 +69,8 @@ def summarise_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torc
     key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m)
     weights = lk.sub_(key_max).exp_()  # (B, Nk, m) <= 1, in place
     kv = weights.transpose(1, 2) @ v  # (B, m, dv)
-    group = feature_groups(proj.shape[0], k.device)
-    same_group = group.view(-1, 1) == group.view(1, -1)  # (m, m)
-    gram = (kv @ kv.transpose(1, 2)).masked_fill_(~same_group, 0.0)  # (B, m, m)
+    grouped = _by_group(kv, group_slots(proj.shape[0], k.device), dim=1)  # (B, G, s, dv)
+    gram = grouped @ grouped.transpose(-1, -2)  # (B, G, s, s)
     return KeySummary(key_max, weights.sum(1), kv, gram, q_mean)
 
 
@@ -76,15 +84,16 @@ def query_weights(q: torch.Tensor, keys: KeySummary, proj: torch.Tensor, scale: 
 def estimate_with_noise(u: torch.Tensor, keys: KeySummary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u (B,c,m) -> (P (B,c,dv) the FAVOR+ output, den (B,c) its denominator in u's units, var (B,c) the
     estimated variance |P - E P|^2 from the feature groups; inf where it cannot be estimated)."""
-    group = feature_groups(u.shape[-1], u.device)
-    n_groups = int(group.max()) + 1
+    slots = group_slots(u.shape[-1], u.device)
+    n_groups = slots.shape[0]
     per_feature = u * keys.mass.unsqueeze(1)  # (B, c, m)
     den = per_feature.sum(-1)  # (B, c), > 0: the largest u is 1 and every mass is >= 1
     estimate = (u @ keys.kv) / den.unsqueeze(-1)  # (B, c, dv)
     if n_groups < 2:
         return estimate, den, torch.full_like(den, float("inf"))
-    group_den = u.new_zeros(*den.shape, n_groups).index_add_(-1, group, per_feature)  # (B, c, G)
-    group_quad = u.new_zeros(*den.shape, n_groups).index_add_(-1, group, (u @ keys.gram).mul_(u))  # |num_g|^2
+    group_den = _by_group(per_feature, slots, dim=2).sum(-1)  # (B, c, G)
+    u_grouped = _by_group(u, slots, dim=2)  # (B, c, G, s)
+    group_quad = (torch.einsum("bcgi,bgij->bcgj", u_grouped, keys.gram) * u_grouped).sum(-1)  # (B, c, G): |num_g|^2
     # sum_g w_g |P_g|^2 - |P|^2 with w_g = den_g / den and P_g = num_g / den_g.
     spread = ((group_quad / group_den.clamp_min(1e-30)).sum(-1) / den - estimate.square().sum(-1)).clamp_min(0.0)
     w_sq = (group_den / den.unsqueeze(-1)).square().sum(-1)  # (B, c) in [1/G, 1]

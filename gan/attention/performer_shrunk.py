@@ -36,7 +36,7 @@ from .centred_favor import (
 )
 from .random_features import ProjectionCache
 
-QUERY_CHUNKS = 4  # a chunk's few (B, Nq/4, m) temporaries stay within the query features' share
+QUERY_CHUNKS = 8  # a chunk's few (B, Nq/8, m) temporaries stay within the query features' share
 
 
 class PerformerCentredShrunkAttention(AttentionBackend):
