@@ -6,7 +6,7 @@ vectors, a per-query term (it cancels in each query's normalisation) and a per-k
 into the keys' weights exactly. FAVOR+ on q_, k_ stays an unbiased estimate of exp(scale q.k) up
 to that exact per-query factor, with the variance of the smaller centred norms.
 
-Noise: the m features are dealt into G groups (feature f to group f mod G); each group alone gives
+Noise: the m features are dealt into G groups (feature f to group f mod G; G = 8, more past 256 features); each group alone gives
 an estimate P_g of a query's output and the full estimate is P = sum_g w_g P_g with w_g the group's
 share of the denominator. Var(P) ~ sum_g w_g^2 * s^2, s^2 = sum_g w_g |P_g - P|^2 / (1 - sum_g w_g^2)
 the weighted spread: when one group carries all the mass (FAVOR+'s heavy tail at large logits),
@@ -27,7 +27,8 @@ import torch
 
 from .random_features import favor_log_features
 
-FEATURE_GROUPS = 8  # independent-ish estimates per query for the noise estimate
+FEATURE_GROUPS = 8  # independent-ish estimates per query for the noise estimate (at least)
+MAX_GROUP_SIZE = 32  # more groups beyond 8 * 32 features: the within-group Gram costs c * m * s
 PROBE_QUERIES = 64  # queries whose exact rows calibrate the noise estimate
 # Noise factors tried on the probes: 0 keeps the estimate as it is, inf gives the base.
 NOISE_FACTORS = (0.0, *(2.0**i for i in range(13)), float("inf"))
@@ -50,8 +51,9 @@ class KeySummary:
 
 def group_slots(num_features: int, device) -> torch.Tensor:
     """(G, s) feature index in each slot of each group: group g holds features g, g + G, g + 2G, ...,
-    G = min(FEATURE_GROUPS, m), s = ceil(m / G); empty slots hold m (a zero column appended by the callers)."""
-    n_groups = min(FEATURE_GROUPS, num_features)
+    G = max(min(FEATURE_GROUPS, m), ceil(m / MAX_GROUP_SIZE)), s = ceil(m / G); empty slots hold m (a zero
+    column appended by the callers)."""
+    n_groups = max(min(FEATURE_GROUPS, num_features), -(-num_features // MAX_GROUP_SIZE))
     slots = torch.arange(n_groups, device=device).view(-1, 1) + n_groups * torch.arange(-(-num_features // n_groups), device=device)
     return slots.clamp_max_(num_features).masked_fill_(slots >= num_features, num_features)
 
