@@ -6,7 +6,8 @@
 
 At the first size (default Nq=4096, Nk=1024: BigGAN-deep-128's attention, B=2, d=32, dv=128,
 scale 1) every regime gets a table: per method and budget the relative error
-||o - o_exact|| / ||o_exact|| (reference: float64 SDPA), the error of exact top-k with the same
+||o - o_exact|| / ||o_exact|| (reference: float64 SDPA), mean (min-max) over --seeds (inputs and
+backends), a mean-of-values row (every query outputs mean(v)), the error of exact top-k with the same
 number of score entries per query (the floor for any sparse support of that size), the time and
 the peak extra memory of one call. The larger sizes (Nk = Nq/4) give time and memory on one
 regime (--scaling-regime) for the scaling curve.
@@ -18,7 +19,9 @@ Nq=65536, where one call takes seconds to a minute) times that first call instea
 draws (ms) and the profiler's per-op cost are noise at that scale. Peak extra memory is the
 allocator's peak of live bytes allocated during that first call (CUDA: max_memory_allocated;
 CPU: the profiler's allocation records), output and cached draws (<1 MiB) included, inputs not.
-The output is markdown with a header (date, machine, torch, threads), ready for BENCHMARKS.md.
+The output is markdown with a header (date, machine, torch, threads), a table of issue 9's targets
+for the project's variants (when they and the published smyrf, performer, scatterbrain are measured),
+ready for BENCHMARKS.md. A backend or regime that cannot run at a size is a row saying why.
 """
 from __future__ import annotations
 

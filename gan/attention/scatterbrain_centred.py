@@ -1,5 +1,6 @@
 """scatterbrain-centred: the project's Scatterbrain variant (varies ``scatterbrain``, Chen et al., 2021):
-sparse + low-rank, an unbiased estimate of softmax attention, on the smyrf-topkeys support with centred features.
+sparse + low-rank on the smyrf-topkeys support: the unbiased estimate with centred features (``calibrate=False``),
+or by default the support plus the residual (centred FAVOR+ or mean-field) that validates best on probe queries.
 
 Low rank: FAVOR+ positive random features give exp(scale q.k) ~ exp(o_i) a_i . b_j for every pair,
 computed on q and k centred on their batch element's means with the exact correction factors
