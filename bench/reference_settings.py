@@ -30,6 +30,10 @@ SETTINGS = [
     ("scatterbrain", {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16, "num_features": 64}, 120.0),
     ("topk", {"k": 32}, 100.0),
     ("performer", {"num_features": 64}, 4.0),
+    # The project's variants at the same settings, against the public implementation of the method they vary.
+    ("smyrf-topkeys", {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16}, 80.0),
+    ("scatterbrain-centred", {"budget": 1 / 8}, 120.0),
+    ("performer-centred-shrunk", {"num_features": 64}, 4.0),
 ]
 
 

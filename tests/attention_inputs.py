@@ -44,3 +44,18 @@ def support_mask(layout, nq, nk):
     mask = torch.zeros(b * nq * nk, dtype=torch.bool)
     mask[q_rows[valid] * nk + k_rows[valid] % nk] = True
     return mask.view(b, nq, nk)
+
+
+def peak_bytes(fn):
+    """Peak of live CPU bytes allocated while ``fn()`` runs (its result included), from the public profiler
+    API: each recorded event's own allocations minus frees (``self_cpu_memory_usage``), summed in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    records = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, result

@@ -11,17 +11,56 @@ import pytest
 import torch
 
 from bench import attention as attention_bench
-from gan.attention import AttentionBackend, available_attentions, build_attention
+from gan.attention import AttentionBackend, attention_info, available_attentions, backend_parameters, build_attention
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_available_attentions_lists_exact_first_and_the_shipped_methods():
-    # Fails if a module stops registering (wrong base class, missing name) or the order changes.
-    names = available_attentions()
-    assert names[0] == "exact"
-    assert {"exact", "performer", "topk"} <= set(names)
-    assert len(names) == len(set(names))
+# Every registered backend, in registry order: published algorithms first, then the project's variants with the
+# published method each varies. A backend added, renamed or removed (a deleted module) must be changed here too.
+PUBLISHED = ["exact", "smyrf", "reformer", "performer", "scatterbrain", "sblocal", "topk", "kdeformer", "thinformer"]
+VARIANTS = {"smyrf-topkeys": "smyrf", "scatterbrain-centred": "scatterbrain", "performer-centred-shrunk": "performer"}
+
+
+def test_available_attentions_lists_every_backend_published_first():
+    assert available_attentions() == PUBLISHED + list(VARIANTS)
+    assert available_attentions(published=True) == PUBLISHED
+    assert available_attentions(published=False) == list(VARIANTS)
+
+
+@pytest.mark.parametrize("name", PUBLISHED + list(VARIANTS))
+def test_attention_info_says_what_each_backend_is(name):
+    info = attention_info(name)
+    assert {"name", "published", "paper", "variant_of", "summary", "parameters"} <= set(info)
+    assert info["name"] == name and info["published"] == (name in PUBLISHED) and info["summary"]
+    assert info["variant_of"] == VARIANTS.get(name)
+    assert info["variant_of"] is None or info["variant_of"] in PUBLISHED
+    assert isinstance(info["paper"], str) and len(info["paper"]) > 10
+    if name in VARIANTS:
+        assert "this project" in info["paper"]
+    json.dumps(info)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("smyrf", {"n_hashes": None, "q_cluster_size": None, "k_cluster_size": None, "r": 1.0, "count_duplicates": True,
+               "redraw": True, "budget": None, "seed": 0}),
+    ("scatterbrain", {"num_features": None, "n_hashes": None, "q_cluster_size": None, "k_cluster_size": None, "r": 1.0,
+                      "ortho_scaling": 0, "softmax_eps": 0.0, "redraw": True, "budget": None, "seed": 0}),
+    ("reformer", {"mode": "biggan-shared-qk", "n_hashes": None, "bucket_size": None, "n_buckets": None, "redraw": True,
+                  "budget": None, "seed": 0}),
+    ("performer", {"num_features": None, "redraw": False, "eps": 1e-4, "normalization_eps": 1e-6, "budget": None,
+                   "seed": 0}),
+    ("topk", {"k": None, "chunk_size": 256, "budget": None, "seed": 0}),
+])
+def test_backend_parameters_are_the_reference_defaults(name, expected):
+    # The published backends' knobs with the authors' values as defaults (module docs say where each comes from).
+    assert backend_parameters(name) == expected
+
+
+@pytest.mark.parametrize("name", PUBLISHED + list(VARIANTS))
+def test_every_backend_takes_budget_and_seed_parameters(name):
+    params = backend_parameters(name)
+    assert params["seed"] == 0 and ("budget" in params or name == "exact")
 
 
 def test_unknown_name_error_lists_available_names():
@@ -116,14 +155,16 @@ def test_benchmark_runs_and_writes_markdown_and_json(tmp_path, capsys):
     assert "### clustered-peaked" in text and "### scaling" in text
     assert "2 at Nq=256, the warm-up call itself at Nq=512" in text
     saved = json.loads(out.read_text())
-    records = saved["results"]
+    records = [r for r in saved["results"] if r["method"] != "mean-of-values"]  # + one baseline row per error table
+    assert len(saved["results"]) == len(records) + 1
     assert saved["environment"]["threads"] == 1 and len(records) == 2 * 3 and not any("error" in r for r in records)
     assert all(r["peak_extra_bytes"] > 0 and r["time_ms"] >= r["time_ms_min"] > 0 for r in records)
     assert {r["timed_calls"] for r in records if r["nq"] == 512} == {0}  # repeats 0: the warm-up call is timed
     topk = next(r for r in records if r["method"] == "topk" and r["nq"] == 256)
     assert topk["rel_error"] == pytest.approx(topk["topk_floor_error"], abs=1e-9)  # top-k is its own floor
     table_rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert len(table_rows) == len(records) and all(line.count("|") == 9 for line in table_rows)  # 8 columns each
+    table_rows = [line for line in table_rows if "logit std" not in line and not line.startswith("| clustered-peaked")]
+    assert len(table_rows) == len(records) + 1 and all(line.count("|") == 9 for line in table_rows)  # 8 columns each
 
 
 def _sequential_buffers():

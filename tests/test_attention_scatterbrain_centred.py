@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
-
 from attention_inputs import clustered_qkv as _clustered_qkv
-from attention_inputs import exact, qkv, rel_err, support_mask
+from attention_inputs import exact, peak_bytes, qkv, rel_err, support_mask
+
 from gan.attention import build_attention
 from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
 
@@ -69,7 +69,8 @@ def test_matches_dense_sparse_plus_low_rank_estimator(nq, nk):
     # Must match to 1e-4 (fp32 vs fp64); fails on a wrong correction, double counting or padding.
     q, k, v = qkv(nq=nq, nk=nk, logit_std=2.0)
     scale, m = 0.8, 32
-    attn = build_attention("scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2)
+    attn = build_attention("scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2,
+                           calibrate=False)
     out = attn(q, k, v, scale=scale)
     proj = attn.projection(m, q.shape[2], q.device)
     est = centred_favor_estimate(q, k, proj, scale)
@@ -161,3 +162,71 @@ def test_budget_features_capped_where_the_correction_would_cost_as_much_as_exact
     for shapes in [(65536, 16384, 32), (4096, 1024, 32)]:
         attn = build_attention("scatterbrain-centred", budget=1 / 4)
         assert attn.score_entries(*shapes) <= shapes[0] * shapes[1] / 4
+
+
+def test_fixed_estimator_weights_are_unbiased():
+    # The fixed split (calibrate=False) weights every pair with exp(s) on the support and the centred
+    # FAVOR+ estimate elsewhere (its plain reading is checked against the module above). Over 1000 seeds
+    # those weights must average to exp(q.k) on every pair: within 4 Monte-Carlo standard errors.
+    q, k, _ = qkv(b=1, nq=16, nk=8, d=8, logit_std=0.5)
+    q, k = q + 0.4, k + 0.4
+    truth = (q.double() @ k.double().transpose(1, 2)).exp()
+    support = torch.rand(1, 16, 8, generator=torch.Generator().manual_seed(0)) < 0.3
+    draws = torch.stack([torch.where(support, truth, centred_favor_estimate(q, k, draw_orthogonal_projection(8, 8, s), 1.0))
+                         for s in range(1000)])
+    standard_error = draws.std(0) / len(draws) ** 0.5
+    assert ((draws.mean(0) - truth).abs() <= 4 * standard_error + 1e-12).all()
+
+
+def _errors(name, inputs, budget=1 / 8, **params):
+    return sum(rel_err(build_attention(name, budget=budget, seed=s, **params)(q, k, v), exact(q, k, v))
+               for s, (q, k, v) in enumerate(inputs))
+
+
+@pytest.mark.parametrize("logit_std", [3.0, 6.0])
+def test_never_worse_than_its_sparse_part(logit_std):
+    # Isotropic logits at 3 and 6: the FAVOR+ residual is noise there. The calibrated estimator keeps a
+    # residual only where the probes show it helps, so over 3 seeds its error must be at most its sparse
+    # part's alone (smyrf-topkeys at the whole budget) plus 2% (the probes' sampling noise).
+    inputs = [qkv(nq=2048, nk=512, d=32, dv=16, logit_std=logit_std, seed=s) for s in range(3)]
+    assert _errors("scatterbrain-centred", inputs) <= 1.02 * _errors("smyrf-topkeys", inputs)
+
+
+def test_residual_kept_where_it_helps():
+    # Diffuse logits: the support holds a small part of the mass, and the residual carries the rest, so
+    # the calibrated estimator must be well under its sparse part (0.7x) and under the fixed split too.
+    inputs = [qkv(nq=2048, nk=512, d=32, dv=16, logit_std=1.0, seed=s) for s in range(3)]
+    calibrated = _errors("scatterbrain-centred", inputs)
+    assert calibrated < 0.7 * _errors("smyrf-topkeys", inputs)
+    assert calibrated < _errors("scatterbrain-centred", inputs, calibrate=False)
+
+
+def test_calibrated_batch_elements_are_independent():
+    # The candidate and its weight are chosen per batch element: element 1 alone must get what it gets
+    # next to an element of another kind (1e-5), even when the two choose differently.
+    a = qkv(b=1, nq=2048, nk=512, d=32, dv=16, logit_std=1.0, seed=1)
+    b = clustered_qkv(b=1, nq=2048, nk=512, d=32, dv=16, logit_std=6.0, seed=1)
+    q, k, v = (torch.cat([x, y]) for x, y in zip(a, b))
+    attn = build_attention("scatterbrain-centred", budget=1 / 8, seed=3)
+    together = attn(q, k, v)
+    assert rel_err(attn(*b)[0], together[1].double()) < 1e-5
+    assert rel_err(attn(*a)[0], together[0].double()) < 1e-5
+
+
+@pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4])
+def test_peak_memory_is_the_score_entries_plus_input_copies(budget):
+    # Allocator peak of one call (public profiler API), less the output, within 4 bytes * (score_entries +
+    # four copies of q, k, v) plus the clustered layouts' int64 bookkeeping (query rows, clusters, round
+    # offsets: 4 * 8 bytes per query and round) and the round-membership table (1 byte per round, cluster
+    # and key), which score_entries does not count. Fails if an (R, Nq, C) or (Nq, Nk) float table
+    # appears (2M+ entries here).
+    nq, nk, d, dv = 4096, 1024, 32, 8
+    q, k, v = qkv(b=1, nq=nq, nk=nk, d=d, dv=dv, logit_std=2.0)
+    attn = build_attention("scatterbrain-centred", budget=budget)
+    attn(q, k, v)
+    peak, _ = peak_bytes(lambda: attn(q, k, v))
+    plan = attn.resolve(nq, nk, d)
+    inputs = nq * (d + 2) + nk * (d + dv)
+    bookkeeping = 4 * 8 * plan["n_hashes"] * nq + plan["n_hashes"] * max(plan["n_clusters"], plan["all_sparse_n_clusters"]) * nk
+    assert peak - 4 * nq * dv <= 4 * (attn.score_entries(nq, nk, d) + 4 * inputs) + bookkeeping
+    assert attn.score_entries(nq, nk, d) <= budget * nq * nk

@@ -6,6 +6,16 @@ the keys' weights exp(lk[:, m]) are normalised over keys into a convex combinati
 This is the same estimator algebraically, but no step can overflow or divide 0 by 0, so logits
 up to 100 stay finite. No Nq x Nk tensor is ever formed; queries go through in chunks of
 QUERY_CHUNK so the query-side (chunk x m) weights stay within the memory the budget allows.
+
+Stabilisers: the public implementations (google-research performer, lucidrains/performer-pytorch and
+its copy in HazyResearch/scatterbrain ``performer_utils.py`` softmax_kernel / linear_attention) shift
+every query's log-features by their own maximum and the keys' by their maximum over all keys and
+features, then add ``eps`` (1e-4 there) to each feature before the 1/sqrt(m) ratio, and add
+``normalization_eps`` (1e-6) to the denominator. Those are the defaults here; with eps > 0 or
+normalization_eps > 0 the output is that exact form. At BigGAN's unscaled norms (|q|^2 / 2 in the
+tens) every shifted feature exp(w.x - |x|^2/2 - max) is far below 1e-4, so eps dominates both sides
+and the output collapses towards the plain mean of the values; eps = normalization_eps = 0 gives the
+unbiased estimator in the log-stable form above (the project's earlier default).
 """
 from __future__ import annotations
 
@@ -20,6 +30,8 @@ from .random_features import ProjectionCache, favor_log_features, orthogonal_pro
 
 # Queries per chunk: bounds the (B, chunk, m) query-side logits and weights independently of Nq.
 QUERY_CHUNK = 4096
+EPS = 1e-4  # the public implementations' feature stabiliser (softmax_kernel's eps)
+NORMALIZATION_EPS = 1e-6  # and their denominator stabiliser (linear_attention's eps)
 
 
 class PerformerAttention(AttentionBackend):
@@ -34,8 +46,21 @@ class PerformerAttention(AttentionBackend):
     name = "performer"
     paper = "Choromanski et al., ICLR 2021"
 
-    def __init__(self, *, num_features: int | None = None, redraw: bool = False, budget: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        num_features: int | None = None,
+        redraw: bool = False,
+        eps: float = EPS,
+        normalization_eps: float = NORMALIZATION_EPS,
+        budget: float | None = None,
+        seed: int = 0,
+    ):
         super().__init__(budget=budget, seed=seed)
+        for name, value in (("eps", eps), ("normalization_eps", normalization_eps)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.eps, self.normalization_eps = float(eps), float(normalization_eps)
         if num_features is not None and (not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1):
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
         if not isinstance(redraw, bool):
@@ -63,6 +88,8 @@ class PerformerAttention(AttentionBackend):
             raise ValueError(f"performer attention needs scale > 0 (softmax kernel features), got {scale}")
         batch, nq = q.shape[0], q.shape[1]
         proj = self.projection(self.features_for(nq, k.shape[1]), q.shape[2], q.device)  # (m, d)
+        if self.eps or self.normalization_eps:
+            return _stabilised_favor(q, k, v, proj, scale, self.eps, self.normalization_eps).to(q.dtype)
         log_mass, kv = _summarise_keys(k, v, proj, scale)  # (B, 1, m), (B, m, dv)
         scaled_proj = (proj * math.sqrt(scale)).t().expand(batch, -1, -1)  # (B, d, m)
         out = kv.new_empty(batch, nq, kv.shape[2])  # (B, Nq, dv) fp32
@@ -75,10 +102,37 @@ class PerformerAttention(AttentionBackend):
         return (nq + nk) * self.features_for(nq, nk)
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
-        return {"num_features": self.features_for(nq, nk), "redraw": self.redraw}
+        return {"num_features": self.features_for(nq, nk), "redraw": self.redraw, "eps": self.eps,
+                "normalization_eps": self.normalization_eps}
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, redraw={self.redraw}, {super().extra_repr()}"
+        return (f"num_features={self.num_features}, redraw={self.redraw}, eps={self.eps}, "
+                f"normalization_eps={self.normalization_eps}, {super().extra_repr()}")
+
+
+def _stabilised_favor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float, eps: float,
+                      normalization_eps: float) -> torch.Tensor:
+    """The public implementations' form -> (B, Nq, dv) fp32: phi = m^-1/2 (exp(w.x' - |x'|^2/2 - shift) + eps), shift a
+    query's own max of w.x' (keys: the max over all keys and features), out = phi_q (phi_k^T v) / (phi_q phi_k^T 1 + n_eps)."""
+    ratio = proj.shape[0] ** -0.5
+    projection = proj.float().t()  # (d, m)
+
+    def dash_and_diag(x):
+        x = x.float() * math.sqrt(scale)
+        return x @ projection, 0.5 * x.square().sum(-1, keepdim=True)  # (B, N, m), (B, N, 1)
+
+    key_dash, key_diag = dash_and_diag(k)
+    key_top = key_dash.amax(dim=(-1, -2), keepdim=True)  # (B, 1, 1)
+    key_features = key_dash.sub_(key_diag).sub_(key_top).exp_().add_(eps).mul_(ratio)  # (B, Nk, m), in place
+    context = key_features.transpose(1, 2) @ v.float()  # (B, m, dv)
+    key_sum = key_features.sum(1).unsqueeze(-1)  # (B, m, 1)
+    out = context.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    for start in range(0, q.shape[1], QUERY_CHUNK):  # (B, chunk, m) query features at a time
+        dash, diag = dash_and_diag(q[:, start : start + QUERY_CHUNK])
+        top = dash.amax(-1, keepdim=True)  # (B, C, 1)
+        features = dash.sub_(diag).sub_(top).exp_().add_(eps).mul_(ratio)  # (B, C, m), in place
+        out[:, start : start + features.shape[1]] = (features @ context) / (features @ key_sum + normalization_eps)
+    return out
 
 
 def _summarise_keys(k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

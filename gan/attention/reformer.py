@@ -1,22 +1,61 @@
-"""Reformer-style LSH attention (Kitaev et al., 2020) for separate queries and keys.
+"""Reformer LSH attention (Kitaev et al., ICLR 2020) in the form the published BigGAN experiments ran it.
 
-Per round, random rotations R (d, n_buckets/2) shared by queries and keys hash every vector to
-argmax([xR, -xR]) (angular LSH). Queries and keys are sorted by (bucket, relative position) and
-cut into the same number C of equal chunks (C = n_buckets); query chunk i attends to key chunks
-i-1 and i. Rounds are combined over the union of their supports: a pair met in an earlier round
-is masked in later ones, so nothing is counted twice. One bucket (one chunk) is exact attention.
+Reformer shares queries and keys (QK); BigGAN's q and k differ and there are 4x more queries than
+keys. The BigGAN experiments with Reformer numbers (majid-daliri/kdeformer ``Reformer.py`` +
+``biggan_models/model_reformer.py``, and the identical copy in microsoft/thinformer
+``examples/biggan/biggan_models``, whose results the KDEformer and Thinformer papers' BigGAN tables
+report, e.g. FID 72.1 on BigGAN-deep-512) both make the same choice, which is the default here
+(``mode="biggan-shared-qk"``): the queries are cut into consecutive chunks of Nk tokens, and each
+chunk is its own shared-QK sequence attending to the values by position (query t of a chunk pairs
+with value t); BigGAN's keys (phi) are not used. Per chunk, as lucidrains' Reformer that file adapts:
+fresh Gaussian rotations (d, n_hashes, n_buckets/2) hash every token to argmax([xR, -xR]); tokens are
+sorted by (round, bucket, position) and cut into chunks of ``bucket_size``; each chunk attends to
+itself and the previous chunk of that flat order (the first chunk of a round looks back at the last
+of the previous round), to keys that are the L2-normalised queries, with a token's own position
+masked to -5e4; rounds are mixed by their log-sum-exp weights (duplicates counted, no correction).
+Sequences are zero-padded to a multiple of 2 * bucket_size and the padding is NOT masked (as there).
+Because the keys are ignored this mode approximates a different matrix: budget 1 is not exact.
+
+``mode="separate-qk"`` is the project's earlier form for q != k: shared rotations hash queries and
+keys separately, both cut by rank into n_buckets chunks, query chunk i meets key chunks i-1 and i,
+rounds over the union of supports; one bucket is exact attention.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
+from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .lsh import RoundLayout, chunk_neighbours, clustered_attention
+from .planning import fewest_clusters_from, search_plan
+from .shared_qk_lsh import draw_rotations, padded_length, shared_qk_attention
 
-DEFAULT_N_HASHES = 4
+MODES = ("biggan-shared-qk", "separate-qk")
+DEFAULT_N_HASHES = 4  # separate-qk
+SHARED_QK_N_HASHES = 8  # the BigGAN experiments' ReformerAttention(bucket_size=64, n_hashes=8)
+MIN_BUCKET_SIZE = 8  # budget plans with smaller buckets take fewer rounds instead
+# Floats per step of biggan-shared-qk, whole sequences (query chunk x batch element) at a time: a sequence holds
+# its scores and, as the reference, its values gathered per round and again for the look-back (R L (2 bs + 3 dv
+# + 3 d) floats), so steps bound the working set whatever Nq and B; 4x larger steps ran 1.7x slower on CPU.
+FLOATS_PER_STEP = 1 << 21
+
+
+def query_chunks(nq: int, nk: int) -> list[tuple[int, int]]:
+    """(start, length) of the consecutive query chunks of Nk tokens (the last one shorter) of biggan-shared-qk."""
+    return [(start, min(nk, nq - start)) for start in range(0, nq, nk)]
+
+
+def shared_qk_entries(n_hashes: int, bucket_size: int, nq: int, nk: int) -> int:
+    """Scores (each round's chunks times their own and the previous chunk) plus one sort key per token and round."""
+    return sum(n_hashes * padded_length(n, bucket_size) * (2 * bucket_size + 1) for _, n in query_chunks(nq, nk))
+
+
+def bucket_sizes(nk: int) -> list[int]:
+    """Bucket sizes a budget may pick, largest first: those the chunk length divides without padding, if any."""
+    even = [size for size in range(nk // 2, 0, -1) if nk % (2 * size) == 0]
+    return even or list(range(-(-nk // 2), 0, -1))
 
 
 def chunk_width(n_chunks: int, nk: int) -> int:
@@ -30,39 +69,106 @@ def support_entries(n_hashes: int, n_chunks: int, nq: int, nk: int) -> int:
 
 
 class ReformerAttention(AttentionBackend):
-    """Angular-LSH attention with ``n_hashes`` rounds and ``n_buckets`` buckets (= chunks).
+    """Reformer LSH attention; ``mode`` says how q != k is handled (module doc).
 
-    Holds n_hashes * Nq * 2Nk/C scores. From ``budget`` b (default 1/8): n_hashes (4, or fewer
-    where that cannot fit) and the fewest buckets C >= 2 n_hashes / b that fit, at most Nk; b = 1
-    is one bucket of everything (exact).
+    biggan-shared-qk (default): ``n_hashes`` rounds of buckets of ``bucket_size`` per query chunk; holds
+    n_hashes * L * (2 bucket_size + 1) entries per chunk of L (padded) queries. From ``budget`` (default 1/8):
+    the most of 8, 4, 2, 1 rounds with buckets of at least 8 and the largest bucket that fits. ``redraw=True``
+    (the reference draws rotations on every call) draws each call's rotations, chunk by chunk, from a generator
+    seeded once with ``seed``; False draws them once per shape.
+    separate-qk: ``n_hashes`` rounds and ``n_buckets`` buckets (= chunks); holds n_hashes * Nq * 2Nk/C scores.
     """
 
     name = "reformer"
     paper = "Kitaev et al., ICLR 2020"
 
     def __init__(
-        self, *, n_hashes: int | None = None, n_buckets: int | None = None, budget: float | None = None, seed: int = 0
+        self,
+        *,
+        mode: str = "biggan-shared-qk",
+        n_hashes: int | None = None,
+        bucket_size: int | None = None,
+        n_buckets: int | None = None,
+        redraw: bool = True,
+        budget: float | None = None,
+        seed: int = 0,
     ):
         super().__init__(budget=budget, seed=seed)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
         self.n_hashes = positive_int("n_hashes", n_hashes)
+        self.bucket_size = positive_int("bucket_size", bucket_size)
         self.n_buckets = positive_int("n_buckets", n_buckets)
-        self._rotations: dict[tuple, torch.Tensor] = {}
+        if mode == MODES[0] and n_buckets is not None:
+            raise ValueError(f"n_buckets is a separate-qk parameter; mode {mode} takes bucket_size (tokens per bucket)")
+        if mode == MODES[1] and bucket_size is not None:
+            raise ValueError(f"bucket_size is a biggan-shared-qk parameter; mode {mode} takes n_buckets")
+        self.redraw = check_bool("redraw", redraw)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._rotations: dict[tuple, Any] = {}
+
+    # -- biggan-shared-qk -------------------------------------------------------------------------------------------
+
+    def shared_plan(self, nq: int, nk: int) -> tuple[int, int]:
+        """(n_hashes, bucket_size) for biggan-shared-qk at these shapes."""
+        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        if self.bucket_size is not None:
+            return self.n_hashes or SHARED_QK_N_HASHES, self.bucket_size
+        sizes = bucket_sizes(nk)
+        found = search_plan(
+            [self.n_hashes] if self.n_hashes else [SHARED_QK_N_HASHES, 4, 2, 1],
+            lambda hashes: sizes,
+            fits=lambda h, size: shared_qk_entries(h, size, nq, nk) <= fraction * nq * nk,
+            enough=lambda h, size: size >= MIN_BUCKET_SIZE,
+        )
+        return found if found is not None else (1, 1)
+
+    def chunk_rotations(self, n_hashes: int, bucket_size: int, nq: int, nk: int, d: int, device) -> list[torch.Tensor]:
+        """One (d, R, n_buckets / 2) rotation per query chunk, drawn in chunk order (per call with ``redraw``)."""
+        def draw(generator):
+            return [draw_rotations(generator, d, n_hashes, padded_length(n, bucket_size) // bucket_size).to(device)
+                    for _, n in query_chunks(nq, nk)]
+
+        if self.redraw:
+            return draw(self._generator)
+        key = (n_hashes, bucket_size, nq, nk, d, str(device))
+        if key not in self._rotations:
+            self._rotations[key] = draw(torch.Generator().manual_seed(self.seed))
+        return self._rotations[key]
+
+    def _attend_shared(self, q: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        nq, nk = q.shape[1], v.shape[1]
+        n_hashes, bucket_size = self.shared_plan(nq, nk)
+        rotations = self.chunk_rotations(n_hashes, bucket_size, nq, nk, q.shape[2], q.device)
+        out = v.new_empty(q.shape[0], nq, v.shape[2], dtype=torch.float32)
+        full = nq // nk  # chunks of Nk queries, then the shorter rest
+        if full:
+            _attend_chunks(q, v, [c * nk for c in range(full)], nk, rotations[:full], bucket_size, scale, out)
+        if nq > full * nk:
+            _attend_chunks(q, v, [full * nk], nq - full * nk, rotations[full:], bucket_size, scale, out)
+        return out
+
+    # -- separate-qk ------------------------------------------------------------------------------------------------
 
     def plan(self, nq: int, nk: int) -> tuple[int, int]:
-        """(n_hashes, n_buckets) for these shapes: the most rounds (of 4, 2, 1) and fewest buckets that fit."""
+        """separate-qk (n_hashes, n_buckets): the most rounds (of 4, 2, 1) and fewest buckets that fit."""
         fraction = DEFAULT_BUDGET if self.budget is None else self.budget
         if self.n_buckets is not None:
             return self.n_hashes or DEFAULT_N_HASHES, self.n_buckets
         if fraction >= 1.0:
             return self.n_hashes or 1, 1
-        for hashes in [self.n_hashes] if self.n_hashes else [DEFAULT_N_HASHES, 2, 1]:
-            for n_buckets in range(min(nk, math.ceil(2 * hashes / fraction - 1e-9)), nk + 1):
-                if support_entries(hashes, n_buckets, nq, nk) <= fraction * nq * nk:
-                    return hashes, n_buckets
-        return 1, nk
+        found = search_plan(
+            [self.n_hashes] if self.n_hashes else [DEFAULT_N_HASHES, 2, 1],
+            lambda hashes: fewest_clusters_from(2 * hashes, fraction, nk),
+            fits=lambda h, buckets: support_entries(h, buckets, nq, nk) <= fraction * nq * nk,
+        )
+        return found if found is not None else (1, nk)
 
     def rotations(self, n_hashes: int, n_buckets: int, d: int, device: torch.device) -> torch.Tensor:
-        """(R, d, ceil(n_buckets / 2)) Gaussian rotations, drawn once per shape/device from ``seed``."""
+        """separate-qk (R, d, ceil(n_buckets / 2)) Gaussian rotations, per call with ``redraw``, else once per shape."""
+        if self.redraw:
+            return torch.randn(n_hashes, d, -(-n_buckets // 2), generator=self._generator).to(device)
         key = (n_hashes, n_buckets, d, str(device))
         if key not in self._rotations:
             generator = torch.Generator().manual_seed(self.seed)
@@ -92,6 +198,8 @@ class ReformerAttention(AttentionBackend):
         return torch.stack(rounds, dim=1).double() + position  # (B, R, N)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.mode == MODES[0]:
+            return self._attend_shared(q, v, scale).to(q.dtype)  # (B, Nq, dv)
         qf, kf = q.float() * scale, k.float()
         return clustered_attention(qf, kf, v.float(), self.layout(qf, kf)).to(q.dtype)  # (B, Nq, dv)
 
@@ -107,11 +215,42 @@ class ReformerAttention(AttentionBackend):
         )
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
+        if self.mode == MODES[0]:
+            return shared_qk_entries(*self.shared_plan(nq, nk), nq, nk)
         return support_entries(*self.plan(nq, nk), nq, nk)
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
+        if self.mode == MODES[0]:
+            n_hashes, bucket_size = self.shared_plan(nq, nk)
+            return {"mode": self.mode, "n_hashes": n_hashes, "bucket_size": bucket_size,
+                    "query_chunks": len(query_chunks(nq, nk)), "redraw": self.redraw}
         n_hashes, n_buckets = self.plan(nq, nk)
-        return {"n_hashes": n_hashes, "n_buckets": n_buckets, "keys_per_round": chunk_width(n_buckets, nk)}
+        return {"mode": self.mode, "n_hashes": n_hashes, "n_buckets": n_buckets,
+                "keys_per_round": chunk_width(n_buckets, nk), "redraw": self.redraw}
 
     def extra_repr(self) -> str:
-        return f"n_hashes={self.n_hashes}, n_buckets={self.n_buckets}, {super().extra_repr()}"
+        return (f"mode={self.mode}, n_hashes={self.n_hashes}, bucket_size={self.bucket_size}, n_buckets={self.n_buckets}, "
+                f"redraw={self.redraw}, {super().extra_repr()}")
+
+
+def _attend_chunks(q: torch.Tensor, v: torch.Tensor, starts: list[int], n: int, rotations: list[torch.Tensor],
+                   bucket_size: int, scale: float, out: torch.Tensor) -> None:
+    """Query chunks q[:, start:start + n] of q (B,Nq,d), each a shared-QK sequence with the values v[:, :n] (query t
+    pairs with value t) and its own rotation (d,R,h), zero-padded to a multiple of 2 bucket_size (unmasked, as the
+    reference); written into out (B,Nq,dv). Sequences (chunk x batch element) go in steps of FLOATS_PER_STEP."""
+    b, d, dv = q.shape[0], q.shape[2], v.shape[2]
+    length = padded_length(n, bucket_size)
+    pad = (0, 0, 0, length - n)
+    values = F.pad(v[:, :n].float(), pad)  # (B, L, dv), shared by every chunk
+    per_sequence = rotations[0].shape[-2] * length * (2 * bucket_size + 3 * dv + 3 * d)
+    group = max(1, FLOATS_PER_STEP // per_sequence)  # sequences per step: whole chunks, or part of one chunk's batch
+    chunks_per_step, rows_per_step = max(1, group // b), min(b, group)
+    for first in range(0, len(starts), chunks_per_step):
+        chunks = range(first, min(first + chunks_per_step, len(starts)))
+        for row in range(0, b, rows_per_step):
+            rows = slice(row, row + rows_per_step)
+            qk = torch.cat([F.pad(q[rows, starts[c] : starts[c] + n].float(), pad) for c in chunks])  # (c'b', L, d)
+            rotation = torch.stack([rotations[c] for c in chunks]).repeat_interleave(values[rows].shape[0], dim=0)
+            result = shared_qk_attention(qk, values[rows].repeat(len(chunks), 1, 1), rotation, bucket_size, scale)
+            for i, per_chunk in enumerate(result[:, :n].split(values[rows].shape[0])):
+                out[rows, starts[chunks[i]] : starts[chunks[i]] + n] = per_chunk

@@ -11,12 +11,16 @@ from typing import Any
 
 from .base import AttentionBackend
 from .exact import ExactAttention
+from .kdeformer import KDEformerAttention
 from .performer import PerformerAttention
+from .performer_shrunk import PerformerCentredShrunkAttention
 from .reformer import ReformerAttention
+from .sblocal import SBLocalAttention
 from .scatterbrain import ScatterbrainAttention
 from .scatterbrain_centred import ScatterbrainCentredAttention
 from .smyrf import SmyrfAttention
 from .smyrf_topkeys import SmyrfTopKeysAttention
+from .thinformer import ThinformerAttention
 from .topk import TopKAttention
 
 BACKENDS: tuple[type[AttentionBackend], ...] = (
@@ -26,10 +30,14 @@ BACKENDS: tuple[type[AttentionBackend], ...] = (
     ReformerAttention,
     PerformerAttention,
     ScatterbrainAttention,
+    SBLocalAttention,
     TopKAttention,
+    KDEformerAttention,
+    ThinformerAttention,
     # the project's variants (each says which published method it varies)
     SmyrfTopKeysAttention,
     ScatterbrainCentredAttention,
+    PerformerCentredShrunkAttention,
 )
 _REGISTRY: dict[str, type[AttentionBackend]] = {cls.name: cls for cls in BACKENDS}
 assert len(_REGISTRY) == len(BACKENDS), "two backends share a name"

@@ -1,5 +1,6 @@
 """scatterbrain-centred: the project's Scatterbrain variant (varies ``scatterbrain``, Chen et al., 2021):
-sparse + low-rank, an unbiased estimate of softmax attention, on the smyrf-topkeys support with centred features.
+sparse + low-rank on the smyrf-topkeys support: the unbiased estimate with centred features (``calibrate=False``),
+or by default the support plus the residual (centred FAVOR+ or mean-field) that validates best on probe queries.
 
 Low rank: FAVOR+ positive random features give exp(scale q.k) ~ exp(o_i) a_i . b_j for every pair,
 computed on q and k centred on their batch element's means with the exact correction factors
@@ -12,15 +13,28 @@ exp(score) replaces that estimate. Numerator and denominator:
 evaluated in log space with one shift per query shared by every round and the low-rank part, so
 logits up to 100 stay finite. With a complete support the low-rank terms cancel: exact attention.
 
-Budget b: three quarters for the support (SMYRF at 3b/4), the rest for the features:
-num_features = floor((b Nq Nk - support entries) / (Nq + Nk)), at least 1 and at most 256. At b = 1 the support
-is complete and no features are drawn (their terms would cancel; the support alone fills the budget).
-Measured on the benchmark regimes (Nq=4096, seeds 0-2, budgets 1/32, 1/8, 1/4): shares 1/2 and
-7/8 were each better in some cells and worse in more; in the peaked regimes the features add next to nothing (their estimate of the mass outside the
-support is tiny), so there Scatterbrain behaves like SMYRF on its smaller support. Optimal
-positive features (FAVOR++, data-dependent A) and query/key norm balancing were measured too
-and did not lower the attention error here (the key-side features got more peaked), so the
-features stay FAVOR+.
+Budget b (the fixed split, ``calibrate=False`` or explicit parameters without probes): three quarters
+for the support (smyrf-topkeys at 3b/4), the rest for the features: num_features = floor((b Nq Nk -
+support entries) / (Nq + Nk)), at least 1 and at most 256. At b = 1 the support is complete and no
+features are drawn (their terms would cancel). This fixed estimator is unbiased for the kernel.
+
+Calibration (``calibrate=True``, the default; ``probe_calibration``): at BigGAN's unscaled logits the
+FAVOR+ residual is mostly noise, and a fixed 3/4 support is worse than smyrf-topkeys at the whole
+budget wherever attention is peaked. So a few probe queries (drawn from the seed; at most 64, their
+exact rows held before the attention runs) score, per batch element, three candidates with the
+best residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
+  - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
+  - the 3/4 support + lam * mean-field residual,
+  - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual.
+The 3/4 support is hashed only when the FAVOR+ residual clearly helps on the whole-budget support's
+probes (a proxy), which saves the second hash wherever the features are noise.
+The mean-field residual is a rank-1 kernel exp(s_ij) ~ exp(q_i.mu + q_i^T Sigma q_i / 2) (the mean of
+exp(q.k) over Gaussian keys with the keys' mean and covariance): outside its support a query sees
+the plain mean of the remaining values, weighted by that mass; lam fits its scale. The probes'
+outputs are their exact rows. So the estimator is the support alone wherever no residual helps on
+held-out rows (never worse than its sparse part beyond the probes' sampling noise), and the
+unbiased Scatterbrain estimator wherever that validates best. The core idea (smyrf-topkeys support +
+centred FAVOR+) is kept as one candidate; the mean-field residual and the choice are this project's.
 """
 from __future__ import annotations
 
@@ -28,10 +42,20 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
+from .centred_favor import probe_queries
 from .lsh import LowRankTerms, RoundLayout, clustered_attention
+from .probe_calibration import (
+    FAVOR_WEIGHTS,
+    MEAN_FIELD_WEIGHTS,
+    best_weight,
+    clearly_better,
+    gaussian_log_mean_kernel,
+    probe_support,
+    probe_truth,
+    residual_errors,
+)
 from .random_features import ProjectionCache, favor_log_features
-from .base import positive_int
 from .smyrf_topkeys import ClusterPlan, SmyrfHash, plan_clusters
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
@@ -39,6 +63,9 @@ SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the r
 # each pair), so budget-resolved features stop here: at Nq=65536 and budget 1/4 the budget would
 # give 830 features and make the correction as costly as exact attention. Explicit values are kept.
 MAX_BUDGET_FEATURES = 256
+PROBE_QUERIES = 64  # queries whose exact rows choose the residual (calibrate=True)
+LOG_CAP = 60.0  # estimates above e^60 times a probe's largest exact weight are capped (fp32 range)
+PROBE_COPIES = 4  # (p, Nk) fp32 tables alive at once while calibrating: weights, estimate, inside, outside
 
 
 def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> LowRankTerms:
@@ -62,9 +89,10 @@ def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torc
 
 
 class ScatterbrainCentredAttention(AttentionBackend):
-    """Sparse (SMYRF support) + low-rank (FAVOR+) attention.
+    """Sparse (smyrf-topkeys support) + low-rank residual, its share and weight chosen on probe queries.
 
-    Explicit ``num_features`` and cluster parameters override the budget split (see module doc).
+    Explicit ``num_features`` and cluster parameters override the budget split (see module doc);
+    ``calibrate=False`` gives the fixed unbiased estimator (3/4 support + centred FAVOR+, lam = 1).
     """
 
     name = "scatterbrain-centred"
@@ -79,6 +107,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
         n_hashes: int | None = None,
         q_cluster_size: int | None = None,
         k_cluster_size: int | None = None,
+        calibrate: bool = True,
         budget: float | None = None,
         seed: int = 0,
     ):
@@ -87,12 +116,13 @@ class ScatterbrainCentredAttention(AttentionBackend):
         self.n_hashes = positive_int("n_hashes", n_hashes)
         self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
+        self.calibrate = check_bool("calibrate", calibrate)
         self.hash = SmyrfHash(seed)
         self.projection = ProjectionCache(seed)  # (num_features, d, device) -> (m, d), drawn once
 
     def plan(self, nq: int, nk: int) -> tuple[ClusterPlan, int]:
-        """(sparse support plan, number of random features) for these shapes."""
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        """(sparse support plan, number of random features) of the sparse + FAVOR+ split for these shapes."""
+        fraction = self.fraction()
         sparse = 1.0 if fraction >= 1.0 else fraction * SPARSE_SHARE
         clusters = plan_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, sparse)
         if self.num_features is not None:
@@ -102,31 +132,170 @@ class ScatterbrainCentredAttention(AttentionBackend):
         left = fraction * nq * nk - clusters.score_entries()  # the features get what the support left
         return clusters, min(MAX_BUDGET_FEATURES, max(1, int(left / (nq + nk))))
 
+    def fraction(self) -> float:
+        return DEFAULT_BUDGET if self.budget is None else self.budget
+
+    def sparse_plan(self, nq: int, nk: int) -> ClusterPlan | None:
+        """The all-sparse candidate (smyrf-topkeys' support at the whole budget, mean-field residual), or None
+        when the split is fixed (explicit parameters, budget 1, or calibrate=False)."""
+        fixed = self.num_features is not None or self.q_cluster_size is not None or self.k_cluster_size is not None
+        if fixed or not self.probe_count(nq, nk):
+            return None
+        return plan_clusters(nq, nk, self.n_hashes, None, None, self.fraction())
+
+    def probe_count(self, nq: int, nk: int) -> int:
+        """Probe queries whose calibration (about PROBE_COPIES * p * Nk entries, before the attention runs) takes
+        at most half the budget; 0 (no calibration) with calibrate=False, at budget 1, or when fewer than 8 fit."""
+        fraction = self.fraction()
+        if not self.calibrate or fraction >= 1.0:
+            return 0
+        n_probe = min(PROBE_QUERIES, nq, int(fraction * nq / (2 * PROBE_COPIES)))
+        return n_probe if n_probe >= 8 else 0
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
             raise ValueError(f"scatterbrain attention needs scale > 0 (softmax kernel features), got {scale}")
-        clusters, num_features = self.plan(q.shape[1], k.shape[1])
+        nq, nk = q.shape[1], k.shape[1]
         qf, kf, vf = q.float(), k.float(), v.float()
-        low_rank = None  # no features (budget 1: complete support): plain attention over the support
+        clusters, num_features = self.plan(nq, nk)
+        low_rank = None
         if num_features:
             low_rank = low_rank_terms(qf, kf, vf, self.projection(num_features, q.shape[2], q.device), scale)
-        layout = self.layout(qf, kf, scale)
-        return clustered_attention(qf * scale, kf, vf, layout, low_rank).to(q.dtype)  # (B, Nq, dv)
+        n_probe = self.probe_count(nq, nk)
+        if not n_probe:  # the fixed estimator: support + FAVOR+ residual, lam = 1 (unbiased)
+            return clustered_attention(qf * scale, kf, vf, self.layout(qf, kf, scale), low_rank).to(q.dtype)
+        probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
+        out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
+        for members, layout, residual in self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank):
+            rows = slice(None) if len(members) == q.shape[0] else members  # no copies when the batch agrees
+            out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual)
+        out[:, probes] = probe_truth(qf[:, probes], kf, vf, scale)[2]  # their exact rows are known
+        return out.to(q.dtype)
+
+    def calibrated(self, q, k, v, scale, probes, clusters, low_rank):
+        """[(batch elements, their layout, their residual terms or None)]: per batch element the candidate that
+        lowers the error on the probes' exact rows most, beyond one standard error, relative to the largest
+        support alone (which is kept where no candidate clearly helps).
+
+        Candidates: the all-sparse support with the mean-field residual, and the split's support with the
+        mean-field or the FAVOR+ residual (hashed only when FAVOR+ clearly helps on the larger support's
+        probes); each with its best weight lam (0 = no residual)."""
+        shift, weights, truth = probe_truth(q[:, probes], k, v, scale)  # (B,p,1), (B,p,Nk), (B,p,dv)
+        log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
+        mean_field = (log_mean[:, probes, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, p, Nk)
+        sparse = self.sparse_plan(q.shape[1], k.shape[1])
+        split_index = 0 if sparse is None else 1
+        plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
+        layouts, kinds, errors, lams = [], [], [], []  # per candidate: (layout index, residual), (B, p) errors, (B,) lam
+        favor = None if low_rank is None else _probe_estimate(low_rank, probes, shift)
+        for index, plan in enumerate(plans):
+            if index == split_index and index > 0:
+                # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger
+                # support's probes first (a proxy) and skip hashing the split when it does not.
+                if favor is None:
+                    break
+                proxy = best_weight(residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS), FAVOR_WEIGHTS)[1]
+                totals = torch.stack(errors).sum(-1)  # (candidates, B)
+                best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
+                if not bool(clearly_better(best_so_far, proxy).isfinite().any()):
+                    break
+            layouts.append(self.hash.layout(q * scale, k, plan))
+            support = probe_support(layouts[-1], probes, k.shape[1])
+            residuals = [("mean-field", mean_field, MEAN_FIELD_WEIGHTS)]
+            if index == split_index and favor is not None:
+                residuals.append(("favor", favor, FAVOR_WEIGHTS))
+            for kind, estimate, grid in residuals:
+                per_lam = residual_errors(weights, support, estimate, v, truth, grid)  # (B, L, p); grid[0] = 0
+                if index == 0 and kind == "mean-field":  # the baseline: the largest support alone
+                    baseline = len(kinds)
+                    kinds.append((index, kind))
+                    errors.append(per_lam[:, 0])
+                    lams.append(torch.zeros(q.shape[0], device=q.device))
+                lam, error = best_weight(per_lam, grid)
+                kinds.append((index, kind))
+                errors.append(error)
+                lams.append(lam.float())
+        del weights, mean_field, favor
+        gains = torch.stack([clearly_better(errors[baseline], e) for e in errors], -1)  # (B, candidates)
+        gains[:, baseline] = 0.0  # the baseline needs no evidence
+        chosen = gains.argmax(-1)  # (B,) candidate per batch element
+        lam = torch.stack(lams, -1).gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
+        groups = []
+        for candidate in chosen.unique().tolist():
+            members = (chosen == candidate).nonzero().squeeze(-1)  # (b,)
+            index, kind = kinds[candidate]
+            every = len(members) == q.shape[0]
+            layout = layouts[index] if every else _batch_subset(layouts[index], members, q.shape[1], k.shape[1])
+            part = lam[members]
+            if not bool((part > 0).any()):
+                residual = None
+            elif kind == "favor":
+                residual = _weighted(low_rank if every else _terms_subset(low_rank, members), part)
+            else:
+                residual = _mean_field_terms(log_mean[members], v[members], part)
+            groups.append((members, layout, residual))
+        return groups
 
     def layout(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> RoundLayout:
-        """The sparse support: SMYRF's query clusters and their keys for fp32 q (B,Nq,d), k (B,Nk,d)."""
+        """The fixed split's sparse support: query clusters and their keys for fp32 q (B,Nq,d), k (B,Nk,d)."""
         return self.hash.layout(q * scale, k, self.plan(q.shape[1], k.shape[1])[0])
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
+        """The larger of the attention (either candidate's support, and features) and the calibration before it
+        (features and the probes' tables; the support is not scored yet)."""
         clusters, num_features = self.plan(nq, nk)
-        return clusters.score_entries() + (nq + nk) * num_features
+        features = (nq + nk) * num_features
+        entries = max(clusters.score_entries() + features, features + PROBE_COPIES * self.probe_count(nq, nk) * nk)
+        sparse = self.sparse_plan(nq, nk)
+        return entries if sparse is None else max(entries, sparse.score_entries())
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         clusters, num_features = self.plan(nq, nk)
-        return {**clusters.as_dict(), "num_features": num_features}
+        resolved = {**clusters.as_dict(), "num_features": num_features, "calibrate": self.calibrate}
+        sparse = self.sparse_plan(nq, nk)
+        if sparse is not None:
+            resolved["all_sparse_n_clusters"] = sparse.n_clusters
+        return resolved
 
     def extra_repr(self) -> str:
         return (
             f"num_features={self.num_features}, n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
-            f"k_cluster_size={self.k_cluster_size}, {super().extra_repr()}"
+            f"k_cluster_size={self.k_cluster_size}, calibrate={self.calibrate}, {super().extra_repr()}"
         )
+
+
+def _probe_estimate(low_rank: LowRankTerms, probes: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(B,p,Nk) fp32 FAVOR+ estimate of exp(s - shift) for the probes from the low-rank terms."""
+    a = low_rank.a[:, probes]  # (B, p, m)
+    offset = (low_rank.log_offset[:, probes, None] - shift).clamp_max(LOG_CAP)  # (B, p, 1)
+    return (a @ low_rank.b.transpose(1, 2)).mul_(offset.exp())
+
+
+def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
+    """The residual scaled by lam (B,) per batch element: a, num, den times lam (the estimate is linear in a)."""
+    w = lam.view(-1, 1, 1)
+    return LowRankTerms(low_rank.log_offset, low_rank.a * w, low_rank.b, low_rank.num * w, low_rank.den * lam.view(-1, 1))
+
+
+def _mean_field_terms(log_mean: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> LowRankTerms:
+    """Rank-1 residual: exp(s_ij) ~ lam exp(log_mean_i) for every key (the Gaussian mean-field of the kernel)."""
+    b, nq = log_mean.shape
+    w = lam.view(-1, 1, 1)
+    a = w.expand(b, nq, 1).contiguous()  # (B, Nq, 1)
+    ones = v.new_ones(b, v.shape[1], 1)  # (B, Nk, 1)
+    num = (w * v.sum(1, keepdim=True)).expand(b, nq, v.shape[2]).contiguous()  # (B, Nq, dv)
+    den = (lam.view(-1, 1) * v.shape[1]).expand(b, nq).contiguous()  # (B, Nq)
+    return LowRankTerms(log_mean.float(), a, ones, num, den)
+
+
+def _batch_subset(layout: RoundLayout, members: torch.Tensor, nq: int, nk: int) -> RoundLayout:
+    """The layout of batch elements ``members`` alone: flat row ids re-based to the subset's positions."""
+    position = torch.arange(len(members), device=members.device).view(-1, 1, 1, 1)
+    q_rows, k_rows = layout.q_rows[members], layout.k_rows[members]
+    q_rows = torch.where(q_rows >= 0, q_rows % nq + position * nq, -1)
+    k_rows = torch.where(k_rows >= 0, k_rows % nk + position * nk, -1)
+    return RoundLayout(q_rows, layout.q_cluster[members], k_rows)
+
+
+def _terms_subset(low_rank: LowRankTerms, members: torch.Tensor) -> LowRankTerms:
+    return LowRankTerms(*(t[members] for t in (low_rank.log_offset, low_rank.a, low_rank.b, low_rank.num, low_rank.den)))

@@ -1,5 +1,6 @@
 """smyrf-topkeys: the project's SMYRF variant (varies ``smyrf``, Daras et al., 2020): asymmetric LSH query
-clusters, each meeting the keys its queries score highest, rounds combined over the union of supports.
+clusters, each meeting the keys its queries score highest (that earlier rounds did not already give
+them), rounds combined over the union of supports.
 
 Hash, per round: queries (rescaled to the keys' max norm: a query's key ranking does not depend
 on its norm) and keys go through the XBOX+ transform onto one sphere where large inner products
@@ -9,9 +10,12 @@ C equal clusters, so big centroid groups split along an angular coordinate.
 
 Keys, per cluster: instead of cutting the key order into C equal pieces by rank (the reference
 design, which misaligns query and key cuts wherever a bucket holds more or fewer keys than its
-share, so queries often miss their heaviest keys), each query cluster takes the Nk/C keys that
-score highest against the sum of its queries: same number of scores, keys chosen by what the
-cluster actually attends to. Hashing (point-centroid scores, cluster-key selection scores) runs
+share, so queries often miss their heaviest keys), each query cluster takes Nk/C keys by what its
+queries attend to: same number of scores. With ``covering=True`` (the default, ``coverage``) round r's
+cluster ranks key j by its queries' mean score plus log of the fraction of them that have not met j
+in earlier rounds, so later rounds spend their slots on keys still missing (plain top keys per
+cluster picked largely the same keys every round: few distinct pairs where attention is diffuse);
+``covering=False`` is the plain top keys against the cluster's summed queries. Hashing (point-centroid scores, cluster-key selection scores) runs
 one round at a time in pieces of at most one round's support entries, so the support is the peak.
 
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
@@ -31,8 +35,17 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
-from .lsh import RoundLayout, centroid_sort_key, cluster_size, clustered_attention, query_clusters, top_keys_per_cluster, xbox_plus
+from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
+from .coverage import covering_top_keys
+from .lsh import (
+    RoundLayout,
+    centroid_sort_key,
+    cluster_size,
+    clustered_attention,
+    query_clusters,
+    top_keys_per_cluster,
+    xbox_plus,
+)
 
 DEFAULT_N_HASHES = 8
 # Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
@@ -129,14 +142,16 @@ class SmyrfHash:
             self._draws[key] = (seeds.to(device), (directions / directions.norm(dim=-1, keepdim=True)).to(device))
         return self._draws[key]
 
-    def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan) -> RoundLayout:
-        """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys."""
+    def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan, covering: bool = True) -> RoundLayout:
+        """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys (covering
+        selection, ``coverage``, or the plain top keys of each cluster's summed queries)."""
         key_norm = k.norm(dim=-1).amax(-1).view(-1, 1, 1)  # (B, 1, 1)
         qx, kx = xbox_plus(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-30) * key_norm, k)
         seeds, directions = self.draws(plan.n_hashes, plan.n_clusters, k.shape[1], qx.shape[-1], q.device)
         sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=plan.work_rows(plan.n_clusters))
         q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
-        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
+        select = covering_top_keys if covering else top_keys_per_cluster
+        return select(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
 
 
 class SmyrfTopKeysAttention(AttentionBackend):
@@ -157,10 +172,12 @@ class SmyrfTopKeysAttention(AttentionBackend):
         n_hashes: int | None = None,
         q_cluster_size: int | None = None,
         k_cluster_size: int | None = None,
+        covering: bool = True,
         budget: float | None = None,
         seed: int = 0,
     ):
         super().__init__(budget=budget, seed=seed)
+        self.covering = check_bool("covering", covering)
         self.n_hashes = positive_int("n_hashes", n_hashes)
         self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
@@ -175,7 +192,7 @@ class SmyrfTopKeysAttention(AttentionBackend):
 
     def layout(self, q: torch.Tensor, k: torch.Tensor) -> RoundLayout:
         """Query clusters and their keys for fp32 q (B,Nq,d) (already scaled) and k (B,Nk,d)."""
-        return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]))
+        return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]), self.covering)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
         return self.plan(nq, nk).score_entries()

@@ -1,0 +1,135 @@
+"""performer-centred-shrunk: centred FAVOR+ (unbiased kernel sums) shrunk per query towards mean(v)."""
+import math
+
+import pytest
+import torch
+from attention_inputs import clustered_qkv, exact, peak_bytes, qkv, rel_err
+
+from gan.attention import attention_info, build_attention
+from gan.attention.random_features import draw_orthogonal_projection
+
+NAME = "performer-centred-shrunk"
+
+
+def plain_centred_favor(q, k, v, proj, scale):
+    """Plain reading of the estimator, densely in float64: w ~ proj rows, x = sqrt(scale)(q - mean q),
+    y = sqrt(scale)(k - mean k); est_ij = exp(scale q.mean(k) + scale mean(q).(k - mean k)) *
+    mean_f exp(w_f.x_i - |x_i|^2/2) exp(w_f.y_j - |y_j|^2/2). Returns (est (B,Nq,Nk), est @ v, est @ 1)."""
+    q, k, v, proj = q.double(), k.double(), v.double(), proj.double()
+    qm, km = q.mean(1, keepdim=True), k.mean(1, keepdim=True)
+    x, y = math.sqrt(scale) * (q - qm), math.sqrt(scale) * (k - km)
+    fx = (x @ proj.t() - x.square().sum(-1, keepdim=True) / 2).exp()  # (B, Nq, m)
+    fy = (y @ proj.t() - y.square().sum(-1, keepdim=True) / 2).exp()  # (B, Nk, m)
+    exact_terms = scale * (q @ km.transpose(1, 2)) + scale * ((k - km) @ qm.transpose(1, 2)).transpose(1, 2)
+    est = (fx @ fy.transpose(1, 2)) / proj.shape[0] * exact_terms.exp()
+    return est, est @ v, est.sum(-1, keepdim=True)
+
+
+def test_is_a_project_variant_of_performer():
+    info = attention_info(NAME)
+    assert info["published"] is False and info["variant_of"] == "performer"
+
+
+@pytest.mark.parametrize("nq,nk", [(256, 64), (250, 62)])
+def test_unshrunk_output_is_the_plain_centred_estimator(nq, nk):
+    # shrink=False is the ratio of the centred FAVOR+ kernel sums; the same projection (drawn from the
+    # seed) through the plain reading must give the same output to 1e-4 (fp32 vs fp64), non-dividing shape included.
+    q, k, v = qkv(nq=nq, nk=nk, logit_std=1.0)
+    q, k = q + 0.7, k + 0.7  # a shared mean, so the centring terms matter
+    attn = build_attention(NAME, num_features=48, shrink=False, seed=3)
+    _, num, den = plain_centred_favor(q, k, v, attn.projection(48, q.shape[2], q.device), 0.8)
+    assert rel_err(attn(q, k, v, scale=0.8), num / den) < 1e-4
+
+
+def test_centred_kernel_sums_are_unbiased():
+    # Over 1000 seeds of 16 features the plain reading's numerator and denominator must average to the
+    # exact sum_j exp(q.k) v_j and sum_j exp(q.k): every entry within 4 Monte-Carlo standard errors of
+    # the mean (and the mean within 5% overall); fails if a centring term is dropped or doubled (bias >> 4 se).
+    q, k, v = qkv(b=1, nq=12, nk=10, d=8, dv=3, logit_std=0.5)
+    q, k = q + 0.5, k + 0.5
+    s = (q.double() @ k.double().transpose(1, 2)).exp()
+    true_num, true_den = s @ v.double(), s.sum(-1, keepdim=True)
+    nums, dens = [], []
+    for seed in range(1000):
+        _, num, den = plain_centred_favor(q, k, v, draw_orthogonal_projection(16, 8, seed), 1.0)
+        nums.append(num)
+        dens.append(den)
+    for draws, truth in [(torch.stack(nums), true_num), (torch.stack(dens), true_den)]:
+        standard_error = draws.std(0) / len(draws) ** 0.5
+        assert ((draws.mean(0) - truth).abs() <= 4 * standard_error).all()
+        assert rel_err(draws.mean(0), truth) < 0.05
+
+
+@pytest.mark.parametrize("logit_std", [1.0, 3.0, 6.0])
+def test_never_worse_than_the_mean_of_the_values(logit_std):
+    # Plain FAVOR+ is worse than outputting mean(v) at BigGAN-like logits; the shrunk variant must not be:
+    # over 3 seeds its error is at most the mean baseline's (plus 1% for the probes' sampling noise).
+    errs, base = 0.0, 0.0
+    for seed in range(3):
+        q, k, v = qkv(nq=1024, nk=256, d=32, dv=16, logit_std=logit_std, seed=seed)
+        ref = exact(q, k, v)
+        errs += rel_err(build_attention(NAME, budget=1 / 8, seed=seed)(q, k, v), ref)
+        base += rel_err(v.mean(1, keepdim=True).expand(-1, q.shape[1], -1), ref)
+    assert errs <= 1.01 * base
+
+
+def test_shrinkage_vanishes_where_the_features_are_accurate():
+    # Tiny logits and 512 features: FAVOR+ is accurate (error ~0.025 against the mean baseline's ~0.09);
+    # the shrunk output must keep it: at most 1.05x the unshrunk error and under 0.4x the mean
+    # baseline. Fails if the shrinkage pulls towards mean(v) regardless of the noise.
+    q, k, v = qkv(nq=512, nk=128, d=8, logit_std=0.1)
+    v = v + torch.linspace(-1, 1, 128).view(1, -1, 1)
+    ref = exact(q, k, v)
+    err = rel_err(build_attention(NAME, num_features=512)(q, k, v), ref)
+    unshrunk = rel_err(build_attention(NAME, num_features=512, shrink=False)(q, k, v), ref)
+    assert err <= 1.05 * unshrunk and err < 0.4 * rel_err(v.mean(1, keepdim=True).expand(-1, 512, -1), ref)
+
+
+def test_shared_mean_features_beat_the_mean():
+    # Clustered inputs around one shared mean (like post-ReLU maps): the centred features carry real
+    # signal, so the variant must be clearly better than mean(v) (under 0.9x).
+    q, k, v = clustered_qkv(nq=1024, nk=256, logit_std=2.0)
+    q, k = q + 1.0, k + 1.0
+    ref = exact(q, k, v)
+    err = rel_err(build_attention(NAME, budget=1 / 4)(q, k, v), ref)
+    assert err < 0.9 * rel_err(v.mean(1, keepdim=True).expand(-1, 1024, -1), ref)
+
+
+def test_peak_memory_within_the_score_entries():
+    # The features are (Nq + Nk) * m entries; the query side goes in chunks and the probes' exact rows
+    # fit in its share. Measured peak (public profiler API), less the output, must stay within
+    # 4 bytes * B * score_entries * 1.25 (slack for small bookkeeping), and far under the dense matrix.
+    b, nq, nk, dv = 1, 4096, 1024, 8
+    q, k, v = qkv(b=b, nq=nq, nk=nk, d=32, dv=dv, logit_std=2.0)
+    attn = build_attention(NAME, budget=1 / 8)
+    attn(q, k, v)  # draws the projection
+    peak, _ = peak_bytes(lambda: attn(q, k, v))
+    bound = 1.25 * 4 * b * attn.score_entries(nq, nk, 32)
+    assert peak - 4 * b * nq * dv <= bound < 4 * b * nq * nk / 4, (peak, bound)
+
+
+def test_deterministic_by_seed_and_exact_on_probes():
+    q, k, v = qkv(nq=1024, nk=256, logit_std=2.0)
+    a = build_attention(NAME, budget=1 / 4, seed=1)(q, k, v)
+    assert torch.equal(a, build_attention(NAME, budget=1 / 4, seed=1)(q, k, v))
+    assert not torch.equal(a, build_attention(NAME, budget=1 / 4, seed=2)(q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_and_large_logits_finite(dtype):
+    q, k, v = qkv(nq=1024, nk=256, logit_std=30.0)
+    assert (q @ k.transpose(1, 2)).abs().max() > 90
+    out = build_attention(NAME, budget=1 / 8)(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("params,name", [({"num_features": 0}, "num_features"), ({"shrink": 1}, "shrink"), ({"budget": 0}, "budget")])
+def test_bad_params_name_the_parameter(params, name):
+    with pytest.raises(ValueError, match=name):
+        build_attention(NAME, **params)
+
+
+def test_non_positive_scale_rejected():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="scale"):
+        build_attention(NAME)(q, k, v, scale=0.0)
