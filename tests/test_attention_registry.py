@@ -43,10 +43,10 @@ def test_attention_info_says_what_each_backend_is(name):
 
 @pytest.mark.parametrize("name, expected", [
     ("smyrf", {"n_hashes": None, "q_cluster_size": None, "k_cluster_size": None, "r": 1.0, "count_duplicates": True,
-               "redraw": True, "budget": None, "seed": 0}),
+               "redraw": False, "budget": None, "seed": 0}),
     ("scatterbrain", {"num_features": None, "n_hashes": None, "q_cluster_size": None, "k_cluster_size": None, "r": 1.0,
-                      "ortho_scaling": 0, "softmax_eps": 0.0, "redraw": True, "budget": None, "seed": 0}),
-    ("reformer", {"mode": "biggan-shared-qk", "n_hashes": None, "bucket_size": None, "n_buckets": None, "redraw": True,
+                      "ortho_scaling": 0, "softmax_eps": 0.0, "redraw": False, "budget": None, "seed": 0}),
+    ("reformer", {"mode": "biggan-shared-qk", "n_hashes": None, "bucket_size": None, "n_buckets": None, "redraw": False,
                   "budget": None, "seed": 0}),
     ("performer", {"num_features": None, "redraw": False, "eps": 1e-4, "normalization_eps": 1e-6, "budget": None,
                    "seed": 0}),

@@ -95,10 +95,10 @@ def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):
     (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32, "num_features": 20}),  # padded queries and keys
 ])
 def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, params):
-    # Default redraw=True: the first call draws E2LSH then the features from a generator seeded with `seed`,
+    # redraw=True: the first call draws E2LSH then the features from a generator seeded with `seed`,
     # the second call the next E2LSH draw and the same features. 1e-5: fp32 against the float64 reading.
     q, k, v = qkv(b=b, nq=nq, nk=nk, d=d, dv=dv, logit_std=2.0, seed=2)
-    attn = build_attention("scatterbrain", seed=5, **params)
+    attn = build_attention("scatterbrain", seed=5, redraw=True, **params)
     plan = attn.resolve(nq, nk, d)
     assert plan["n_clusters"] > 1 and plan["num_features"] >= 2
     generator = torch.Generator().manual_seed(5)
@@ -130,12 +130,12 @@ def test_complete_support_is_exact(params):
 
 def test_seeds_and_redraw():
     q, k, v = qkv(nq=250, nk=62)
-    a, b = build_attention("scatterbrain", budget=0.25, seed=1), build_attention("scatterbrain", budget=0.25, seed=1)
+    a, b = (build_attention("scatterbrain", budget=0.25, seed=1, redraw=True) for _ in range(2))
     first, second = a(q, k, v), a(q, k, v)
     assert not torch.equal(first, second)  # fresh hashes per call, as the reference
     assert torch.equal(first, b(q, k, v)) and torch.equal(second, b(q, k, v))
     assert not torch.equal(first, build_attention("scatterbrain", budget=0.25, seed=2)(q, k, v))
-    fixed = build_attention("scatterbrain", budget=0.25, seed=1, redraw=False)
+    fixed = build_attention("scatterbrain", budget=0.25, seed=1)  # default: drawn once, as the first call
     assert torch.equal(fixed(q, k, v), first) and torch.equal(fixed(q, k, v), first)
 
 

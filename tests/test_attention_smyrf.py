@@ -66,10 +66,10 @@ def reference_smyrf(q, k, v, alpha, beta, q_size, k_size, count_duplicates=True,
     (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32}),  # odd: padded query and key clusters
 ])
 def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, params):
-    # Default redraw=True: the first call hashes with the first E2LSH draw of a generator seeded with `seed`,
+    # redraw=True: the first call hashes with the first E2LSH draw of a generator seeded with `seed`,
     # the second call with the next draw. 1e-5: fp32 against the float64 reading on the same hashes.
     q, k, v = qkv(b=b, nq=nq, nk=nk, d=d, dv=dv, logit_std=4.0, seed=1)
-    attn = build_attention("smyrf", seed=7, **params)
+    attn = build_attention("smyrf", seed=7, redraw=True, **params)
     plan = attn.resolve(nq, nk, d)
     assert plan["n_clusters"] > 1 and (nq % plan["q_cluster_size"] or nk % plan["k_cluster_size"] or nq == 4096)
     generator = torch.Generator().manual_seed(7)
@@ -110,12 +110,12 @@ def test_one_cluster_is_exact(params):
 
 def test_seeds_and_redraw():
     q, k, v = qkv(nq=250, nk=62)
-    a, b = build_attention("smyrf", budget=0.25, seed=1), build_attention("smyrf", budget=0.25, seed=1)
+    a, b = (build_attention("smyrf", budget=0.25, seed=1, redraw=True) for _ in range(2))
     first, second = a(q, k, v), a(q, k, v)
     assert not torch.equal(first, second)  # fresh hashes per call, as the reference
     assert torch.equal(first, b(q, k, v)) and torch.equal(second, b(q, k, v))  # same seed, same sequence
     assert not torch.equal(first, build_attention("smyrf", budget=0.25, seed=2)(q, k, v))
-    fixed = build_attention("smyrf", budget=0.25, seed=1, redraw=False)
+    fixed = build_attention("smyrf", budget=0.25, seed=1)  # default: drawn once, as the first call
     assert torch.equal(fixed(q, k, v), fixed(q, k, v)) and torch.equal(fixed(q, k, v), first)
 
 
@@ -146,7 +146,7 @@ def test_budget_resolves_within_budget(nq, nk, budget):
 def test_reference_setting_and_its_entries():
     attn = build_attention("smyrf", n_hashes=8, q_cluster_size=64, k_cluster_size=16)
     assert attn.resolve(4096, 1024, 32) == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16,
-                                            "count_duplicates": True, "redraw": True}
+                                            "count_duplicates": True, "redraw": False}
     assert attn.score_entries(4096, 1024, 32) == 8 * 4096 * 16 + 8 * (4096 + 1024)  # support + hashes
 
 

@@ -341,7 +341,8 @@ def _bad_cases(assets, tmp_path) -> dict[str, tuple[list[str], str]]:
         "missing model": (["--model", str(tmp_path / "no_model")], "no such file or directory"),
         "shape-dependent parameter": (["--attn", "topk", "--attn-kwargs", "topk:k=5000"],
                                       "k=5000 exceeds the number of keys"),
-        "budget below every configuration": (["--attn", "smyrf", "--budget", "1/100000"],
+        # top-k's cheapest configuration keeps one key per query: 1/Nk of the dense matrix (Nk = 1024 here)
+        "budget below every configuration": (["--attn", "topk", "--budget", "1/100000"],
                                              "the smallest possible is 0.000977 (1/1024)"),
         "out is a file": (["--out", str(tmp_path / "a_file")], "is a file"),
         "out under a file": (["--out", str(tmp_path / "a_file" / "results")],

@@ -43,7 +43,9 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            targets = [f"{base}.{alias.name}" for alias in node.names]
+            if not name.startswith(base + "."):  # an ancestor package is already being imported: no edge
+                targets.append(base)
         else:
             continue
         for target in targets:

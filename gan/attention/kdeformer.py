@@ -24,7 +24,7 @@ With one block the sparse part is exact attention and every sample is masked, so
 sampling are skipped (the result is the reference's).
 
 Draws: the reference draws its hyperplanes, power-iteration start and samples afresh on every call
-(``redraw=True``, the default here); ``redraw=False`` draws them once from ``seed`` per shape. They are
+(``redraw=True`` here); the default ``redraw=False`` draws them once from ``seed`` per shape. They are
 drawn in the reference's order, layout and dtype (float64), and samples are taken by
 ``torch.multinomial``'s own rule (the first sorted position whose cumulative mass reaches a uniform),
 ties in the hash order left as ``torch.sort`` leaves them, as the reference does: so on the CPU a
@@ -78,7 +78,7 @@ class KDEformerAttention(AttentionBackend):
         bucket_size: int | None = None,
         sample_size: int | None = None,
         num_projs: int | None = None,
-        redraw: bool = True,
+        redraw: bool = False,
         budget: float | None = None,
         seed: int = 0,
     ):

@@ -75,7 +75,7 @@ class ReformerAttention(AttentionBackend):
     n_hashes * L * (2 bucket_size + 1) entries per chunk of L (padded) queries. From ``budget`` (default 1/8):
     the most of 8, 4, 2, 1 rounds with buckets of at least 8 and the largest bucket that fits. ``redraw=True``
     (the reference draws rotations on every call) draws each call's rotations, chunk by chunk, from a generator
-    seeded once with ``seed``; False draws them once per shape.
+    seeded once with ``seed``; False (default) draws them once per shape.
     separate-qk: ``n_hashes`` rounds and ``n_buckets`` buckets (= chunks); holds n_hashes * Nq * 2Nk/C scores.
     """
 
@@ -89,7 +89,7 @@ class ReformerAttention(AttentionBackend):
         n_hashes: int | None = None,
         bucket_size: int | None = None,
         n_buckets: int | None = None,
-        redraw: bool = True,
+        redraw: bool = False,
         budget: float | None = None,
         seed: int = 0,
     ):

@@ -16,9 +16,10 @@ Budget b (default 1/8), the reference split: half for the support (SMYRF planner
 counted), the rest for features: num_features = floor((b Nq Nk - support) / (Nq + Nk)), even (cosh),
 at least 2. At b = 1 the support is complete and no features are drawn (their terms cancel).
 Draws: the reference draws fresh hashes on every call and its features once, right after the first
-call's hashes (``redraw = pi`` in SBPerformerFeatures). ``redraw=True`` (default) does the same
+call's hashes (``redraw = pi`` in SBPerformerFeatures). ``redraw=True`` does the same
 from one generator seeded once with ``seed``: on the CPU the draws are those the reference makes
-after ``torch.manual_seed(seed)``. ``redraw=False`` draws the hashes and features once per shape.
+after ``torch.manual_seed(seed)``. ``redraw=False`` (default: outputs independent of call history,
+see docs/attention.md, "Draws") draws the hashes and features once per shape, as the first call.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class ScatterbrainAttention(AttentionBackend):
         r: float = 1.0,
         ortho_scaling: int = 0,
         softmax_eps: float = 0.0,
-        redraw: bool = True,
+        redraw: bool = False,
         budget: float | None = None,
         seed: int = 0,
     ):

@@ -7,10 +7,11 @@ pair met in r rounds counts r times (``count_duplicates=True``, the reference); 
 every pair once (SBSmyrf's duplicate correction). Hashing sees the unscaled q and k; the scale
 multiplies the scores only (the reference's ``norm_factor``).
 
-Draws: the reference builds a fresh E2LSH (alpha ~ N(0, 1), beta ~ U(0, r)) on every call, so
-``redraw=True`` is the default here: each call draws the next hashes from a generator seeded once
-with ``seed`` (two modules with one seed see the same sequence); ``redraw=False`` draws once per
-shape and reuses it. Sizes the clusters do not divide, which the reference rejects, are padded as
+Draws: the reference builds a fresh E2LSH (alpha ~ N(0, 1), beta ~ U(0, r)) on every call; that is
+``redraw=True`` here (each call draws the next hashes from a generator seeded once with ``seed``).
+The default ``redraw=False`` draws once per shape from ``seed`` (the reference's first call after
+``torch.manual_seed(seed)``), so an image's output does not depend on how many batches came before
+it: resumed, sharded and re-batched runs give the same images (docs/attention.md, "Draws"). Sizes the clusters do not divide, which the reference rejects, are padded as
 SBSmyrf pads them (see ``sorted_clusters``).
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ class SmyrfAttention(AttentionBackend):
         k_cluster_size: int | None = None,
         r: float = 1.0,
         count_duplicates: bool = True,
-        redraw: bool = True,
+        redraw: bool = False,
         budget: float | None = None,
         seed: int = 0,
     ):

@@ -18,7 +18,7 @@ The halving walk is sequential by construction (each choice depends on all earli
 as a loop over the pairs of one bucket (2^g sqrt(n) steps in all, at BigGAN 221), each step
 vectorised over every bucket and batch element, as in the reference.
 
-The reference draws its thresholds and coins afresh on every call (``redraw=True``, the default);
+The reference draws its thresholds and coins afresh on every call (``redraw=True``); the default
 ``redraw=False`` draws them once from ``seed`` per shape. They are drawn in the reference's order and
 layout, so on the CPU a generator seeded with s reproduces the reference run after
 ``torch.manual_seed(s)``. Nq != Nk needs nothing special (queries only
@@ -64,7 +64,7 @@ class ThinformerAttention(AttentionBackend):
         *,
         g: int | None = None,
         delta: float = 0.5,
-        redraw: bool = True,
+        redraw: bool = False,
         budget: float | None = None,
         seed: int = 0,
     ):
