@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

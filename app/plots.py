@@ -1,7 +1,8 @@
 """The per-backend plot: attention error and pixel difference at the chosen budget (bars read faster than a table)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
 

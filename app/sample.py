@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -97,7 +98,7 @@ def check_finite_weights(G, model: str) -> None:
     """ValueError naming the first tensors of ``G`` that hold NaN/inf (such a checkpoint only draws NaN images)."""
     tensors = [(name, t) for name, t in [*G.named_parameters(), *G.named_buffers()] if t.is_floating_point()]
     finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]).tolist() if tensors else []  # one sync
-    bad = [name for (name, _), ok in zip(tensors, finite) if not ok]
+    bad = [name for (name, _), ok in zip(tensors, finite, strict=False) if not ok]
     if bad:
         raise ValueError(f"{model} holds NaN/inf weights in {len(bad)} tensor(s) (e.g. {', '.join(bad[:3])}); "
                          "it cannot generate images")
@@ -138,7 +139,7 @@ def generate_batches(G, todo: Sequence[int], classes: list[int], args, store, re
             raise ValueError(f"{args.attn} produced NaN/inf pixels for images {indices[0]}..{indices[-1]}; "
                              "none of them was written")
         images = to_uint8(x)  # (b, H, W, 3)
-        for index, image, label in zip(indices, images, labels.tolist()):
+        for index, image, label in zip(indices, images, labels.tolist(), strict=False):
             record(store.add(index, image, label))  # the rows of a unit that just finished (file renamed into place)
         progress.update(len(indices))
         start += len(indices)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import itertools
 import json
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image

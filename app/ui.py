@@ -13,8 +13,9 @@ import html
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gradio as gr
 import torch

@@ -23,6 +23,7 @@ The output is markdown with a header (date, machine, torch, threads), a table of
 for the project's variants (when they and the published smyrf, performer, scatterbrain are measured),
 ready for BENCHMARKS.md. A backend or regime that cannot run at a size is a row saying why.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,21 +81,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="all", help="comma-separated backend names (default: all registered)")
     parser.add_argument("--budgets", default="1/32,1/8,1/4", help="comma-separated fractions of the dense score matrix")
-    parser.add_argument("--sizes", default=None,
-                        help=f"comma-separated Nq (Nk = Nq/4); the first gets the per-regime error tables "
-                             f"(default {FULL_SIZES}; --quick {QUICK_SIZES})")
-    parser.add_argument("--repeats", default=None,
-                        help=f"timed calls after the warm-up per size, comma-separated in --sizes order, the last "
-                             f"reused; 0 times the warm-up call itself (default {FULL_REPEATS}; --quick {QUICK_REPEATS})")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help=f"comma-separated Nq (Nk = Nq/4); the first gets the per-regime error tables "
+        f"(default {FULL_SIZES}; --quick {QUICK_SIZES})",
+    )
+    parser.add_argument(
+        "--repeats",
+        default=None,
+        help=f"timed calls after the warm-up per size, comma-separated in --sizes order, the last "
+        f"reused; 0 times the warm-up call itself (default {FULL_REPEATS}; --quick {QUICK_REPEATS})",
+    )
     parser.add_argument("--regimes", default=",".join(REGIMES), help=f"comma-separated, from {', '.join(REGIMES)}")
     parser.add_argument("--scaling-regime", default="isotropic-diffuse", help="regime timed at the larger sizes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", default="float32", help=f"input dtype: {', '.join(DTYPES)}")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--seeds", default="0,1,2",
-                        help="comma-separated seeds of the inputs and of every backend; errors are the mean (min-max) "
-                             "over them, time and memory come from the first")
-    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, repeats {QUICK_REPEATS} (unless given)")
+    parser.add_argument(
+        "--seeds",
+        default="0,1,2",
+        help="comma-separated seeds of the inputs and of every backend; errors are the mean (min-max) "
+        "over them, time and memory come from the first",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"sizes {QUICK_SIZES}, repeats {QUICK_REPEATS} (unless given)"
+    )
     parser.add_argument("--out", default=None, help="write all results as JSON here")
     return parser.parse_args(argv)
 
@@ -128,16 +140,28 @@ def validate(args: argparse.Namespace) -> dict:
     if args.threads < 1:
         raise ValueError(f"--threads must be a positive int, got {args.threads}")
     return {
-        "methods": methods, "budgets": budgets, "sizes": sizes, "regimes": regimes,
-        "scaling_regime": args.scaling_regime, "device": device, "dtype": args.dtype,
+        "methods": methods,
+        "budgets": budgets,
+        "sizes": sizes,
+        "regimes": regimes,
+        "scaling_regime": args.scaling_regime,
+        "device": device,
+        "dtype": args.dtype,
         "repeats": {nq: repeats[min(i, len(repeats) - 1)] for i, nq in enumerate(sizes)},
-        "threads": args.threads, "seeds": seeds,
+        "threads": args.threads,
+        "seeds": seeds,
     }
 
 
 def config_json(config: dict) -> dict:
-    return {**config, "device": str(config["device"]), "budgets": [str(b) for b in config["budgets"]],
-            "batch": BATCH, "d": D, "dv": DV}
+    return {
+        **config,
+        "device": str(config["device"]),
+        "budgets": [str(b) for b in config["budgets"]],
+        "batch": BATCH,
+        "d": D,
+        "dv": DV,
+    }
 
 
 def environment(config: dict, argv: list[str] | None, wall_s: float) -> dict:
@@ -148,14 +172,22 @@ def environment(config: dict, argv: list[str] | None, wall_s: float) -> dict:
     else:
         machine = f"{_cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
     command = " ".join(["python bench/attention.py", *(sys.argv[1:] if argv is None else argv)])
-    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "command": command, "wall_s": round(wall_s, 1)}
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "command": command,
+        "wall_s": round(wall_s, 1),
+    }
 
 
 def run(config: dict) -> list[dict]:
     """Every (regime, size, method, budget) record; errors of a backend are recorded, not raised."""
     base, *larger = config["sizes"]
-    shapes = [(regime, base, True) for regime in config["regimes"]] + [(config["scaling_regime"], nq, False) for nq in larger]
+    shapes = [(regime, base, True) for regime in config["regimes"]] + [
+        (config["scaling_regime"], nq, False) for nq in larger
+    ]
     rows_per_shape = 1 + sum(1 if m == "exact" else len(config["budgets"]) for m in config["methods"])
     records = []
     with tqdm(total=len(shapes) * rows_per_shape, desc="attention bench", file=sys.stderr) as progress:
@@ -177,8 +209,10 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
         return [{"regime": regime, "method": "(inputs)", "budget": None, "nq": nq, "nk": nk, "error": str(err)}]
     inputs = [tuple(t.to(device=device, dtype=dtype) for t in qkv) for qkv in inputs]
     # The reference sees the same (rounded) inputs as the backends, in float64 on the CPU.
-    references = [F.scaled_dot_product_attention(*(t.cpu().double() for t in qkv), scale=1.0) if with_error else None
-                  for qkv in inputs]
+    references = [
+        F.scaled_dot_product_attention(*(t.cpu().double() for t in qkv), scale=1.0) if with_error else None
+        for qkv in inputs
+    ]
     floor_errors: dict[tuple[int, int], float] = {}  # top-k error by (seed index, k), shared by the methods
 
     def floor_error(index: int, top: int) -> float:
@@ -189,14 +223,33 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
 
     records = []
     if with_error:  # the baseline every method should beat: output the mean of the values for every query
-        errors = [relative_error(v.mean(1, keepdim=True).expand(-1, nq, -1), ref) for (_, _, v), ref in zip(inputs, references)]
-        records.append({"regime": regime, "method": MEAN_OF_VALUES, "budget": None, "nq": nq, "nk": nk,
-                        **_spread(errors), "params": {}, "score_entries": 0})
+        errors = [
+            relative_error(v.mean(1, keepdim=True).expand(-1, nq, -1), ref)
+            for (_, _, v), ref in zip(inputs, references, strict=False)
+        ]
+        records.append(
+            {
+                "regime": regime,
+                "method": MEAN_OF_VALUES,
+                "budget": None,
+                "nq": nq,
+                "nk": nk,
+                **_spread(errors),
+                "params": {},
+                "score_entries": 0,
+            }
+        )
     progress.update()
     for method in config["methods"]:
-        for budget in ([None] if method == "exact" else config["budgets"]):
-            record = {"regime": regime, "method": method, "budget": None if budget is None else str(budget),
-                      "nq": nq, "nk": nk, "dense_bytes": BATCH * nq * nk * 4}
+        for budget in [None] if method == "exact" else config["budgets"]:
+            record = {
+                "regime": regime,
+                "method": method,
+                "budget": None if budget is None else str(budget),
+                "nq": nq,
+                "nk": nk,
+                "dense_bytes": BATCH * nq * nk * 4,
+            }
             try:
                 params = {} if budget is None else {"budget": float(budget)}
                 errors, floors = [], []
@@ -224,11 +277,17 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
 
 
 def _spread(errors: list[float]) -> dict:
-    return {"rel_error": statistics.fmean(errors), "rel_error_min": min(errors), "rel_error_max": max(errors),
-            "rel_errors": errors}
+    return {
+        "rel_error": statistics.fmean(errors),
+        "rel_error_min": min(errors),
+        "rel_error_max": max(errors),
+        "rel_errors": errors,
+    }
 
 
-def measure(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor | None, repeats: int) -> dict:
+def measure(
+    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reference: torch.Tensor | None, repeats: int
+) -> dict:
     """Resolved params, score entries, peak memory, times and (with a reference) the output of one backend."""
     nq, nk = q.shape[1], k.shape[1]
     result = {"params": attn.resolve(nq, nk, D), "score_entries": attn.score_entries(nq, nk, D)}
@@ -263,8 +322,11 @@ def _timed_call(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
     return out, (time.perf_counter() - start) * 1e3
 
 
-def call_with_peak_memory(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, float, int | None]:
-    """(output, wall ms, peak bytes allocated during the call beyond what was live before it or None if unmeasurable)."""
+def call_with_peak_memory(
+    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, float, int | None]:
+    """(output, wall ms, peak bytes allocated during the call beyond what was live before it, or None if
+    unmeasurable)."""
     if q.device.type == "cuda":
         torch.cuda.synchronize(q.device)
         torch.cuda.reset_peak_memory_stats(q.device)
@@ -296,21 +358,34 @@ def peak_live_bytes(prof: profile) -> int | None:
 
 def markdown(records: list[dict], config: dict, env: dict) -> str:
     """The header and every table, as markdown for BENCHMARKS.md."""
-    return "\n".join([*_header(config, env), *_targets_table(records, config), *_regime_tables(records, config),
-                      *_scaling_table(records, config)])
+    return "\n".join(
+        [
+            *_header(config, env),
+            *_targets_table(records, config),
+            *_regime_tables(records, config),
+            *_scaling_table(records, config),
+        ]
+    )
 
 
 def _header(config: dict, env: dict) -> list[str]:
     repeats = ", ".join(f"{r or 'the warm-up call itself'} at Nq={nq}" for nq, r in config["repeats"].items())
     return [
         f"## Attention benchmark, {env['date']}\n",
-        f"- machine: {env['machine']}; torch {env['torch']}, {env['threads']} thread(s), {config['dtype']} on {config['device']}",
-        (f"- shapes: B={BATCH}, d={D}, dv={DV}, scale 1, Nk = Nq/4; seeds {', '.join(map(str, config['seeds']))} "
-         "(inputs and backends; time and memory from the first)"),
+        f"- machine: {env['machine']}; torch {env['torch']}, {env['threads']} thread(s), "
+        f"{config['dtype']} on {config['device']}",
+        (
+            f"- shapes: B={BATCH}, d={D}, dv={DV}, scale 1, Nk = Nq/4; seeds {', '.join(map(str, config['seeds']))} "
+            "(inputs and backends; time and memory from the first)"
+        ),
         f"- time: median (min) of the timed calls after one warm-up call ({repeats})",
         "- peak extra MiB: allocator peak during one call above what was live before it (output included)",
-        ("- rel. error: ||o - o_exact|| / ||o_exact|| against float64 exact attention, mean (min-max) over the seeds; "
-         f"top-k floor: exact top-k with the same score entries per query; {MEAN_OF_VALUES}: every query outputs mean(v)"),
+        (
+            "- rel. error: ||o - o_exact|| / ||o_exact|| against float64 exact attention, "
+            "mean (min-max) over the seeds; "
+            "top-k floor: exact top-k with the same score entries per query; "
+            f"{MEAN_OF_VALUES}: every query outputs mean(v)"
+        ),
         f"- command: `{env['command']}` ({env['wall_s'] / 60:.1f} min)",
     ]
 
@@ -320,9 +395,12 @@ def _regime_tables(records: list[dict], config: dict) -> list[str]:
     lines = []
     for regime in config["regimes"]:
         rows = [r for r in records if r["regime"] == regime and r["nq"] == base]
-        lines += [f"\n### {regime}: Nq={base}, Nk={base // 4}\n",
-                  "| method | budget | params | entries / dense | rel. error mean (min-max) | top-k floor (k) | time ms median (min) | peak extra MiB |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"\n### {regime}: Nq={base}, Nk={base // 4}\n",
+            "| method | budget | params | entries / dense | rel. error mean (min-max) | top-k floor (k) "
+            "| time ms median (min) | peak extra MiB |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
         lines += [_row(r, with_error=True) for r in rows]
     return lines
 
@@ -331,9 +409,12 @@ def _scaling_table(records: list[dict], config: dict) -> list[str]:
     rows = [r for r in records if r["regime"] == config["scaling_regime"] and r["method"] in config["methods"]]
     rows.sort(key=lambda r: (config["methods"].index(r["method"]), Fraction(r["budget"] or 1), r["nq"]))
     exact_ms = {r["nq"]: r["time_ms"] for r in rows if r["method"] == "exact" and "time_ms" in r}
-    lines = [f"\n### scaling ({config['scaling_regime']}): time and peak extra memory, Nk = Nq/4\n",
-             "| method | budget | params | Nq | time ms median (min) | exact time / time | peak extra MiB | peak / dense scores |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"\n### scaling ({config['scaling_regime']}): time and peak extra memory, Nk = Nq/4\n",
+        "| method | budget | params | Nq | time ms median (min) | exact time / time | peak extra MiB "
+        "| peak / dense scores |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     return lines + [_row(r, with_error=False, exact_ms=exact_ms.get(r["nq"])) for r in rows]
 
 
@@ -348,8 +429,10 @@ def _row(r: dict, with_error: bool, exact_ms: float | None = None) -> str:
     mib = "n/a" if peak is None else f"{peak / 2**20:.1f}"
     if with_error:
         ratio = r["score_entries"] / (r["nq"] * r["nk"])
-        return (f"| {r['method']} | {budget} | {params} | {ratio:.4f} | {_err(r)} | "
-                f"{r['topk_floor_error']:.4f} ({r['topk_floor_k']}) | {_ms(r)} | {mib} |")
+        return (
+            f"| {r['method']} | {budget} | {params} | {ratio:.4f} | {_err(r)} | "
+            f"{r['topk_floor_error']:.4f} ({r['topk_floor_k']}) | {_ms(r)} | {mib} |"
+        )
     speedup = "n/a" if exact_ms is None else f"{exact_ms / r['time_ms']:.2f}"
     of_dense = "n/a" if peak is None else f"{peak / r['dense_bytes']:.3f}"
     return f"| {r['method']} | {budget} | {params} | {r['nq']} | {_ms(r)} | {speedup} | {mib} | {of_dense} |"
@@ -360,32 +443,46 @@ def _err(r: dict) -> str:
 
 
 # Issue 9's targets for the project's variants, checked on the mean errors of every regime x budget cell.
-SMYRF_VARIANT, SCATTERBRAIN_VARIANT, PERFORMER_VARIANT = "smyrf-topkeys", "scatterbrain-centred", "performer-centred-shrunk"
+SMYRF_VARIANT, SCATTERBRAIN_VARIANT, PERFORMER_VARIANT = (
+    "smyrf-topkeys",
+    "scatterbrain-centred",
+    "performer-centred-shrunk",
+)
 PEAKED_STD, DIFFUSE_STD = 6.0, 1.0  # logit std of the peaked / diffuse regimes; "mixed" lies strictly between
 
 
 def _targets_table(records: list[dict], config: dict) -> list[str]:
     """One line per regime x budget: each target's ratio and whether it holds (mean errors over the seeds)."""
     base = config["sizes"][0]
-    errors = {(r["regime"], r["method"], r["budget"]): r["rel_error"] for r in records if "rel_error" in r and r["nq"] == base}
+    errors = {
+        (r["regime"], r["method"], r["budget"]): r["rel_error"] for r in records if "rel_error" in r and r["nq"] == base
+    }
     needed = {SMYRF_VARIANT, SCATTERBRAIN_VARIANT, PERFORMER_VARIANT, "smyrf", "performer", "scatterbrain"}
     if not needed <= set(config["methods"]):
         return []
-    lines = ["\n### Issue 9's targets (mean errors; ratio and whether it holds)\n",
-             ("| regime | logit std | budget | smyrf-topkeys / smyrf (<= 1; peaked <= 0.5) | "
-              "scatterbrain-centred / min(smyrf-topkeys, performer-centred-shrunk) (<= 1) | "
-              "scatterbrain-centred / best published (mixed <= 0.5) | performer-centred-shrunk / mean-of-values (<= 1) |"),
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "\n### Issue 9's targets (mean errors; ratio and whether it holds)\n",
+        (
+            "| regime | logit std | budget | smyrf-topkeys / smyrf (<= 1; peaked <= 0.5) | "
+            "scatterbrain-centred / min(smyrf-topkeys, performer-centred-shrunk) (<= 1) | "
+            "scatterbrain-centred / best published (mixed <= 0.5) | performer-centred-shrunk / mean-of-values (<= 1) |"
+        ),
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for regime in config["regimes"]:
         std = REGIMES[regime].logit_std
         for budget in map(str, config["budgets"]):
+
             def e(method, b=budget, regime=regime):
                 return errors.get((regime, method, b))
+
             cells = []
             smyrf = _ratio(e(SMYRF_VARIANT), [e("smyrf")], 0.5 if std >= PEAKED_STD else 1.0)
             halves = _ratio(e(SCATTERBRAIN_VARIANT), [e(SMYRF_VARIANT), e(PERFORMER_VARIANT)], 1.0)
             mixed = DIFFUSE_STD < std < PEAKED_STD
-            published = _ratio(e(SCATTERBRAIN_VARIANT), [e("smyrf"), e("performer"), e("scatterbrain")], 0.5 if mixed else None)
+            published = _ratio(
+                e(SCATTERBRAIN_VARIANT), [e("smyrf"), e("performer"), e("scatterbrain")], 0.5 if mixed else None
+            )
             mean = _ratio(e(PERFORMER_VARIANT), [e(MEAN_OF_VALUES, None)], 1.0)
             cells = [smyrf, halves, published, mean]
             lines.append(f"| {regime} | {std:g} | {budget} | " + " | ".join(cells) + " |")

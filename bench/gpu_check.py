@@ -65,10 +65,9 @@ def check_pipeline(device: torch.device, quick: bool, tmp: Path) -> dict:
     """eval/fid.py on ``device`` with tiny random assets; on a GPU, compared with the same run on the CPU."""
     import numpy as np
 
-    from weights import write_random_checkpoint
-
     from eval.fid import main as fid_main
     from eval.inception import random_inception_state
+    from weights import write_random_checkpoint
 
     model = write_random_checkpoint(tmp / "tiny-deep", seed=0, channel_width=8)
     torch.save(random_inception_state(1 / 16, seed=0), tmp / "inception.pth")

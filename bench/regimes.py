@@ -18,6 +18,7 @@ deviation, measured on the first queries of the first batch element. v ~ N(0, I_
 synthetic geometries, g(x) for the feature maps. Every draw comes from one torch.Generator seeded
 with ``seed`` (on the CPU).
 """
+
 from __future__ import annotations
 
 import math
@@ -98,7 +99,9 @@ def _feature_map_qkv(geometry: str, batch: int, nq: int, nk: int, d: int, dv: in
         x = _segments(batch, side, generator) + TEXTURE * x
     elif geometry == "relu":
         x = x.relu()
-    w_theta, w_phi, w_g = (torch.randn(out, MAP_CHANNELS, generator=generator) / MAP_CHANNELS**0.5 for out in (d, d, dv))
+    w_theta, w_phi, w_g = (
+        torch.randn(out, MAP_CHANNELS, generator=generator) / MAP_CHANNELS**0.5 for out in (d, d, dv)
+    )
     q = torch.einsum("bchw,oc->bhwo", x, w_theta).reshape(batch, nq, d)
     k = F.max_pool2d(torch.einsum("bchw,oc->bohw", x, w_phi), 2).flatten(2).transpose(1, 2)  # (B, Nk, d)
     v = F.max_pool2d(torch.einsum("bchw,oc->bohw", x, w_g), 2).flatten(2).transpose(1, 2)  # (B, Nk, dv)

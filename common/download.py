@@ -27,10 +27,10 @@ import os
 import socket
 import urllib.request
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
@@ -256,7 +256,7 @@ def hub_snapshot(hub: HubRepo, files: Sequence[RemoteFile], offline: bool) -> Pa
         # Read the cache directly: hf_hub_download(local_files_only=True) still asks the Hub for its
         # user-agent registry unless HF_HUB_OFFLINE was already set when huggingface_hub was imported.
         cached = [try_to_load_from_cache(hub.repo, n, cache_dir=hub_cache_dir(), revision=revision) for n in names]
-        missing = [name for name, path in zip(names, cached) if not isinstance(path, str)]
+        missing = [name for name, path in zip(names, cached, strict=False) if not isinstance(path, str)]
         if missing:
             raise FileNotFoundError(f"{hub.repo}: {', '.join(missing)} not in the local Hub cache")
         paths = [Path(path) for path in cached]
@@ -266,7 +266,7 @@ def hub_snapshot(hub: HubRepo, files: Sequence[RemoteFile], offline: bool) -> Pa
     commit = paths[0].parent.name  # snapshots/<commit>/<file>
     digests = pins.get("sha256", {})
     recorded = dict(digests.get(commit, {}))
-    for f, path in zip(files, paths):
+    for f, path in zip(files, paths, strict=False):
         digest = sha256_of(path)
         expected, origin = f.sha256, "published"
         if expected is None and f.name in recorded:

@@ -95,9 +95,8 @@ def parse_budgets(text: str | None) -> list[tuple[str, float]]:
 
 def method_specs(args) -> list:
     """Validated methods (exact first), each backend built once with its parameters."""
-    from gan.attention import available_attentions, build_attention
-
     from eval.runner import MethodSpec
+    from gan.attention import available_attentions, build_attention
 
     names = list(dict.fromkeys(s.strip() for s in args.attn.split(",") if s.strip()))
     if not names:
@@ -283,9 +282,8 @@ def load_everything(args, ctx, input_mode: str, check_generator):
     """(inception, inception id, generator, check_generator(G), reference stats) or one error naming every
     missing piece. ``check_generator`` runs as soon as the generator is loaded, before reference statistics
     are computed from images (which can take long)."""
-    from weights import load_generator
-
     from eval.inception import load_inception
+    from weights import load_generator
 
     errors: list[BaseException] = []
     inception = inception_id = G = None
@@ -322,15 +320,14 @@ def describe_device(device: torch.device) -> str:
 
 
 def run(args) -> int:
-    from gan.attention import attention_info
-    from gan.sampling import class_ids_from
-
     from common.distributed import init_distributed, shutdown
     from eval.folder_stats import CROP_PROTOCOL
     from eval.image_plan import ImagePlan
     from eval.metrics import RowInputs, ScoreProtocol, method_row
     from eval.report import text_table, write_results
     from eval.runner import ImageSpec, RunProgress, evaluate_method, missing_images
+    from gan.attention import attention_info
+    from gan.sampling import class_ids_from
 
     check_args(args)
     if args.seed is None:

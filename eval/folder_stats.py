@@ -9,8 +9,8 @@ the rule does not depend on the batch size. Then the 8-bit images take the same 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

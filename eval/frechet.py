@@ -17,9 +17,9 @@ contends badly for shared cores; see BENCHMARKS.md).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch

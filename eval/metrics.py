@@ -6,9 +6,9 @@ once per row by ``RowInputs``'s cached properties.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 import torch

@@ -7,6 +7,7 @@ with the TF Inception graph, which pytorch-fid's network ports.
 
 A local .npz needs ``mu`` (D,) and ``sigma`` (D, D) (pytorch-fid, BigGAN-PyTorch and ADM all write those).
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,10 @@ def read_stats(path: str | Path, feature_dim: int) -> tuple[np.ndarray, np.ndarr
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in ("mu", "sigma") if k not in data.files]
             if missing:
-                raise ValueError(f"{path} lacks key(s) {', '.join(missing)}; it holds {', '.join(data.files) or 'nothing'}; need mu and sigma")
+                raise ValueError(
+                    f"{path} lacks key(s) {', '.join(missing)}; it holds {', '.join(data.files) or 'nothing'}; "
+                    "need mu and sigma"
+                )
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     except (OSError, EOFError) as err:
         raise ValueError(f"cannot read reference statistics {path}: {err}") from None
@@ -99,4 +103,6 @@ def resolve_named_or_file(spec: str, feature_dim: int) -> tuple[np.ndarray, np.n
         return (*read_stats(path, feature_dim), spec)
     if spec.endswith(".npz") or os.sep in spec or Path(spec).exists():
         return (*read_stats(spec, feature_dim), str(Path(spec).resolve()))
-    raise ValueError(f"unknown reference statistics {spec!r}; use {', '.join(NAMED_STATS)} or a path to an .npz with mu and sigma")
+    raise ValueError(
+        f"unknown reference statistics {spec!r}; use {', '.join(NAMED_STATS)} or a path to an .npz with mu and sigma"
+    )

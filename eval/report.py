@@ -4,6 +4,7 @@ results.json: ``{"methods": {label: {one field per eval.metrics.METRICS entry}},
 "versions": {...}}``. Every file is written to a temporary name and renamed, so a crash leaves no
 half-written file; the plot comes last and its failure never costs the results files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,10 @@ def table_rows(methods: dict[str, dict]) -> list[list[str]]:
 def text_table(methods: dict[str, dict]) -> str:
     rows = table_rows(methods)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    lines = (
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+        for r in rows
+    )
     return "\n".join(lines)
 
 
@@ -93,8 +97,9 @@ def plot_fid_vs_budget(methods: dict[str, dict], budgets: dict[str, tuple[str, f
     return buf.getvalue()
 
 
-def write_results(out: Path, methods: dict[str, dict], config: dict,
-                  budgets: dict[str, tuple[str, float]]) -> tuple[list[Path], str | None]:
+def write_results(
+    out: Path, methods: dict[str, dict], config: dict, budgets: dict[str, tuple[str, float]]
+) -> tuple[list[Path], str | None]:
     """Write results.json, results.csv, results.md, then fid_vs_budget.png when budgets were swept.
 
     Returns (files written, the plot's error as one line or None): a missing or broken plotting
@@ -102,8 +107,9 @@ def write_results(out: Path, methods: dict[str, dict], config: dict,
     """
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "results.json": json.dumps({"methods": methods, "config": config, "versions": versions()},
-                                   indent=2, default=str).encode(),
+        "results.json": json.dumps(
+            {"methods": methods, "config": config, "versions": versions()}, indent=2, default=str
+        ).encode(),
         "results.csv": _csv_text(methods).encode(),
         "results.md": markdown_table(methods).encode(),
     }

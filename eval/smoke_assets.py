@@ -22,10 +22,9 @@ def write_smoke_assets(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     import torch
 
     from common.files import write_atomic
-    from weights import write_random_checkpoint
-
     from eval.inception import random_inception_state
     from eval.reference_stats import save_stats
+    from weights import write_random_checkpoint
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

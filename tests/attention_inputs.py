@@ -1,4 +1,5 @@
 """Inputs and dense references shared by the LSH-based attention tests (SMYRF, Reformer, Scatterbrain)."""
+
 import math
 
 import torch
@@ -8,7 +9,11 @@ import torch.nn.functional as F
 def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
     """Isotropic Gaussian q, k (logit std ~ ``logit_std``) and v."""
     g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
+    q, k, v = (
+        torch.randn(b, nq, d, generator=g),
+        torch.randn(b, nk, d, generator=g),
+        torch.randn(b, nk, dv, generator=g),
+    )
     gain = math.sqrt(logit_std / math.sqrt(d))
     return q * gain, k * gain, v
 
@@ -17,8 +22,12 @@ def clustered_qkv(b=2, nq=1024, nk=256, d=32, dv=16, logit_std=6.0, n_centres=32
     """Unit centres plus noise (cosine ~0.8 within a cluster): queries attend within their cluster."""
     g = torch.Generator().manual_seed(seed)
     centres = F.normalize(torch.randn(n_centres, d, generator=g), dim=-1)
-    q = centres[torch.randint(n_centres, (b, nq), generator=g)] + torch.randn(b, nq, d, generator=g) * 0.5 / math.sqrt(d)
-    k = centres[torch.randint(n_centres, (b, nk), generator=g)] + torch.randn(b, nk, d, generator=g) * 0.5 / math.sqrt(d)
+    q = centres[torch.randint(n_centres, (b, nq), generator=g)] + torch.randn(b, nq, d, generator=g) * 0.5 / math.sqrt(
+        d
+    )
+    k = centres[torch.randint(n_centres, (b, nk), generator=g)] + torch.randn(b, nk, d, generator=g) * 0.5 / math.sqrt(
+        d
+    )
     gain = math.sqrt(logit_std / (q @ k.transpose(1, 2)).std().item())
     return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random checkpoints in the published formats (offline, fast on CPU)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,4 +15,6 @@ TINY_DEEP_OVERRIDES = {"channel_width": 8}
 @pytest.fixture(scope="session")
 def tiny_deep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory with config.json + pytorch_model.bin of a random BigGAN-deep-128 at channel_width 8 (seed 0)."""
-    return write_random_checkpoint(tmp_path_factory.mktemp("tiny_deep") / "biggan-deep-tiny", seed=0, **TINY_DEEP_OVERRIDES)
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny_deep") / "biggan-deep-tiny", seed=0, **TINY_DEEP_OVERRIDES
+    )

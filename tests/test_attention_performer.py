@@ -7,6 +7,7 @@ lines 84-90: D_inv = 1 / (q . k_sum + eps)) as ``performer_attention.py`` Perfor
 softmax_eps 1e-4, normalization_eps 1e-6) calls it; the projection is gaussian_orthogonal_random_matrix
 (``projection_utils.py``), shared here as ``draw_orthogonal_projection``.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,11 @@ def qkv(b=2, nq=100, nk=25, d=12, dv=8, logit_std=0.5, seed=0):
     """Nq = 4 Nk, sizes not multiples of d; q, k scaled so the logits have about ``logit_std``."""
     gen = torch.Generator().manual_seed(seed)
     gain = (logit_std / math.sqrt(d)) ** 0.5
-    return (torch.randn(b, nq, d, generator=gen) * gain, torch.randn(b, nk, d, generator=gen) * gain,
-            torch.randn(b, nk, dv, generator=gen))
+    return (
+        torch.randn(b, nq, d, generator=gen) * gain,
+        torch.randn(b, nk, d, generator=gen) * gain,
+        torch.randn(b, nk, dv, generator=gen),
+    )
 
 
 def exact(q, k, v, scale=1.0):
@@ -74,6 +78,7 @@ def test_log_stable_form_equals_the_plain_favor_estimator():
     scale, m = 0.7, 48
     attn = build_attention("performer", num_features=m, seed=4, eps=0, normalization_eps=0)
     proj = draw_orthogonal_projection(m, q.shape[-1], seed=4)
+
     def phi(x):  # float64 FAVOR+ features exp(w.x' - |x'|^2/2) / sqrt(m), x' = sqrt(scale) x
         x = x.double() * math.sqrt(scale)
         return torch.exp(x @ proj.double().t() - 0.5 * x.square().sum(-1, keepdim=True)) / math.sqrt(m)
@@ -113,10 +118,15 @@ def test_error_falls_as_features_grow():
     # (measured: 0.82, 0.58, 0.40, 0.25), so a seed-independent bias or ignored num_features fails.
     q, k, v = qkv()
     ref = exact(q, k, v)
-    means = [sum(rel_error(build_attention("performer", num_features=m, seed=s, eps=0, normalization_eps=0)(q, k, v), ref)
-                 for s in range(8)) / 8
-             for m in (16, 64, 256, 1024)]
-    assert all(a > 1.15 * b for a, b in zip(means, means[1:])), means
+    means = [
+        sum(
+            rel_error(build_attention("performer", num_features=m, seed=s, eps=0, normalization_eps=0)(q, k, v), ref)
+            for s in range(8)
+        )
+        / 8
+        for m in (16, 64, 256, 1024)
+    ]
+    assert all(a > 1.15 * b for a, b in zip(means, means[1:], strict=False)), means
     assert means[-1] < 0.35, means
 
 
@@ -158,8 +168,12 @@ def test_determinism_by_seed_and_redraw():
 def test_budget_resolution_and_score_entries():
     nq, nk, d = 4096, 1024, 32
     attn = build_attention("performer", budget=1 / 8)
-    assert attn.resolve(nq, nk, d) == {"num_features": 102, "redraw": False, "eps": 1e-4,
-                                       "normalization_eps": 1e-6}  # floor(4096*1024/8 / 5120); the reference's eps
+    assert attn.resolve(nq, nk, d) == {
+        "num_features": 102,
+        "redraw": False,
+        "eps": 1e-4,
+        "normalization_eps": 1e-6,
+    }  # floor(4096*1024/8 / 5120); the reference's eps
     assert attn.score_entries(nq, nk, d) <= nq * nk / 8
     assert build_attention("performer", budget=1e-6).resolve(nq, nk, d)["num_features"] == 1
     assert build_attention("performer", num_features=64, budget=1 / 8).resolve(nq, nk, d)["num_features"] == 64
@@ -168,11 +182,19 @@ def test_budget_resolution_and_score_entries():
     assert build_attention("performer", budget=1.0).resolve(nq, nk, d)["num_features"] == 819
 
 
-@pytest.mark.parametrize("params, word", [
-    ({"num_features": 0}, "num_features"), ({"num_features": 2.5}, "num_features"),
-    ({"num_features": True}, "num_features"), ({"redraw": "yes"}, "redraw"), ({"budget": 0}, "budget"),
-    ({"eps": -1e-4}, "eps"), ({"normalization_eps": float("inf")}, "normalization_eps"), ({"eps": "0"}, "eps"),
-])
+@pytest.mark.parametrize(
+    "params, word",
+    [
+        ({"num_features": 0}, "num_features"),
+        ({"num_features": 2.5}, "num_features"),
+        ({"num_features": True}, "num_features"),
+        ({"redraw": "yes"}, "redraw"),
+        ({"budget": 0}, "budget"),
+        ({"eps": -1e-4}, "eps"),
+        ({"normalization_eps": float("inf")}, "normalization_eps"),
+        ({"eps": "0"}, "eps"),
+    ],
+)
 def test_bad_params_raise_value_error_naming_the_parameter(params, word):
     with pytest.raises(ValueError, match=word):
         build_attention("performer", **params)
@@ -192,7 +214,7 @@ def reference_performer(q, k, v, proj, scale=1.0, eps=1e-4, normalization_eps=1e
     def kernel(data, is_query):
         data = data.double()
         data_dash = (normalizer * data) @ proj.double().t()
-        diag = (data ** 2).sum(-1, keepdim=True) / 2.0 * normalizer ** 2
+        diag = (data**2).sum(-1, keepdim=True) / 2.0 * normalizer**2
         top = data_dash.amax(-1, keepdim=True) if is_query else data_dash.amax(dim=(-1, -2), keepdim=True)
         return ratio * (torch.exp(data_dash - diag - top) + eps)
 
@@ -201,7 +223,9 @@ def reference_performer(q, k, v, proj, scale=1.0, eps=1e-4, normalization_eps=1e
     return (qf @ (kf.transpose(1, 2) @ v.double())) * d_inv
 
 
-@pytest.mark.parametrize("b,nq,nk,d,dv,logit_std,scale", [(1, 4096, 1024, 32, 128, 6.0, 1.0), (2, 300, 77, 16, 8, 2.0, 0.7)])
+@pytest.mark.parametrize(
+    "b,nq,nk,d,dv,logit_std,scale", [(1, 4096, 1024, 32, 128, 6.0, 1.0), (2, 300, 77, 16, 8, 2.0, 0.7)]
+)
 def test_defaults_equal_the_public_stabilised_form(b, nq, nk, d, dv, logit_std, scale):
     # BigGAN's shape at peaked logits (eps dominates there) and an odd shape, the same projection; 1e-5 (fp32).
     gen = torch.Generator().manual_seed(3)

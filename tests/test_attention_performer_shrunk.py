@@ -1,4 +1,5 @@
 """performer-centred-shrunk: centred FAVOR+ (unbiased kernel sums) shrunk per query towards mean(v)."""
+
 import math
 
 import pytest
@@ -123,7 +124,9 @@ def test_low_precision_and_large_logits_finite(dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("params,name", [({"num_features": 0}, "num_features"), ({"shrink": 1}, "shrink"), ({"budget": 0}, "budget")])
+@pytest.mark.parametrize(
+    "params,name", [({"num_features": 0}, "num_features"), ({"shrink": 1}, "shrink"), ({"budget": 0}, "budget")]
+)
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         build_attention(NAME, **params)

@@ -6,6 +6,7 @@ forward lines 139-214; identical in microsoft/thinformer examples/biggan/biggan_
 ``biggan_models/model_reformer.py`` ReformerSelfAttn.fastformer (lines 81-100 in the thinformer copy) calls it:
 query chunk i (1024 tokens) as shared qk with the values, keys unused.
 """
+
 import json
 import math
 
@@ -56,7 +57,7 @@ def reference_biggan(q, v, rotations, bucket_size):
     """fastformer: query chunks of Nk tokens (the last shorter, zero-padded like pad_to_multiple), each with v."""
     nk, out = v.shape[1], []
     for i, start in enumerate(range(0, q.shape[1], nk)):
-        chunk = q[:, start:start + nk]
+        chunk = q[:, start : start + nk]
         n = chunk.shape[1]
         length = -(-n // (2 * bucket_size)) * 2 * bucket_size
         qk = F.pad(chunk, (0, 0, 0, length - n))
@@ -69,10 +70,13 @@ def chunk_draws(generator, d, n_hashes, bucket_size, nq, nk):
     return [torch.randn(d, n_hashes, -(-n // (2 * bucket_size)) * 2 // 2, generator=generator) for n in lengths]
 
 
-@pytest.mark.parametrize("b,nq,nk,d,dv,params", [
-    (1, 4096, 1024, 32, 128, {"n_hashes": 8, "bucket_size": 64}),  # BigGAN, the experiments' setting
-    (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd: chunks of 77, 77, 77, 69 tokens, padded
-])
+@pytest.mark.parametrize(
+    "b,nq,nk,d,dv,params",
+    [
+        (1, 4096, 1024, 32, 128, {"n_hashes": 8, "bucket_size": 64}),  # BigGAN, the experiments' setting
+        (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd: chunks of 77, 77, 77, 69 tokens, padded
+    ],
+)
 def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, params):
     # redraw=True (the reference draws per call): each call draws one rotation per query chunk, in chunk order.
     q, k, v = qkv(b=b, nq=nq, nk=nk, d=d, dv=dv, logit_std=4.0, seed=3)
@@ -93,7 +97,8 @@ def test_shared_qk_ignores_the_keys():
 
 
 # Mean relative error over seeds 0-4 of kdeformer/thinformer Reformer.py ReformerAttention(bucket_size=16,
-# n_hashes=4) (the experiments' 64 / 8 gives 1.0472, a slower test) driven as model_reformer.py fastformer (float32, torch.manual_seed(s)), on bench.regimes at B=1,
+# n_hashes=4) (the experiments' 64 / 8 gives 1.0472, a slower test) driven as model_reformer.py fastformer (float32,
+# torch.manual_seed(s)), on bench.regimes at B=1,
 # 4096 x 1024, d=32, dv=128, regime seed 0; measured as BENCHMARKS.md "Published backends vs the authors' code" says.
 REFERENCE_MEAN_ERROR = {"clustered-peaked": 1.1046}
 
@@ -180,19 +185,32 @@ def test_budget_resolves_within_budget(nq, nk, budget, mode):
     attn = build_attention("reformer", mode=mode, budget=budget)
     json.dumps(attn.resolve(nq, nk, 32))
     if mode == "biggan-shared-qk" and budget == 1 / 8 and nq == 4096:  # 8 rounds would need buckets of 4: 4 of 8
-        assert attn.resolve(nq, nk, 32) == {"mode": mode, "n_hashes": 4, "bucket_size": 8, "query_chunks": 4,
-                                            "redraw": False}
+        assert attn.resolve(nq, nk, 32) == {
+            "mode": mode,
+            "n_hashes": 4,
+            "bucket_size": 8,
+            "query_chunks": 4,
+            "redraw": False,
+        }
     if mode == "biggan-shared-qk" and nq == 300 and budget == 1 / 32:  # nothing fits 300 x 77 at 1/32: the cheapest
         assert (attn.resolve(nq, nk, 32)["n_hashes"], attn.resolve(nq, nk, 32)["bucket_size"]) == (1, 1)
         return
     assert attn.score_entries(nq, nk, 32) <= budget * nq * nk
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"n_hashes": 0}, "n_hashes"), ({"n_buckets": "8", "mode": "separate-qk"}, "n_buckets"), ({"chunk": 2}, "chunk"),
-    ({"mode": "shared"}, "mode"), ({"n_buckets": 8}, "n_buckets"), ({"bucket_size": 8, "mode": "separate-qk"}, "bucket_size"),
-    ({"bucket_size": 0}, "bucket_size"), ({"redraw": None}, "redraw"),
-])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"n_hashes": 0}, "n_hashes"),
+        ({"n_buckets": "8", "mode": "separate-qk"}, "n_buckets"),
+        ({"chunk": 2}, "chunk"),
+        ({"mode": "shared"}, "mode"),
+        ({"n_buckets": 8}, "n_buckets"),
+        ({"bucket_size": 8, "mode": "separate-qk"}, "bucket_size"),
+        ({"bucket_size": 0}, "bucket_size"),
+        ({"redraw": None}, "redraw"),
+    ],
+)
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         build_attention("reformer", **params)

@@ -1,4 +1,5 @@
 """The registry: names, error messages, the common constructor contract, and the benchmark CLI."""
+
 from __future__ import annotations
 
 import json
@@ -41,17 +42,56 @@ def test_attention_info_says_what_each_backend_is(name):
     json.dumps(info)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("smyrf", {"n_hashes": None, "q_cluster_size": None, "k_cluster_size": None, "r": 1.0, "count_duplicates": True,
-               "redraw": False, "budget": None, "seed": 0}),
-    ("scatterbrain", {"num_features": None, "n_hashes": None, "q_cluster_size": None, "k_cluster_size": None, "r": 1.0,
-                      "ortho_scaling": 0, "softmax_eps": 0.0, "redraw": False, "budget": None, "seed": 0}),
-    ("reformer", {"mode": "biggan-shared-qk", "n_hashes": None, "bucket_size": None, "n_buckets": None, "redraw": False,
-                  "budget": None, "seed": 0}),
-    ("performer", {"num_features": None, "redraw": False, "eps": 1e-4, "normalization_eps": 1e-6, "budget": None,
-                   "seed": 0}),
-    ("topk", {"k": None, "chunk_size": 256, "budget": None, "seed": 0}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (
+            "smyrf",
+            {
+                "n_hashes": None,
+                "q_cluster_size": None,
+                "k_cluster_size": None,
+                "r": 1.0,
+                "count_duplicates": True,
+                "redraw": False,
+                "budget": None,
+                "seed": 0,
+            },
+        ),
+        (
+            "scatterbrain",
+            {
+                "num_features": None,
+                "n_hashes": None,
+                "q_cluster_size": None,
+                "k_cluster_size": None,
+                "r": 1.0,
+                "ortho_scaling": 0,
+                "softmax_eps": 0.0,
+                "redraw": False,
+                "budget": None,
+                "seed": 0,
+            },
+        ),
+        (
+            "reformer",
+            {
+                "mode": "biggan-shared-qk",
+                "n_hashes": None,
+                "bucket_size": None,
+                "n_buckets": None,
+                "redraw": False,
+                "budget": None,
+                "seed": 0,
+            },
+        ),
+        (
+            "performer",
+            {"num_features": None, "redraw": False, "eps": 1e-4, "normalization_eps": 1e-6, "budget": None, "seed": 0},
+        ),
+        ("topk", {"k": None, "chunk_size": 256, "budget": None, "seed": 0}),
+    ],
+)
 def test_backend_parameters_are_the_reference_defaults(name, expected):
     # The published backends' knobs with the authors' values as defaults (module docs say where each comes from).
     assert backend_parameters(name) == expected
@@ -86,7 +126,11 @@ def test_every_backend_takes_budget_and_seed_and_keeps_shapes(name):
     attn = build_attention(name, budget=budget, seed=3)
     assert isinstance(attn, AttentionBackend)
     gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(b, nq, d, generator=gen), torch.randn(b, nk, d, generator=gen), torch.randn(b, nk, dv, generator=gen)
+    q, k, v = (
+        torch.randn(b, nq, d, generator=gen),
+        torch.randn(b, nk, d, generator=gen),
+        torch.randn(b, nk, dv, generator=gen),
+    )
     out = attn(q, k, v, scale=1.0)
     assert out.shape == (b, nq, dv) and out.dtype == torch.float32 and torch.isfinite(out).all()
     json.dumps(attn.resolve(nq, nk, d))
@@ -121,15 +165,18 @@ def _tensors(*shapes, dtype=torch.float32):
     return [torch.zeros(shape, dtype=dtype) for shape in shapes]
 
 
-@pytest.mark.parametrize("q, k, v, word", [
-    (*_tensors((2, 8, 4), (2, 2, 4), (2, 2)), "expects"),  # v not 3-d
-    (*_tensors((2, 8, 4), (1, 2, 4), (1, 2, 6)), "batch"),
-    (*_tensors((2, 8, 4), (2, 2, 5), (2, 2, 6)), "feature size d"),
-    (*_tensors((2, 8, 4), (2, 2, 4), (2, 3, 6)), "number of keys"),
-    (*_tensors((2, 8, 4), (2, 0, 4), (2, 0, 6)), "at least one key"),
-    (*_tensors((2, 8, 4), (2, 2, 4)), torch.zeros(2, 2, 6, dtype=torch.bfloat16), "dtype"),
-    (*_tensors((2, 8, 4), (2, 2, 4), (2, 2, 6), dtype=torch.int64), "floating dtype"),
-])
+@pytest.mark.parametrize(
+    "q, k, v, word",
+    [
+        (*_tensors((2, 8, 4), (2, 2, 4), (2, 2)), "expects"),  # v not 3-d
+        (*_tensors((2, 8, 4), (1, 2, 4), (1, 2, 6)), "batch"),
+        (*_tensors((2, 8, 4), (2, 2, 5), (2, 2, 6)), "feature size d"),
+        (*_tensors((2, 8, 4), (2, 2, 4), (2, 3, 6)), "number of keys"),
+        (*_tensors((2, 8, 4), (2, 0, 4), (2, 0, 6)), "at least one key"),
+        (*_tensors((2, 8, 4), (2, 2, 4)), torch.zeros(2, 2, 6, dtype=torch.bfloat16), "dtype"),
+        (*_tensors((2, 8, 4), (2, 2, 4), (2, 2, 6), dtype=torch.int64), "floating dtype"),
+    ],
+)
 def test_inputs_are_checked_before_any_backend_runs(q, k, v, word):
     with pytest.raises(ValueError, match=word):
         build_attention("exact")(q, k, v)
@@ -147,8 +194,22 @@ def test_benchmark_runs_and_writes_markdown_and_json(tmp_path, capsys):
     # scaling table, and one JSON record per (regime, size, method, budget). Fails on a broken
     # record, a missing table or header line, or top-k not being its own floor.
     out = tmp_path / "attention.json"
-    argv = ["--methods", "exact,topk,performer", "--regimes", "clustered-peaked", "--budgets", "1/8",
-            "--sizes", "256,512", "--repeats", "2,0", "--threads", "1", "--out", str(out)]
+    argv = [
+        "--methods",
+        "exact,topk,performer",
+        "--regimes",
+        "clustered-peaked",
+        "--budgets",
+        "1/8",
+        "--sizes",
+        "256,512",
+        "--repeats",
+        "2,0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert attention_bench.main(argv) == 0
     text = capsys.readouterr().out
     assert f"torch {torch.__version__}, 1 thread(s)" in text and " UTC" in text and "machine: " in text
@@ -189,10 +250,17 @@ def test_benchmark_memory_is_the_peak_not_the_total(fn, mib):
     assert peak is not None and mib * 2**20 <= peak <= 1.01 * mib * 2**20
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "nope"], "unknown method"), (["--budgets", "2"], "--budgets"), (["--sizes", "1000,6"], "--sizes"),
-    (["--repeats", "3,x"], "--repeats"), (["--regimes", "hot"], "unknown regime"), (["--dtype", "int8"], "--dtype"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "nope"], "unknown method"),
+        (["--budgets", "2"], "--budgets"),
+        (["--sizes", "1000,6"], "--sizes"),
+        (["--repeats", "3,x"], "--repeats"),
+        (["--regimes", "hot"], "unknown regime"),
+        (["--dtype", "int8"], "--dtype"),
+    ],
+)
 def test_benchmark_rejects_bad_options_with_exit_code_2(argv, message, capsys):
     assert attention_bench.main(argv) == 2
     err = capsys.readouterr().err
@@ -203,5 +271,7 @@ def test_benchmark_script_resolves_imports_from_any_folder(tmp_path):
     # Run as users do (script path, from another folder, no PYTHONPATH): the script must put the
     # repo root on sys.path itself so `bench.regimes` and `gan` import; a bad option then exits 2.
     cmd = [sys.executable, str(REPO / "bench" / "attention.py"), "--methods", "nope"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}
+    )
     assert result.returncode == 2 and "unknown method" in result.stderr and "Traceback" not in result.stderr

@@ -7,6 +7,7 @@ sprime_log_scale), rounds mixed by softmax over logits, normalisation clamp_min(
 (softmax_kernel lines 52-80, cosh features, query / key log-scales). The projection and the hashes are shared
 draws (``sb_projection``, ``draw_e2lsh``), in the order the reference draws them (hashes, then features).
 """
+
 import json
 import math
 
@@ -61,7 +62,9 @@ def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):
     def to_buckets(x, positions, size):  # (B, N, f), (R, B, N) -> (R, B, C, size, f)
         return torch.stack([x[i][positions[:, i]] for i in range(b)], 1).unflatten(2, (n_clusters, size))
 
-    inner = to_buckets(qp.double(), q_positions, q_size) @ to_buckets(kp.double(), k_positions, k_size).transpose(-1, -2)
+    inner = to_buckets(qp.double(), q_positions, q_size) @ to_buckets(kp.double(), k_positions, k_size).transpose(
+        -1, -2
+    )
     inner = inner * temp
     dots_prime = to_buckets(q_prime, q_positions, q_size) @ to_buckets(k_prime, k_positions, k_size).transpose(-1, -2)
     pad = (k_positions >= nk).unflatten(-1, (n_clusters, 1, k_size))
@@ -69,8 +72,10 @@ def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):
     dots_prime = dots_prime.masked_fill(pad, 0.0)
     q_bucket = (q_positions.argsort(-1) // q_size).permute(1, 2, 0)  # (B, T, R): cluster of each query per round
     k_bucket = (k_positions.argsort(-1) // k_size).permute(1, 2, 0)
-    counts = (to_buckets(q_bucket, q_positions, q_size).unsqueeze(-2)
-              == to_buckets(k_bucket, k_positions, k_size).unsqueeze(-3)).sum(-1)  # (R, B, C, qs, ks)
+    counts = (
+        to_buckets(q_bucket, q_positions, q_size).unsqueeze(-2)
+        == to_buckets(k_bucket, k_positions, k_size).unsqueeze(-3)
+    ).sum(-1)  # (R, B, C, qs, ks)
     inner = inner - torch.log(counts.double())
     dots_prime = dots_prime / counts
     s_log_scale = to_buckets(prime_log_scale, q_positions, q_size)  # (R, B, C, qs, 1)
@@ -89,11 +94,21 @@ def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):
     return (out / normalization.clamp_min(1e-6))[:, :nq]
 
 
-@pytest.mark.parametrize("b,nq,nk,d,dv,params", [
-    (1, 4096, 1024, 32, 128, {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16, "num_features": 64}),  # BigGAN
-    (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd, budget-resolved: padded key clusters
-    (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32, "num_features": 20}),  # padded queries and keys
-])
+@pytest.mark.parametrize(
+    "b,nq,nk,d,dv,params",
+    [
+        (
+            1,
+            4096,
+            1024,
+            32,
+            128,
+            {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16, "num_features": 64},
+        ),  # BigGAN
+        (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd, budget-resolved: padded key clusters
+        (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32, "num_features": 20}),  # padded queries and keys
+    ],
+)
 def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, params):
     # redraw=True: the first call draws E2LSH then the features from a generator seeded with `seed`,
     # the second call the next E2LSH draw and the same features. 1e-5: fp32 against the float64 reading.
@@ -148,10 +163,14 @@ def test_low_precision_and_large_logits_finite(dtype):
     assert torch.isfinite(build_attention("scatterbrain", budget=0.125)(q, k, v)).all()
 
 
-@pytest.mark.parametrize("nq,nk,budget", [
-    *((nq, nk, b) for nq, nk in [(4096, 1024), (1000, 250), (16384, 4096)] for b in (1 / 32, 1 / 8, 1 / 4, 1.0)),
-    (300, 77, 1 / 4), (300, 77, 1.0),
-])
+@pytest.mark.parametrize(
+    "nq,nk,budget",
+    [
+        *((nq, nk, b) for nq, nk in [(4096, 1024), (1000, 250), (16384, 4096)] for b in (1 / 32, 1 / 8, 1 / 4, 1.0)),
+        (300, 77, 1 / 4),
+        (300, 77, 1.0),
+    ],
+)
 def test_budget_splits_half_and_half_within_budget(nq, nk, budget):
     attn = build_attention("scatterbrain", budget=budget)
     plan = attn.resolve(nq, nk, 32)
@@ -167,10 +186,17 @@ def test_budget_splits_half_and_half_within_budget(nq, nk, budget):
         assert plan["num_features"] == 0 and plan["n_clusters"] == 1
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"num_features": 1}, "num_features"), ({"n_hashes": 0}, "n_hashes"), ({"ortho_scaling": 2}, "ortho_scaling"),
-    ({"softmax_eps": -1.0}, "softmax_eps"), ({"redraw": 1}, "redraw"), ({"r": -1}, "r"),
-])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"num_features": 1}, "num_features"),
+        ({"n_hashes": 0}, "n_hashes"),
+        ({"ortho_scaling": 2}, "ortho_scaling"),
+        ({"softmax_eps": -1.0}, "softmax_eps"),
+        ({"redraw": 1}, "redraw"),
+        ({"r": -1}, "r"),
+    ],
+)
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         build_attention("scatterbrain", **params)
@@ -192,6 +218,13 @@ REFERENCE_MEAN_ERROR = {"featuremap-smooth": 0.6388}
 def test_mean_error_matches_the_authors_code(regime):
     q, k, v = regime_qkv(regime, batch=1)
     ref = exact(q, k, v)
-    errors = [rel_err(build_attention("scatterbrain", n_hashes=8, q_cluster_size=64, k_cluster_size=16, num_features=64,
-                                      seed=s)(q, k, v), ref) for s in range(5)]
+    errors = [
+        rel_err(
+            build_attention("scatterbrain", n_hashes=8, q_cluster_size=64, k_cluster_size=16, num_features=64, seed=s)(
+                q, k, v
+            ),
+            ref,
+        )
+        for s in range(5)
+    ]
     assert abs(sum(errors) / 5 / REFERENCE_MEAN_ERROR[regime] - 1) < 0.10, errors

@@ -1,4 +1,5 @@
 """Scatterbrain: the sparse + low-rank estimator computed right, exact on full support, vs Performer."""
+
 import json
 
 import pytest
@@ -46,7 +47,11 @@ def test_centred_kernel_estimate_is_unbiased_and_lower_variance():
     for seed in range(400):
         proj = draw_orthogonal_projection(32, 8, seed)
         centred.append(centred_favor_estimate(q, k, proj, 1.0) / truth)
-        plain.append(favor_log_features(q, proj, 1.0).double().exp() @ favor_log_features(k, proj, 1.0).double().exp().transpose(1, 2) / truth)
+        plain.append(
+            favor_log_features(q, proj, 1.0).double().exp()
+            @ favor_log_features(k, proj, 1.0).double().exp().transpose(1, 2)
+            / truth
+        )
     centred, plain = torch.stack(centred), torch.stack(plain)
     assert (centred.mean(0) - 1).abs().max() < 0.06
     assert (centred - 1).square().mean().sqrt() < 0.5 * (plain - 1).square().mean().sqrt()
@@ -57,7 +62,9 @@ def test_each_batch_element_hashed_and_estimated_on_its_own():
     # must give the output it gets next to element 0 (1e-5: only matmul round-off may differ), with
     # padding (250 queries in clusters of 16).
     q, k, v = qkv(nq=250, nk=62, logit_std=2.0)
-    attn = build_attention("scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=16, seed=1)
+    attn = build_attention(
+        "scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=16, seed=1
+    )
     together = attn(q, k, v)
     alone = attn(q[1:], k[1:], v[1:])
     assert rel_err(alone[0], together[1].double()) < 1e-5
@@ -69,12 +76,15 @@ def test_matches_dense_sparse_plus_low_rank_estimator(nq, nk):
     # Must match to 1e-4 (fp32 vs fp64); fails on a wrong correction, double counting or padding.
     q, k, v = qkv(nq=nq, nk=nk, logit_std=2.0)
     scale, m = 0.8, 32
-    attn = build_attention("scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2,
-                           calibrate=False)
+    attn = build_attention(
+        "scatterbrain-centred", n_hashes=3, q_cluster_size=16, k_cluster_size=4, num_features=m, seed=2, calibrate=False
+    )
     out = attn(q, k, v, scale=scale)
     proj = attn.projection(m, q.shape[2], q.device)
     est = centred_favor_estimate(q, k, proj, scale)
-    weights = torch.where(support_mask(attn.layout(q, k, scale), nq, nk), (q.double() @ k.double().transpose(1, 2) * scale).exp(), est)
+    weights = torch.where(
+        support_mask(attn.layout(q, k, scale), nq, nk), (q.double() @ k.double().transpose(1, 2) * scale).exp(), est
+    )
     reference = (weights @ v.double()) / weights.sum(-1, keepdim=True)
     assert rel_err(out, reference) < 1e-4
 
@@ -98,7 +108,9 @@ def test_never_much_worse_than_performer_with_same_features(regime):
         q, k, v = qkv(nq=512, nk=128, logit_std=2.0, seed=seed) if regime == "isotropic" else clustered_qkv(seed=seed)
         ref = exact(q, k, v)
         errors["performer"] += rel_err(build_attention("performer", num_features=32, seed=seed)(q, k, v), ref)
-        sb = build_attention("scatterbrain-centred", num_features=32, n_hashes=2, q_cluster_size=32, k_cluster_size=8, seed=seed)
+        sb = build_attention(
+            "scatterbrain-centred", num_features=32, n_hashes=2, q_cluster_size=32, k_cluster_size=8, seed=seed
+        )
         errors["scatterbrain-centred"] += rel_err(sb(q, k, v), ref)
     assert errors["scatterbrain-centred"] <= 1.05 * errors["performer"] + 0.03
 
@@ -139,7 +151,15 @@ def test_full_budget_holds_the_dense_matrix_and_no_more(nq, nk):
     assert attn.score_entries(nq, nk, 32) <= nq * nk
 
 
-@pytest.mark.parametrize("params,name", [({"num_features": 0}, "num_features"), ({"n_hashes": -2}, "n_hashes"), ({"q_cluster_size": 0}, "q_cluster_size"), ({"seed": 1.5}, "seed")])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"num_features": 0}, "num_features"),
+        ({"n_hashes": -2}, "n_hashes"),
+        ({"q_cluster_size": 0}, "q_cluster_size"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         build_attention("scatterbrain-centred", **params)
@@ -158,7 +178,12 @@ def test_budget_features_capped_where_the_correction_would_cost_as_much_as_exact
     small = build_attention("scatterbrain-centred", budget=1 / 4).resolve(4096, 1024, 32)
     assert big["num_features"] == 256
     assert 1 <= small["num_features"] < 256
-    assert build_attention("scatterbrain-centred", budget=1 / 4, num_features=512).resolve(65536, 16384, 32)["num_features"] == 512
+    assert (
+        build_attention("scatterbrain-centred", budget=1 / 4, num_features=512).resolve(65536, 16384, 32)[
+            "num_features"
+        ]
+        == 512
+    )
     for shapes in [(65536, 16384, 32), (4096, 1024, 32)]:
         attn = build_attention("scatterbrain-centred", budget=1 / 4)
         assert attn.score_entries(*shapes) <= shapes[0] * shapes[1] / 4
@@ -172,15 +197,21 @@ def test_fixed_estimator_weights_are_unbiased():
     q, k = q + 0.4, k + 0.4
     truth = (q.double() @ k.double().transpose(1, 2)).exp()
     support = torch.rand(1, 16, 8, generator=torch.Generator().manual_seed(0)) < 0.3
-    draws = torch.stack([torch.where(support, truth, centred_favor_estimate(q, k, draw_orthogonal_projection(8, 8, s), 1.0))
-                         for s in range(1000)])
+    draws = torch.stack(
+        [
+            torch.where(support, truth, centred_favor_estimate(q, k, draw_orthogonal_projection(8, 8, s), 1.0))
+            for s in range(1000)
+        ]
+    )
     standard_error = draws.std(0) / len(draws) ** 0.5
     assert ((draws.mean(0) - truth).abs() <= 4 * standard_error + 1e-12).all()
 
 
 def _errors(name, inputs, budget=1 / 8, **params):
-    return sum(rel_err(build_attention(name, budget=budget, seed=s, **params)(q, k, v), exact(q, k, v))
-               for s, (q, k, v) in enumerate(inputs))
+    return sum(
+        rel_err(build_attention(name, budget=budget, seed=s, **params)(q, k, v), exact(q, k, v))
+        for s, (q, k, v) in enumerate(inputs)
+    )
 
 
 @pytest.mark.parametrize("logit_std", [3.0, 6.0])
@@ -206,7 +237,7 @@ def test_calibrated_batch_elements_are_independent():
     # next to an element of another kind (1e-5), even when the two choose differently.
     a = qkv(b=1, nq=2048, nk=512, d=32, dv=16, logit_std=1.0, seed=1)
     b = clustered_qkv(b=1, nq=2048, nk=512, d=32, dv=16, logit_std=6.0, seed=1)
-    q, k, v = (torch.cat([x, y]) for x, y in zip(a, b))
+    q, k, v = (torch.cat([x, y]) for x, y in zip(a, b, strict=False))
     attn = build_attention("scatterbrain-centred", budget=1 / 8, seed=3)
     together = attn(q, k, v)
     assert rel_err(attn(*b)[0], together[1].double()) < 1e-5
@@ -227,6 +258,8 @@ def test_peak_memory_is_the_score_entries_plus_input_copies(budget):
     peak, _ = peak_bytes(lambda: attn(q, k, v))
     plan = attn.resolve(nq, nk, d)
     inputs = nq * (d + 2) + nk * (d + dv)
-    bookkeeping = 4 * 8 * plan["n_hashes"] * nq + plan["n_hashes"] * max(plan["n_clusters"], plan["all_sparse_n_clusters"]) * nk
+    bookkeeping = (
+        4 * 8 * plan["n_hashes"] * nq + plan["n_hashes"] * max(plan["n_clusters"], plan["all_sparse_n_clusters"]) * nk
+    )
     assert peak - 4 * nq * dv <= 4 * (attn.score_entries(nq, nk, d) + 4 * inputs) + bookkeeping
     assert attn.score_entries(nq, nk, d) <= budget * nq * nk

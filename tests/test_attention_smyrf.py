@@ -1,4 +1,5 @@
-"""Published SMYRF: parity with a plain reading of giannisdaras/smyrf, budgets, draws, numerics, error vs the authors' code.
+"""Published SMYRF: parity with a plain reading of giannisdaras/smyrf, budgets, draws, numerics, error vs the
+authors' code.
 
 The reading below follows ``smyrf/torch/attn.py`` (SmyrfAttention.forward, lines 45-139: XBOX+, lsh_clustering,
 sorted queries/keys reshaped into clusters of q_attn_size / k_attn_size, per-cluster softmax, rounds mixed by
@@ -6,6 +7,7 @@ softmax over their logsumexp) and ``smyrf/torch/utils.py`` (XBOXPLUS lines 141-1
 E2LSH lines 271-293). Sizes the clusters do not divide are padded as HazyResearch's SBSmyrf pads them
 (``sbsmyrf_attention.py`` lines 52-54, ``hash_utils.py`` lsh_clustering: padding keys hashed to +inf).
 """
+
 import json
 import math
 
@@ -36,10 +38,13 @@ def reference_smyrf(q, k, v, alpha, beta, q_size, k_size, count_duplicates=True,
     k_hash[..., nk:] = math.inf
     q_positions, k_positions = q_hash.argsort(dim=-1), k_hash.argsort(dim=-1)
     if count_duplicates:  # attn.py lines 94-134: sorted clusters, softmax per cluster, unsort, mix by logsumexp
+
         def clusters(x, positions, size):  # (B, N, f) sorted by positions (R, B, N) -> (R, B, C, size, f)
             return torch.stack([x[i][positions[:, i]] for i in range(b)], 1).unflatten(2, (n_clusters, size))
 
-        inner = clusters(qp.double(), q_positions, q_size) @ clusters(kp.double(), k_positions, k_size).transpose(-1, -2)
+        inner = clusters(qp.double(), q_positions, q_size) @ clusters(kp.double(), k_positions, k_size).transpose(
+            -1, -2
+        )
         inner = inner * scale + torch.where(k_positions >= nk, -math.inf, 0.0).unflatten(-1, (n_clusters, 1, k_size))
         lse = torch.logsumexp(inner, -1, keepdim=True)  # (R, B, C, qs, 1)
         so = (torch.exp(inner - lse) @ clusters(vp, k_positions, k_size)).flatten(2, 3)  # (R, B, T, dv), sorted order
@@ -52,19 +57,29 @@ def reference_smyrf(q, k, v, alpha, beta, q_size, k_size, count_duplicates=True,
         for r in range(alpha.shape[1]):
             for i in range(b):
                 for c in range(n_clusters):
-                    qi = q_positions[r, i, c * q_size:(c + 1) * q_size]
-                    ki = k_positions[r, i, c * k_size:(c + 1) * k_size]
+                    qi = q_positions[r, i, c * q_size : (c + 1) * q_size]
+                    ki = k_positions[r, i, c * k_size : (c + 1) * k_size]
                     union[i, qi[:, None], ki[ki < nk][None, :]] = True
         scores = (qp.double() @ kp.double().transpose(1, 2) * scale).masked_fill(~union, -math.inf)
         out = torch.softmax(scores, -1) @ vp
     return out[:, :nq]
 
 
-@pytest.mark.parametrize("b,nq,nk,d,dv,params", [
-    (1, 4096, 1024, 32, 128, {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16}),  # BigGAN, reference setting
-    (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd: padded key clusters, budget-resolved
-    (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32}),  # odd: padded query and key clusters
-])
+@pytest.mark.parametrize(
+    "b,nq,nk,d,dv,params",
+    [
+        (
+            1,
+            4096,
+            1024,
+            32,
+            128,
+            {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16},
+        ),  # BigGAN, reference setting
+        (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd: padded key clusters, budget-resolved
+        (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32}),  # odd: padded query and key clusters
+    ],
+)
 def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, params):
     # redraw=True: the first call hashes with the first E2LSH draw of a generator seeded with `seed`,
     # the second call with the next draw. 1e-5: fp32 against the float64 reading on the same hashes.
@@ -83,7 +98,9 @@ def test_union_option_counts_each_pair_once():
     # count_duplicates=False: the dense softmax over the union of the rounds' pairs (1e-5); it must differ from
     # the reference's duplicate counting on the same draws (which weighs pairs met twice double).
     q, k, v = qkv(b=1, nq=300, nk=77, logit_std=4.0)
-    attn = build_attention("smyrf", n_hashes=4, q_cluster_size=30, k_cluster_size=8, count_duplicates=False, redraw=False)
+    attn = build_attention(
+        "smyrf", n_hashes=4, q_cluster_size=30, k_cluster_size=8, count_duplicates=False, redraw=False
+    )
     alpha, beta = draw_e2lsh(torch.Generator().manual_seed(0), 4, q.shape[2] + 2, 1.0)
     out = attn(q, k, v)
     assert rel_err(out, reference_smyrf(q, k, v, alpha, beta, 30, 8, count_duplicates=False)) < 1e-5
@@ -128,10 +145,15 @@ def test_low_precision_and_large_logits_finite(dtype):
     assert torch.isfinite(build_attention("smyrf", budget=0.125)(q, k, v)).all()
 
 
-@pytest.mark.parametrize("nq,nk,budget", [
-    *((nq, nk, b) for nq, nk in [(4096, 1024), (1000, 250), (16384, 4096)] for b in (1 / 32, 1 / 8, 1 / 4, 1.0)),
-    (300, 77, 1 / 8), (300, 77, 1 / 4), (300, 77, 1.0),  # at 1/32 no plan of 300 x 77 fits: the cheapest is taken
-])
+@pytest.mark.parametrize(
+    "nq,nk,budget",
+    [
+        *((nq, nk, b) for nq, nk in [(4096, 1024), (1000, 250), (16384, 4096)] for b in (1 / 32, 1 / 8, 1 / 4, 1.0)),
+        (300, 77, 1 / 8),
+        (300, 77, 1 / 4),
+        (300, 77, 1.0),  # at 1/32 no plan of 300 x 77 fits: the cheapest is taken
+    ],
+)
 def test_budget_resolves_within_budget(nq, nk, budget):
     # Support plus hashes, padding included, within budget * Nq * Nk; every cluster partly real.
     attn = build_attention("smyrf", budget=budget)
@@ -145,15 +167,28 @@ def test_budget_resolves_within_budget(nq, nk, budget):
 
 def test_reference_setting_and_its_entries():
     attn = build_attention("smyrf", n_hashes=8, q_cluster_size=64, k_cluster_size=16)
-    assert attn.resolve(4096, 1024, 32) == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16,
-                                            "count_duplicates": True, "redraw": False}
+    assert attn.resolve(4096, 1024, 32) == {
+        "n_hashes": 8,
+        "n_clusters": 64,
+        "q_cluster_size": 64,
+        "k_cluster_size": 16,
+        "count_duplicates": True,
+        "redraw": False,
+    }
     assert attn.score_entries(4096, 1024, 32) == 8 * 4096 * 16 + 8 * (4096 + 1024)  # support + hashes
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"n_hashes": 0}, "n_hashes"), ({"q_cluster_size": -1}, "q_cluster_size"), ({"r": 0}, "r"),
-    ({"count_duplicates": 1}, "count_duplicates"), ({"redraw": "no"}, "redraw"), ({"n_buckets": 4}, "n_buckets"),
-])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"n_hashes": 0}, "n_hashes"),
+        ({"q_cluster_size": -1}, "q_cluster_size"),
+        ({"r": 0}, "r"),
+        ({"count_duplicates": 1}, "count_duplicates"),
+        ({"redraw": "no"}, "redraw"),
+        ({"n_buckets": 4}, "n_buckets"),
+    ],
+)
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         build_attention("smyrf", **params)
@@ -175,6 +210,8 @@ REFERENCE_MEAN_ERROR = {"clustered-peaked": 1.2146}
 def test_mean_error_matches_the_authors_code(regime):
     q, k, v = regime_qkv(regime, batch=1)
     ref = exact(q, k, v)
-    errors = [rel_err(build_attention("smyrf", n_hashes=8, q_cluster_size=64, k_cluster_size=16, seed=s)(q, k, v), ref)
-              for s in range(5)]
+    errors = [
+        rel_err(build_attention("smyrf", n_hashes=8, q_cluster_size=64, k_cluster_size=16, seed=s)(q, k, v), ref)
+        for s in range(5)
+    ]
     assert abs(sum(errors) / 5 / REFERENCE_MEAN_ERROR[regime] - 1) < 0.10, errors

@@ -1,4 +1,5 @@
 """SMYRF: exact at full budget, the union-of-rounds support computed right, budgets, numerics."""
+
 import json
 import math
 
@@ -177,8 +178,13 @@ def test_reference_setting_resolves_to_the_issue_parameters():
 
 @pytest.mark.parametrize(
     "params,name",
-    [({"n_hashes": 0}, "n_hashes"), ({"q_cluster_size": -1}, "q_cluster_size"), ({"k_cluster_size": 1.5}, "k_cluster_size"),
-     ({"budget": 2.0}, "budget"), ({"n_buckets": 4}, "n_buckets")],
+    [
+        ({"n_hashes": 0}, "n_hashes"),
+        ({"q_cluster_size": -1}, "q_cluster_size"),
+        ({"k_cluster_size": 1.5}, "k_cluster_size"),
+        ({"budget": 2.0}, "budget"),
+        ({"n_buckets": 4}, "n_buckets"),
+    ],
 )
 def test_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
@@ -212,4 +218,7 @@ def test_explicit_cluster_sizes_must_make_the_same_number_of_clusters():
     q, k, v = qkv(nq=4096, nk=1024, d=8, dv=4)
     with pytest.raises(ValueError, match="k_cluster_size=32 makes 32 key clusters.*accepted k_cluster_size = 8"):
         build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=32)(q, k, v)
-    assert build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"] == 128
+    assert (
+        build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"]
+        == 128
+    )

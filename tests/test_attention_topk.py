@@ -1,9 +1,11 @@
 """Top-k attention against a naive float64 masked softmax, chunking, the prefilter, and the contract.
 
-``reference_topk`` reads HazyResearch/scatterbrain ``src/models/attention/topk_attention.py`` (ExactTopKAttention.forward,
+``reference_topk`` reads HazyResearch/scatterbrain ``src/models/attention/topk_attention.py``
+(ExactTopKAttention.forward,
 lines 26-53: scores, torch.topk indices, every other score set to -inf by a scattered mask, softmax, weighted values),
 the oracle top-k of Gupta et al. (2021) that fast-transformers' exact_topk_attention.py implements.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -18,7 +20,11 @@ from gan.attention.topk import top_k_scores
 
 def qkv(b=2, nq=100, nk=25, d=8, dv=12, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(b, nq, d, generator=gen), torch.randn(b, nk, d, generator=gen), torch.randn(b, nk, dv, generator=gen)
+    return (
+        torch.randn(b, nq, d, generator=gen),
+        torch.randn(b, nk, d, generator=gen),
+        torch.randn(b, nk, dv, generator=gen),
+    )
 
 
 def naive_topk(q, k, v, top, scale=1.0):
@@ -61,7 +67,9 @@ def test_k1_picks_the_argmax_key():
     q, k, v = qkv()
     out = build_attention("topk", k=1)(q, k, v, scale=1.0)
     best = (q @ k.transpose(1, 2)).argmax(-1)  # (B, Nq)
-    torch.testing.assert_close(out, torch.gather(v, 1, best.unsqueeze(-1).expand(-1, -1, v.shape[-1])), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out, torch.gather(v, 1, best.unsqueeze(-1).expand(-1, -1, v.shape[-1])), atol=1e-6, rtol=0
+    )
 
 
 def test_result_does_not_depend_on_chunk_size():
@@ -124,10 +132,17 @@ def test_peak_memory_is_bounded_by_the_query_chunk():
     assert peak is not None and peak <= bound < b * nq * nk * 4 / 8, (peak, bound)
 
 
-@pytest.mark.parametrize("params, word", [
-    ({"k": 0}, "k"), ({"k": -3}, "k"), ({"k": 2.5}, "k"), ({"k": True}, "k"),
-    ({"chunk_size": 0}, "chunk_size"), ({"budget": 2.0}, "budget"),
-])
+@pytest.mark.parametrize(
+    "params, word",
+    [
+        ({"k": 0}, "k"),
+        ({"k": -3}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"k": True}, "k"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"budget": 2.0}, "budget"),
+    ],
+)
 def test_bad_params_raise_value_error_naming_the_parameter(params, word):
     with pytest.raises(ValueError, match=rf"\b{word}\b"):
         build_attention("topk", **params)
@@ -151,7 +166,11 @@ def reference_topk(q, k, v, top, scale=1.0):
 def test_equals_the_reference_reading(b, nq, nk, d, dv, top):
     # BigGAN's shape at budget 1/8 (k = 128, the prefilter path on CPU) and an odd shape; 1e-5 (fp32 vs float64).
     gen = torch.Generator().manual_seed(4)
-    q, k, v = torch.randn(b, nq, d, generator=gen), torch.randn(b, nk, d, generator=gen), torch.randn(b, nk, dv, generator=gen)
+    q, k, v = (
+        torch.randn(b, nq, d, generator=gen),
+        torch.randn(b, nk, d, generator=gen),
+        torch.randn(b, nk, dv, generator=gen),
+    )
     q = q / d**0.25  # logit std ~ d^0.25 ~ 2.4 at d = 32
     assert build_attention("topk").resolve(nq, nk, d)["k"] == (128 if nk == 1024 else 9)
     assert rel_err(build_attention("topk")(q, k, v, scale=0.9), reference_topk(q, k, v, top, 0.9)) < 1e-5

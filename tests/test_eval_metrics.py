@@ -21,7 +21,10 @@ def _run(n: int = 12, dim: int = 8, seed: int = 0) -> MethodFeatures:
                           attn_calls=4, attn_peak_bytes=2**20, attn_shape=(16, 4, 2), generated=n)
 
 
-def _inputs(run, exact, protocol=ScoreProtocol(is_splits=2, bootstrap=0)) -> RowInputs:
+PROTOCOL = ScoreProtocol(is_splits=2, bootstrap=0)
+
+
+def _inputs(run, exact, protocol=PROTOCOL) -> RowInputs:
     return RowInputs(run, exact, torch.zeros(8), torch.eye(8), torch.device("cpu"), run is exact, True, protocol)
 
 

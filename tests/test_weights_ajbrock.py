@@ -171,7 +171,7 @@ def biggan_deep_ajbrock_state(ch: int = 4, depth: int = 2, dim_z: int = 128, sha
 
     sn("linear", (ins[0] * 16, dim_z + shared))
     k = 0
-    for index, (cin, cout) in enumerate(zip(ins, outs)):
+    for index, (cin, cout) in enumerate(zip(ins, outs, strict=False)):
         for g_index in range(depth):
             out = cin if g_index == 0 else cout
             hidden = cin // 4

@@ -37,7 +37,7 @@ def mmagic_generator_keys(ch: int) -> dict[str, tuple[int, ...]]:
 
     sn("noise2feat", (ins[0] * 16, 120 // 6), bias=True)
     j = 0
-    for i, (cin, cout) in enumerate(zip(ins, outs)):
+    for i, (cin, cout) in enumerate(zip(ins, outs, strict=False)):
         block = f"conv_blocks.{j}"
         sn(f"{block}.conv1.conv", (cout, cin, 3, 3), bias=True)
         sn(f"{block}.conv2.conv", (cout, cout, 3, 3), bias=True)

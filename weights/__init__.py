@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from common.download import cache_root, fetch_files
 from common.devices import resolve_device, resolve_dtype
+from common.download import cache_root, fetch_files
 from common.files import read_checkpoint
 from gan.attention import AttentionBackend, build_attention
 from gan.generator import Generator

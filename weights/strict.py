@@ -1,7 +1,7 @@
 """Strict state-dict matching with a readable report of what did not match."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

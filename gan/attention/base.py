@@ -9,6 +9,7 @@ its own parameters from the shapes it sees at call time (``resolve``), and expli
 override what the budget would choose. With neither, every approximate backend resolves its
 parameters from ``DEFAULT_BUDGET``, so methods built with defaults compare at equal memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -132,6 +133,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError("attention needs at least one key (Nk >= 1), got Nk=0")
     dtypes = {q.dtype, k.dtype, v.dtype}
     if len(dtypes) != 1 or not q.dtype.is_floating_point:
-        raise ValueError(f"q, k, v must share one floating dtype (float32, float16, bfloat16); got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise ValueError(
+            f"q, k, v must share one floating dtype (float32, float16, bfloat16); got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if not q.device == k.device == v.device:
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")

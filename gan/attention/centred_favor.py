@@ -6,7 +6,8 @@ vectors, a per-query term (it cancels in each query's normalisation) and a per-k
 into the keys' weights exactly. FAVOR+ on q_, k_ stays an unbiased estimate of exp(scale q.k) up
 to that exact per-query factor, with the variance of the smaller centred norms.
 
-Noise: the m features are dealt into G groups (feature f to group f mod G; G = 8, more past 256 features); each group alone gives
+Noise: the m features are dealt into G groups (feature f to group f mod G; G = 8, more past 256 features); each group
+alone gives
 an estimate P_g of a query's output and the full estimate is P = sum_g w_g P_g with w_g the group's
 share of the denominator. Var(P) ~ sum_g w_g^2 * s^2, s^2 = sum_g w_g |P_g - P|^2 / (1 - sum_g w_g^2)
 the weighted spread: when one group carries all the mass (FAVOR+'s heavy tail at large logits),
@@ -19,6 +20,7 @@ queries, drawn from the seed, get their exact rows; the factor kappa >= 0 by whi
 multiplied is chosen on them from a fixed grid (``fit_noise_factor``): validation on held-out
 exact rows, per batch element, not a constant tuned to one distribution.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,7 +56,9 @@ def group_slots(num_features: int, device) -> torch.Tensor:
     G = max(min(FEATURE_GROUPS, m), ceil(m / MAX_GROUP_SIZE)), s = ceil(m / G); empty slots hold m (a zero
     column appended by the callers)."""
     n_groups = max(min(FEATURE_GROUPS, num_features), -(-num_features // MAX_GROUP_SIZE))
-    slots = torch.arange(n_groups, device=device).view(-1, 1) + n_groups * torch.arange(-(-num_features // n_groups), device=device)
+    slots = torch.arange(n_groups, device=device).view(-1, 1) + n_groups * torch.arange(
+        -(-num_features // n_groups), device=device
+    )
     return slots.clamp_max_(num_features).masked_fill_(slots >= num_features, num_features)
 
 
@@ -124,13 +128,16 @@ def exact_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
     return torch.softmax((q @ k.transpose(1, 2)).mul_(scale), dim=-1) @ v
 
 
-def fit_noise_factor(estimate: torch.Tensor, var: torch.Tensor, base: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def fit_noise_factor(
+    estimate: torch.Tensor, var: torch.Tensor, base: torch.Tensor, truth: torch.Tensor
+) -> torch.Tensor:
     """(B,1) factor from NOISE_FACTORS whose shrinkage ``shrink_towards(estimate, kappa var, base)`` is closest
     to ``truth`` on the probes: estimate, truth (B,p,dv), var (B,p), base broadcastable."""
     factors = torch.tensor(NOISE_FACTORS, device=var.device)
-    errors = torch.stack([
-        (shrink_towards(estimate, scaled_noise(var, kappa), base) - truth).square().sum((1, 2)) for kappa in factors
-    ], dim=-1)  # (B, K)
+    errors = torch.stack(
+        [(shrink_towards(estimate, scaled_noise(var, kappa), base) - truth).square().sum((1, 2)) for kappa in factors],
+        dim=-1,
+    )  # (B, K)
     return factors[errors.argmin(-1)].unsqueeze(-1)
 
 

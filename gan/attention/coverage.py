@@ -17,6 +17,7 @@ round the fraction f_e that met j then; 1 - f = prod_e (1 - f_e) treats the roun
 meeting the same key, which the rounds' shared geometry makes likely).
 Working set: ``chunk`` clusters at a time, a few (chunk, Nk) tables per batch element.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,8 @@ COVERED_FLOOR = 1e-6  # log(1 - f) floor: keys every query already met rank last
 def covering_top_keys(
     q: torch.Tensor, k: torch.Tensor, q_rows: torch.Tensor, q_cluster: torch.Tensor, width: int, chunk: int
 ) -> RoundLayout:
-    """q (B,Nq,d) scaled, k (B,Nk,d) fp32; q_rows (B,R,C,qs), q_cluster (B,R,Nq) -> the layout with W keys per cluster."""
+    """q (B,Nq,d) scaled, k (B,Nk,d) fp32; q_rows (B,R,C,qs), q_cluster (B,R,Nq) -> the layout with W keys per
+    cluster."""
     b, n_rounds, n_clusters, _ = q_rows.shape
     nk = k.shape[1]
     first_cluster = (torch.arange(b, device=q.device) * n_clusters).view(b, 1)  # (B, 1)
@@ -43,7 +45,8 @@ def covering_top_keys(
         centre = centre / size.unsqueeze(-1)  # (B, C, d): mean query of each cluster
         # n(c, c') for every earlier round r': queries in cluster c now and in c' then, (B, C, C) each.
         overlap = [
-            q.new_zeros(b, n_clusters * n_clusters).scatter_add_(1, q_cluster[:, r] * n_clusters + q_cluster[:, e], ones)
+            q.new_zeros(b, n_clusters * n_clusters)
+            .scatter_add_(1, q_cluster[:, r] * n_clusters + q_cluster[:, e], ones)
             .view(b, n_clusters, n_clusters)
             for e in range(r)
         ]
@@ -67,8 +70,9 @@ def covering_top_keys(
 def distinct_pairs(layout: RoundLayout, nk: int) -> torch.Tensor:
     """(B, Nq) number of distinct keys each query meets over all rounds (padding excluded); O(Nq * R * W) memory."""
     b, n_rounds, nq = layout.q_cluster.shape
-    cluster = layout.q_cluster + (torch.arange(b * n_rounds, device=layout.q_cluster.device).view(b, n_rounds, 1)
-                                  * layout.k_rows.shape[2])
+    cluster = layout.q_cluster + (
+        torch.arange(b * n_rounds, device=layout.q_cluster.device).view(b, n_rounds, 1) * layout.k_rows.shape[2]
+    )
     keys = layout.k_rows.reshape(-1, layout.k_rows.shape[-1]).index_select(0, cluster.reshape(-1))  # (B*R*Nq, W)
     keys = keys.view(b, n_rounds, nq, -1).permute(0, 2, 1, 3).reshape(b, nq, -1)  # (B, Nq, R*W) flat key rows
     keys = keys.sort(-1).values

@@ -6,6 +6,7 @@ per call the queries therefore go through SDPA in chunks: the same results (to f
 bounded memory (Nq=65536, Nk=16384 would otherwise peak near 18 GiB). BigGAN-deep-128's shape
 (B <= 8, 4096 x 1024) stays one call.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ class ExactAttention(AttentionBackend):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, Nq, dv)
         out = v.new_empty(batch, nq, v.shape[2])  # (B, Nq, dv)
         for start in range(0, nq, chunk):
-            out[:, start : start + chunk] = F.scaled_dot_product_attention(q[:, start : start + chunk], k, v, scale=scale)
+            out[:, start : start + chunk] = F.scaled_dot_product_attention(
+                q[:, start : start + chunk], k, v, scale=scale
+            )
         return out
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:

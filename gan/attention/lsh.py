@@ -10,6 +10,7 @@ cluster's summed queries (``top_keys_per_cluster``).
 pair met in an earlier round is masked in later ones, so no pair is counted twice; rounds are
 accumulated one at a time under a running per-query log-shift.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,12 @@ def centroid_sort_key(x: torch.Tensor, centroids: torch.Tensor, directions: torc
     per batch element alive), so hashing holds no more than the caller allows.
     """
     nearest = torch.stack(
-        [torch.cat([(part @ centroids[:, r].transpose(-1, -2)).max(-1).indices for part in x.split(chunk, dim=1)], dim=1)
-         for r in range(centroids.shape[1])],
+        [
+            torch.cat(
+                [(part @ centroids[:, r].transpose(-1, -2)).max(-1).indices for part in x.split(chunk, dim=1)], dim=1
+            )
+            for r in range(centroids.shape[1])
+        ],
         dim=1,
     )  # (B, R, N)
     fraction = torch.sigmoid(torch.einsum("bnd,rd->brn", x, directions))  # (B, R, N) in (0, 1)
@@ -139,10 +144,18 @@ def top_keys_per_cluster(
     for r in range(n_rounds):
         clusters = (q_cluster[:, r] + first_cluster).reshape(-1)  # (B*Nq,) flat cluster id
         centre = q.new_zeros(b * n_clusters, q.shape[-1]).index_add_(0, clusters, flat_q).view(b, n_clusters, -1)
-        k_ids.append(torch.cat(
-            [torch.einsum("bcd,bnd->bcn", part, k).topk(width, dim=-1).indices for part in centre.split(chunk, dim=1)], dim=1
-        ))  # (B, C, W)
-    k_rows = torch.stack(k_ids, dim=1) + (torch.arange(b, device=k.device) * k.shape[1]).view(-1, 1, 1, 1)  # (B, R, C, W)
+        k_ids.append(
+            torch.cat(
+                [
+                    torch.einsum("bcd,bnd->bcn", part, k).topk(width, dim=-1).indices
+                    for part in centre.split(chunk, dim=1)
+                ],
+                dim=1,
+            )
+        )  # (B, C, W)
+    k_rows = torch.stack(k_ids, dim=1) + (torch.arange(b, device=k.device) * k.shape[1]).view(
+        -1, 1, 1, 1
+    )  # (B, R, C, W)
     return RoundLayout(q_rows, q_cluster, k_rows)
 
 
@@ -150,7 +163,9 @@ def chunk_neighbours(q_key: torch.Tensor, k_key: torch.Tensor, n_chunks: int) ->
     """Queries and keys both cut by rank into C equal chunks; query chunk i meets key chunks i-1 and i."""
     ks = cluster_size(k_key.shape[-1], n_chunks)
     q_rows, q_cluster = query_clusters(q_key, n_chunks)
-    k_rows = rearrange(slot_rows(balanced_slots(k_key, n_chunks * ks), n_chunks * ks), "b r (c j) -> b r c j", c=n_chunks)
+    k_rows = rearrange(
+        slot_rows(balanced_slots(k_key, n_chunks * ks), n_chunks * ks), "b r (c j) -> b r c j", c=n_chunks
+    )
     if n_chunks > 1:
         k_rows = torch.cat([k_rows.roll(1, dims=2), k_rows], dim=-1)  # (B, R, C, 2ks): previous and own chunk
     return RoundLayout(q_rows, q_cluster, k_rows)
@@ -165,8 +180,8 @@ def clustered_attention(
     earlier round is masked. Rounds are accumulated one at a time into per-query numerator and
     denominator sums under a running log-shift (rescaled when a round raises a query's maximum), in
     steps of whole clusters holding at most ``PAIRS_PER_STEP`` (query, key) pairs, so the working set
-    (scores, masks, duplicate lookups) stays a bounded slice of one round. With ``low_rank`` the result is Scatterbrain's
-    estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate
+    (scores, masks, duplicate lookups) stays a bounded slice of one round. With ``low_rank`` the result
+    is Scatterbrain's estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate
     (``low_rank.num`` and ``low_rank.den`` are consumed: accumulated into in place).
     """
     b, n_rounds, nq = layout.q_cluster.shape
@@ -184,7 +199,8 @@ def clustered_attention(
             clusters = slice(first, first + step)
             q_rows, k_rows = layout.q_rows[:, r, clusters], layout.k_rows[:, r, clusters]  # (B, c, qs), (B, c, W)
             scores = gather_rows(q, q_rows) @ gather_rows(k, k_rows).transpose(-1, -2)  # (B, c, qs, W)
-            # Duplicates of earlier rounds, padding keys, and padding query slots (they gathered row 0 and add nothing to it).
+            # Duplicates of earlier rounds, padding keys, and padding query slots (they gathered row 0 and add nothing
+            # to it).
             masked = seen.met_before(r, clusters) | (k_rows < 0).unsqueeze(-2) | (q_rows < 0).unsqueeze(-1)
             scores.masked_fill_(masked, -math.inf)
             rows = q_rows.clamp_min(0).reshape(-1)  # (B*c*qs,)
@@ -196,7 +212,9 @@ def clustered_attention(
             row_shift = shift.index_select(0, rows).view(*q_rows.shape, 1)  # (B, c, qs, 1)
             weights = scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
             if low_rank is not None:
-                estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(-1, -2)  # (B,c,qs,W)
+                estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(
+                    -1, -2
+                )  # (B,c,qs,W)
                 offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(row_shift)
                 weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
             num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))

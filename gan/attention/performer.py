@@ -17,6 +17,7 @@ tens) every shifted feature exp(w.x - |x|^2/2 - max) is far below 1e-4, so eps d
 and the output collapses towards the plain mean of the values; eps = normalization_eps = 0 gives the
 unbiased estimator in the log-stable form above (the project's earlier default).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
 from .random_features import ProjectionCache, favor_log_features, orthogonal_projection
 
 # Queries per chunk: bounds the (B, chunk, m) query-side logits and weights independently of Nq.
@@ -61,8 +62,7 @@ class PerformerAttention(AttentionBackend):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.eps, self.normalization_eps = float(eps), float(normalization_eps)
-        if num_features is not None and (not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1):
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        num_features = positive_int("num_features", num_features)
         if not isinstance(redraw, bool):
             raise ValueError(f"redraw must be True or False, got {redraw!r}")
         self.num_features = num_features
@@ -102,18 +102,32 @@ class PerformerAttention(AttentionBackend):
         return (nq + nk) * self.features_for(nq, nk)
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
-        return {"num_features": self.features_for(nq, nk), "redraw": self.redraw, "eps": self.eps,
-                "normalization_eps": self.normalization_eps}
+        return {
+            "num_features": self.features_for(nq, nk),
+            "redraw": self.redraw,
+            "eps": self.eps,
+            "normalization_eps": self.normalization_eps,
+        }
 
     def extra_repr(self) -> str:
-        return (f"num_features={self.num_features}, redraw={self.redraw}, eps={self.eps}, "
-                f"normalization_eps={self.normalization_eps}, {super().extra_repr()}")
+        return (
+            f"num_features={self.num_features}, redraw={self.redraw}, eps={self.eps}, "
+            f"normalization_eps={self.normalization_eps}, {super().extra_repr()}"
+        )
 
 
-def _stabilised_favor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float, eps: float,
-                      normalization_eps: float) -> torch.Tensor:
+def _stabilised_favor(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    proj: torch.Tensor,
+    scale: float,
+    eps: float,
+    normalization_eps: float,
+) -> torch.Tensor:
     """The public implementations' form -> (B, Nq, dv) fp32: phi = m^-1/2 (exp(w.x' - |x'|^2/2 - shift) + eps), shift a
-    query's own max of w.x' (keys: the max over all keys and features), out = phi_q (phi_k^T v) / (phi_q phi_k^T 1 + n_eps)."""
+    query's own max of w.x' (keys: the max over all keys and features), out = phi_q (phi_k^T v) / (phi_q phi_k^T 1 +
+    n_eps)."""
     ratio = proj.shape[0] ** -0.5
     projection = proj.float().t()  # (d, m)
 
@@ -135,7 +149,9 @@ def _stabilised_favor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: t
     return out
 
 
-def _summarise_keys(k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _summarise_keys(
+    k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k (B, Nk, d), v (B, Nk, dv) -> per feature m: log-mass log sum_j exp(lk_jm) (B, 1, m) and the
     values' convex combination KV_m with weights exp(lk_jm) (B, m, dv), both fp32 and overflow-free."""
     lk = favor_log_features(k, proj, scale)  # (B, Nk, m)
@@ -146,7 +162,9 @@ def _summarise_keys(k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale:
     return mass.log_() + key_max, kv
 
 
-def _mix_values(queries: torch.Tensor, scaled_proj: torch.Tensor, log_mass: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+def _mix_values(
+    queries: torch.Tensor, scaled_proj: torch.Tensor, log_mass: torch.Tensor, kv: torch.Tensor
+) -> torch.Tensor:
     """queries (B, C, d) fp32 -> (B, C, dv): sum_m softmax_m(lq_m + log_mass_m) kv_m.
 
     lq's per-query terms (-|q'|^2/2 - log(m)/2) are dropped: they cancel in the softmax over m.

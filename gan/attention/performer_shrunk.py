@@ -16,6 +16,7 @@ on centred features); the shrunk output trades a bias towards mean(v) for varian
 Memory: (Nq + Nk) * num_features feature entries, num_features = floor(budget Nq Nk / (Nq + Nk)) as
 for ``performer``; queries go in QUERY_CHUNKS pieces so the query side never holds more than its share.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,7 +48,9 @@ class PerformerCentredShrunkAttention(AttentionBackend):
     paper = "Choromanski et al., ICLR 2021 (Performer), varied by this project"
     variant_of = "performer"
 
-    def __init__(self, *, num_features: int | None = None, shrink: bool = True, budget: float | None = None, seed: int = 0):
+    def __init__(
+        self, *, num_features: int | None = None, shrink: bool = True, budget: float | None = None, seed: int = 0
+    ):
         super().__init__(budget=budget, seed=seed)
         self.num_features = positive_int("num_features", num_features)
         self.shrink = check_bool("shrink", shrink)
@@ -78,7 +81,9 @@ class PerformerCentredShrunkAttention(AttentionBackend):
         for start in range(0, q.shape[1], chunk):
             u = query_weights(qf[:, start : start + chunk], keys, proj, scale)  # (B, c, m)
             estimate, _, var = estimate_with_noise(u, keys)
-            out[:, start : start + chunk] = shrink_towards(estimate, scaled_noise(var, kappa), base) if self.shrink else estimate
+            out[:, start : start + chunk] = (
+                shrink_towards(estimate, scaled_noise(var, kappa), base) if self.shrink else estimate
+            )
         if probes is not None:
             out[:, probes] = probe_out  # their exact rows are known
         return out.to(q.dtype)

@@ -4,11 +4,14 @@ For w ~ N(0, I_d):  E[exp(w.x - |x|^2/2) * exp(w.y - |y|^2/2)] = exp(x.y).  With
 and y = sqrt(scale) k this estimates exp(scale * q.k). The features are returned as logarithms so
 consumers can stabilise (subtract their own maxima) before exponentiating.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .base import SeededDraws
 
 
 def draw_orthogonal_projection(num_features: int, d: int, seed: int, device=None) -> torch.Tensor:
@@ -25,13 +28,12 @@ class ProjectionCache:
 
     def __init__(self, seed: int):
         self.seed = seed
-        self._drawn: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._drawn = SeededDraws(seed)
 
     def __call__(self, num_features: int, d: int, device) -> torch.Tensor:
-        key = (num_features, d, str(device))
-        if key not in self._drawn:
-            self._drawn[key] = draw_orthogonal_projection(num_features, d, self.seed, device)
-        return self._drawn[key]
+        return self._drawn(
+            (num_features, d), device, lambda generator: orthogonal_projection(num_features, d, generator)
+        )
 
 
 def orthogonal_projection(num_features: int, d: int, generator: torch.Generator) -> torch.Tensor:

@@ -20,6 +20,7 @@ Because the keys are ignored this mode approximates a different matrix: budget 1
 keys separately, both cut by rank into n_buckets chunks, query chunk i meets key chunks i-1 and i,
 rounds over the union of supports; one bucket is exact attention.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -126,9 +127,12 @@ class ReformerAttention(AttentionBackend):
 
     def chunk_rotations(self, n_hashes: int, bucket_size: int, nq: int, nk: int, d: int, device) -> list[torch.Tensor]:
         """One (d, R, n_buckets / 2) rotation per query chunk, drawn in chunk order (per call with ``redraw``)."""
+
         def draw(generator):
-            return [draw_rotations(generator, d, n_hashes, padded_length(n, bucket_size) // bucket_size).to(device)
-                    for _, n in query_chunks(nq, nk)]
+            return [
+                draw_rotations(generator, d, n_hashes, padded_length(n, bucket_size) // bucket_size).to(device)
+                for _, n in query_chunks(nq, nk)
+            ]
 
         if self.redraw:
             return draw(self._generator)
@@ -192,7 +196,9 @@ class ReformerAttention(AttentionBackend):
                     parts.append(top_id)
                     continue
                 low, low_id = rotated[..., : n_buckets - half].min(-1)
-                parts.append(torch.where(top >= -low, top_id, half + low_id))  # ties go to xR, as argmax of the concatenation
+                parts.append(
+                    torch.where(top >= -low, top_id, half + low_id)
+                )  # ties go to xR, as argmax of the concatenation
             rounds.append(torch.cat(parts, dim=1))
         position = torch.arange(x.shape[1], device=x.device, dtype=torch.float64) / x.shape[1]
         return torch.stack(rounds, dim=1).double() + position  # (B, R, N)
@@ -209,7 +215,9 @@ class ReformerAttention(AttentionBackend):
         if n_buckets > k.shape[1]:
             raise ValueError(f"n_buckets={n_buckets} exceeds the number of keys Nk={k.shape[1]}; accepted 1..Nk")
         rotations = self.rotations(n_hashes, n_buckets, q.shape[2], q.device)
-        chunk = max(1, support_entries(1, n_buckets, q.shape[1], k.shape[1]) // rotations.shape[-1])  # one round's support
+        chunk = max(
+            1, support_entries(1, n_buckets, q.shape[1], k.shape[1]) // rotations.shape[-1]
+        )  # one round's support
         return chunk_neighbours(
             self.sort_key(q, rotations, n_buckets, chunk), self.sort_key(k, rotations, n_buckets, chunk), n_buckets
         )
@@ -222,19 +230,39 @@ class ReformerAttention(AttentionBackend):
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         if self.mode == MODES[0]:
             n_hashes, bucket_size = self.shared_plan(nq, nk)
-            return {"mode": self.mode, "n_hashes": n_hashes, "bucket_size": bucket_size,
-                    "query_chunks": len(query_chunks(nq, nk)), "redraw": self.redraw}
+            return {
+                "mode": self.mode,
+                "n_hashes": n_hashes,
+                "bucket_size": bucket_size,
+                "query_chunks": len(query_chunks(nq, nk)),
+                "redraw": self.redraw,
+            }
         n_hashes, n_buckets = self.plan(nq, nk)
-        return {"mode": self.mode, "n_hashes": n_hashes, "n_buckets": n_buckets,
-                "keys_per_round": chunk_width(n_buckets, nk), "redraw": self.redraw}
+        return {
+            "mode": self.mode,
+            "n_hashes": n_hashes,
+            "n_buckets": n_buckets,
+            "keys_per_round": chunk_width(n_buckets, nk),
+            "redraw": self.redraw,
+        }
 
     def extra_repr(self) -> str:
-        return (f"mode={self.mode}, n_hashes={self.n_hashes}, bucket_size={self.bucket_size}, n_buckets={self.n_buckets}, "
-                f"redraw={self.redraw}, {super().extra_repr()}")
+        return (
+            f"mode={self.mode}, n_hashes={self.n_hashes}, bucket_size={self.bucket_size}, n_buckets={self.n_buckets}, "
+            f"redraw={self.redraw}, {super().extra_repr()}"
+        )
 
 
-def _attend_chunks(q: torch.Tensor, v: torch.Tensor, starts: list[int], n: int, rotations: list[torch.Tensor],
-                   bucket_size: int, scale: float, out: torch.Tensor) -> None:
+def _attend_chunks(
+    q: torch.Tensor,
+    v: torch.Tensor,
+    starts: list[int],
+    n: int,
+    rotations: list[torch.Tensor],
+    bucket_size: int,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
     """Query chunks q[:, start:start + n] of q (B,Nq,d), each a shared-QK sequence with the values v[:, :n] (query t
     pairs with value t) and its own rotation (d,R,h), zero-padded to a multiple of 2 bucket_size (unmasked, as the
     reference); written into out (B,Nq,dv). Sequences (chunk x batch element) go in steps of FLOATS_PER_STEP."""

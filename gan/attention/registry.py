@@ -4,6 +4,7 @@ Adding a backend: write its module (one class, a subclass of ``AttentionBackend`
 ``published``, ``paper``, ``variant_of``), import it here and add its class to ``BACKENDS``, in the
 order ``available_attentions()`` lists them (published methods first, then the project's variants).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -81,5 +82,7 @@ def build_attention(name: str, **params) -> AttentionBackend:
     accepted = backend_parameters(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"{name} attention does not take {', '.join(unknown)}; it accepts: {', '.join(sorted(accepted))}")
+        raise ValueError(
+            f"{name} attention does not take {', '.join(unknown)}; it accepts: {', '.join(sorted(accepted))}"
+        )
     return backend_class(name)(**params)

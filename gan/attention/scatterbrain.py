@@ -21,6 +21,7 @@ from one generator seeded once with ``seed``: on the CPU the draws are those the
 after ``torch.manual_seed(seed)``. ``redraw=False`` (default: outputs independent of call history,
 see docs/attention.md, "Draws") draws the hashes and features once per shape, as the first call.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,11 +45,14 @@ SPARSE_SHARE = 0.5  # the reference's split: half the budget for the SMYRF suppo
 NORMALISER_FLOOR = 1e-6  # the reference's clamp_min on the normaliser, in units of exp(N)
 
 
-def sb_low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float, n_keys: int,
-                      eps: float = 0.0) -> LowRankTerms:
+def sb_low_rank_terms(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float, n_keys: int, eps: float = 0.0
+) -> LowRankTerms:
     """SBPerformerFeatures on padded fp32 q (B,T,d), k (B,S,d), v (B,S,dv); keys >= n_keys are padding (features 0)."""
     a, q_scale = sb_query_features(q, proj, scale, eps=eps)  # (B, T, m), (B, T, 1)
-    b, k_scale = sb_key_features(k, proj, scale, eps=eps)  # (B, S, m), (B, 1, 1): padded keys count in the max, as there
+    b, k_scale = sb_key_features(
+        k, proj, scale, eps=eps
+    )  # (B, S, m), (B, 1, 1): padded keys count in the max, as there
     b[:, n_keys:] = 0.0
     num = a @ (b.transpose(1, 2) @ v)  # (B, T, dv)
     den = a @ b.sum(1).unsqueeze(-1)  # (B, T, 1)
@@ -88,7 +92,9 @@ class ScatterbrainAttention(AttentionBackend):
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
         self.r = check_positive("r", r)
         if ortho_scaling not in (0, 1) or isinstance(ortho_scaling, bool):
-            raise ValueError(f"ortho_scaling must be 0 (chi row norms) or 1 (rows of norm sqrt(d)), got {ortho_scaling!r}")
+            raise ValueError(
+                f"ortho_scaling must be 0 (chi row norms) or 1 (rows of norm sqrt(d)), got {ortho_scaling!r}"
+            )
         self.ortho_scaling = int(ortho_scaling)
         if softmax_eps != 0:
             self.softmax_eps = check_positive("softmax_eps", softmax_eps)
@@ -115,6 +121,7 @@ class ScatterbrainAttention(AttentionBackend):
     def draws(self, n_hashes: int | None, num_features: int, d: int, device: torch.device) -> tuple:
         """(alpha, beta, proj) for one call, in the reference's order: E2LSH (None without ``n_hashes``: nothing
         to sort), then the (num_features // 2, d) projection (None without features; drawn once per shape)."""
+
         def e2lsh(g):
             return draw_e2lsh(g, n_hashes, d + 2, self.r) if n_hashes else (None, None)
 
@@ -140,15 +147,18 @@ class ScatterbrainAttention(AttentionBackend):
         plan, num_features = self.plan(nq, nk)
         t, s = plan.n_clusters * plan.q_cluster_size, plan.n_clusters * plan.k_cluster_size
         qf, kf, vf = pad_tokens(q.float(), t), pad_tokens(k.float(), s), pad_tokens(v.float(), s)
-        alpha, beta, proj = self.draws(plan.n_hashes if plan.n_clusters > 1 else None, num_features, q.shape[2], q.device)
+        alpha, beta, proj = self.draws(
+            plan.n_hashes if plan.n_clusters > 1 else None, num_features, q.shape[2], q.device
+        )
         if plan.n_clusters == 1:  # nothing to sort
             q_pos = torch.arange(t, device=q.device).expand(q.shape[0], plan.n_hashes, t)
             k_pos = torch.arange(s, device=q.device).expand(q.shape[0], plan.n_hashes, s)
         else:
             q_pos, k_pos = sorted_positions(qf, kf, nk, alpha, beta)
         low_rank = None if proj is None else sb_low_rank_terms(qf, kf, vf, proj, scale, nk, self.softmax_eps)
-        out = sorted_cluster_attention(qf * scale, kf, vf, q_pos, k_pos, plan, nk, union=True, low_rank=low_rank,
-                                       floor=NORMALISER_FLOOR)
+        out = sorted_cluster_attention(
+            qf * scale, kf, vf, q_pos, k_pos, plan, nk, union=True, low_rank=low_rank, floor=NORMALISER_FLOOR
+        )
         return out[:, :nq].to(q.dtype)  # (B, Nq, dv)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:

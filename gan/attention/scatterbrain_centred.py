@@ -36,6 +36,7 @@ held-out rows (never worse than its sparse part beyond the probes' sampling nois
 unbiased Scatterbrain estimator wherever that validates best. The core idea (smyrf-topkeys support +
 centred FAVOR+) is kept as one candidate; the mean-field residual and the choice are this project's.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -186,15 +187,20 @@ class ScatterbrainCentredAttention(AttentionBackend):
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
         split_index = 0 if sparse is None else 1
         plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
-        layouts, kinds, errors, lams = [], [], [], []  # per candidate: (layout index, residual), (B, p) errors, (B,) lam
+        layouts: list = []  # per support plan
+        kinds: list = []  # per candidate: (layout index, residual kind)
+        errors: list = []  # per candidate: (B, p) probe errors
+        lams: list = []  # per candidate: (B,) residual weight
         favor = None if low_rank is None else _probe_estimate(low_rank, probes, shift)
+        support = None  # the probes' support in the previous (larger) plan
         for index, plan in enumerate(plans):
             if index == split_index and index > 0:
                 # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger
                 # support's probes first (a proxy) and skip hashing the split when it does not.
                 if favor is None:
                     break
-                proxy = best_weight(residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS), FAVOR_WEIGHTS)[1]
+                proxy_errors = residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS)  # larger support's
+                proxy = best_weight(proxy_errors, FAVOR_WEIGHTS)[1]
                 totals = torch.stack(errors).sum(-1)  # (candidates, B)
                 best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
                 if not bool(clearly_better(best_so_far, proxy).isfinite().any()):
@@ -274,7 +280,9 @@ def _probe_estimate(low_rank: LowRankTerms, probes: torch.Tensor, shift: torch.T
 def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
     """The residual scaled by lam (B,) per batch element: a, num, den times lam (the estimate is linear in a)."""
     w = lam.view(-1, 1, 1)
-    return LowRankTerms(low_rank.log_offset, low_rank.a * w, low_rank.b, low_rank.num * w, low_rank.den * lam.view(-1, 1))
+    return LowRankTerms(
+        low_rank.log_offset, low_rank.a * w, low_rank.b, low_rank.num * w, low_rank.den * lam.view(-1, 1)
+    )
 
 
 def _mean_field_terms(log_mean: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> LowRankTerms:
@@ -298,4 +306,6 @@ def _batch_subset(layout: RoundLayout, members: torch.Tensor, nq: int, nk: int) 
 
 
 def _terms_subset(low_rank: LowRankTerms, members: torch.Tensor) -> LowRankTerms:
-    return LowRankTerms(*(t[members] for t in (low_rank.log_offset, low_rank.a, low_rank.b, low_rank.num, low_rank.den)))
+    return LowRankTerms(
+        *(t[members] for t in (low_rank.log_offset, low_rank.a, low_rank.b, low_rank.num, low_rank.den))
+    )

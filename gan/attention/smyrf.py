@@ -11,9 +11,11 @@ Draws: the reference builds a fresh E2LSH (alpha ~ N(0, 1), beta ~ U(0, r)) on e
 ``redraw=True`` here (each call draws the next hashes from a generator seeded once with ``seed``).
 The default ``redraw=False`` draws once per shape from ``seed`` (the reference's first call after
 ``torch.manual_seed(seed)``), so an image's output does not depend on how many batches came before
-it: resumed, sharded and re-batched runs give the same images (docs/attention.md, "Draws"). Sizes the clusters do not divide, which the reference rejects, are padded as
-SBSmyrf pads them (see ``sorted_clusters``).
+it: resumed, sharded and re-batched runs give the same images (docs/attention.md, "Draws").
+Sizes the clusters do not divide, which the reference rejects, are padded as SBSmyrf pads them
+(see ``sorted_clusters``).
 """
+
 from __future__ import annotations
 
 from numbers import Real

@@ -15,7 +15,8 @@ queries attend to: same number of scores. With ``covering=True`` (the default, `
 cluster ranks key j by its queries' mean score plus log of the fraction of them that have not met j
 in earlier rounds, so later rounds spend their slots on keys still missing (plain top keys per
 cluster picked largely the same keys every round: few distinct pairs where attention is diffuse);
-``covering=False`` is the plain top keys against the cluster's summed queries. Hashing (point-centroid scores, cluster-key selection scores) runs
+``covering=False`` is the plain top keys against the cluster's summed queries. Hashing (point-centroid scores,
+cluster-key selection scores) runs
 one round at a time in pieces of at most one round's support entries, so the support is the peak.
 
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
@@ -27,15 +28,15 @@ its batch. The same latent can still come out slightly different at another batc
 generator's batched convolutions round q and k differently, and a discrete decision (nearest
 centroid, sort order, top-W keys) near a tie can flip, moving a few queries to other clusters.
 """
+
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
+from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
 from .coverage import covering_top_keys
 from .lsh import (
     RoundLayout,
@@ -46,6 +47,7 @@ from .lsh import (
     top_keys_per_cluster,
     xbox_plus,
 )
+from .planning import fewest_clusters_from, search_plan
 
 DEFAULT_N_HASHES = 8
 # Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
@@ -113,14 +115,14 @@ def plan_clusters(
     if fraction >= 1.0:
         return ClusterPlan.of(n_hashes or 1, 1, nq, nk)
     allowed = fraction * nq * nk
-    candidates = [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1]
-    for hashes in candidates:
-        for n_clusters in range(min(nk, math.ceil(hashes / fraction - 1e-9)), nk + 1):
-            plan = ClusterPlan.of(hashes, n_clusters, nq, nk)
-            if plan.score_entries() <= allowed:
-                if plan.k_cluster_size >= MIN_KEYS_PER_CLUSTER or hashes == candidates[-1]:
-                    return plan
-                break  # fits, but its clusters are too small: try fewer rounds
+    found = search_plan(
+        [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1],
+        lambda hashes: fewest_clusters_from(hashes, fraction, nk),
+        fits=lambda h, c: ClusterPlan.of(h, c, nq, nk).score_entries() <= allowed,
+        enough=lambda h, c: ClusterPlan.of(h, c, nq, nk).k_cluster_size >= MIN_KEYS_PER_CLUSTER,
+    )
+    if found is not None:
+        return ClusterPlan.of(*found, nq, nk)
     # Nothing fits (budgets below ~1/Nq): the cheapest single round.
     return min((ClusterPlan.of(1, c, nq, nk) for c in range(1, nk + 1)), key=lambda plan: plan.score_entries())
 
@@ -130,17 +132,19 @@ class SmyrfHash:
 
     def __init__(self, seed: int):
         self.seed = seed
-        self._draws: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._draws = SeededDraws(seed)
 
-    def draws(self, n_hashes: int, n_centroids: int, nk: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def draws(
+        self, n_hashes: int, n_centroids: int, nk: int, dim: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, c) distinct key indices seeding the centroids and (R, dim) unit directions."""
-        key = (n_hashes, n_centroids, nk, dim, str(device))
-        if key not in self._draws:
-            generator = torch.Generator().manual_seed(self.seed)
+
+        def draw(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
             seeds = torch.rand(n_hashes, nk, generator=generator).argsort(-1)[:, :n_centroids]
             directions = torch.randn(n_hashes, dim, generator=generator)
-            self._draws[key] = (seeds.to(device), (directions / directions.norm(dim=-1, keepdim=True)).to(device))
-        return self._draws[key]
+            return seeds, directions / directions.norm(dim=-1, keepdim=True)
+
+        return self._draws((n_hashes, n_centroids, nk, dim), device, draw)
 
     def layout(self, q: torch.Tensor, k: torch.Tensor, plan: ClusterPlan, covering: bool = True) -> RoundLayout:
         """q (B,Nq,d) (scaled), k (B,Nk,d) fp32 -> each round's query clusters and their keys (covering

@@ -19,6 +19,7 @@ outputs held): SMYRF mixes the rounds by their log-sum-exp weights, so a pair me
 r times; SBSmyrf divides each meeting by the number of rounds the pair meets in (``union=True``), so
 each pair counts once, and adds Scatterbrain's low-rank terms and its normaliser floor.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ class SortedClusterPlan:
 
     def hash_entries(self) -> int:
         """The hashes (one per padded query and key per round); none with one cluster (nothing to sort)."""
-        return 0 if self.n_clusters == 1 else self.n_hashes * self.n_clusters * (self.q_cluster_size + self.k_cluster_size)
+        return (
+            0 if self.n_clusters == 1 else self.n_hashes * self.n_clusters * (self.q_cluster_size + self.k_cluster_size)
+        )
 
     def score_entries(self) -> int:
         return self.support_entries() + self.hash_entries()
@@ -88,8 +91,9 @@ def plan_sorted_clusters(
                 f"giving at most Nk clusters that cut both sets evenly"
             )
         plan = SortedClusterPlan.of(n_hashes or DEFAULT_N_HASHES, n_clusters, nq, nk)
-        return SortedClusterPlan(plan.n_hashes, n_clusters, q_cluster_size or plan.q_cluster_size,
-                                 k_cluster_size or plan.k_cluster_size)
+        return SortedClusterPlan(
+            plan.n_hashes, n_clusters, q_cluster_size or plan.q_cluster_size, k_cluster_size or plan.k_cluster_size
+        )
     if budget >= 1.0:
         return SortedClusterPlan.of(n_hashes or 1, 1, nq, nk)
     allowed = budget * nq * nk

@@ -4,6 +4,7 @@ For each chunk of queries: scores against every key, keep the k largest per quer
 those only, and sum the k gathered values with those weights (one fused ``embedding_bag``). Peak
 working memory is one chunk of scores, B * chunk_size * Nk, never B * Nq * Nk.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend
+from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
 
 DEFAULT_CHUNK_SIZE = 256  # fastest on 2 cores at Nk=1024..4096 (cache-sized score chunks)
 # Keys per group in the group-max prefilter (see top_k_scores).
@@ -32,14 +33,14 @@ class TopKAttention(AttentionBackend):
     name = "topk"
     paper = "Gupta et al., 2021 (arXiv:2106.06899)"
 
-    def __init__(self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, budget: float | None = None, seed: int = 0):
+    def __init__(
+        self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, budget: float | None = None, seed: int = 0
+    ):
         super().__init__(budget=budget, seed=seed)
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"k must be a positive int (keys kept per query, 1..Nk), got {k!r}")
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        self.k = positive_int("k", k)  # keys kept per query, 1..Nk
+        if chunk_size is None or positive_int("chunk_size", chunk_size) is None:
             raise ValueError(f"chunk_size must be a positive int (queries per chunk), got {chunk_size!r}")
-        self.k = k
-        self.chunk_size = chunk_size
+        self.chunk_size = int(chunk_size)
 
     def k_for(self, nk: int) -> int:
         """Keys kept per query when there are ``nk`` keys."""
@@ -73,7 +74,9 @@ class TopKAttention(AttentionBackend):
         return f"k={self.k}, chunk_size={self.chunk_size}, {super().extra_repr()}"
 
 
-def _attend_chunk(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_offset: torch.Tensor, top: int) -> torch.Tensor:
+def _attend_chunk(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_offset: torch.Tensor, top: int
+) -> torch.Tensor:
     """queries (B, C, d), keys (B, d, Nk) pre-scaled, values (B*Nk, dv) -> (B, C, dv), all fp32."""
     scores = torch.bmm(queries, keys)  # (B, C, Nk)
     top_scores, top_keys = top_k_scores(scores, top)  # (B, C, k)

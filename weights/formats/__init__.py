@@ -5,7 +5,7 @@ entry in ``FORMATS``. Recognition tries the entries in order.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import ajbrock, biggan_deep, openmmlab
 from .base import CheckpointFormat, LoadOptions, read_config

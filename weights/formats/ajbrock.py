@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -59,7 +59,7 @@ def ajbrock_layout(config: BigGANConfig, sv0: bool = True) -> dict[str, tuple[in
             layout[f"{prefix}.sv0"] = (1,)
 
     add_sn("linear", (config.in_channels[0] * BOTTOM_WIDTH**2, config.dim_z // config.num_slots), bias=True)
-    for i, (cin, cout) in enumerate(zip(config.in_channels, config.out_channels)):
+    for i, (cin, cout) in enumerate(zip(config.in_channels, config.out_channels, strict=False)):
         block = f"blocks.{i}.0"
         add_sn(f"{block}.conv1", (cout, cin, 3, 3), bias=True)
         add_sn(f"{block}.conv2", (cout, cout, 3, 3), bias=True)

@@ -6,9 +6,10 @@ entry in the ``FORMATS`` table of ``weights/formats/__init__.py``. It depends on
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import torch
 

@@ -7,8 +7,8 @@ normed modules store ``weight_orig`` with power-iteration vectors ``weight_u`` (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F

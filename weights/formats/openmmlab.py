@@ -14,8 +14,8 @@ the weights are RGB, as here.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
