@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from weights import write_random_checkpoint
 
@@ -18,3 +20,14 @@ def tiny_deep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(
         tmp_path_factory.mktemp("tiny_deep") / "biggan-deep-tiny", seed=0, **TINY_DEEP_OVERRIDES
     )
+
+
+@pytest.fixture(scope="session")
+def nan_deep_dir(tiny_deep_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
+    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
+    shutil.copytree(tiny_deep_dir, out)
+    state = torch.load(out / "pytorch_model.bin", weights_only=True)
+    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
+    torch.save(state, out / "pytorch_model.bin")
+    return out

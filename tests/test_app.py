@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from app.inputs import MAX_BACKENDS
@@ -50,17 +48,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
-    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
-    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
-    shutil.copytree(tiny_deep_dir, out)
-    state = torch.load(out / "pytorch_model.bin", weights_only=True)
-    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
-    torch.save(state, out / "pytorch_model.bin")
-    return out
 
 
 @pytest.fixture(scope="module")

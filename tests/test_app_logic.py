@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,17 +23,6 @@ from gan.attention import available_attentions, build_attention
 ROOT = Path(__file__).resolve().parents[1]
 APPROXIMATE = [name for name in available_attentions() if name != "exact"]
 OK = ""  # the status line after a success: empty
-
-
-@pytest.fixture(scope="module")
-def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
-    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
-    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
-    shutil.copytree(tiny_deep_dir, out)
-    state = torch.load(out / "pytorch_model.bin", weights_only=True)
-    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
-    torch.save(state, out / "pytorch_model.bin")
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -220,17 +219,6 @@ def test_resume_with_other_settings_is_refused(reference, tiny_deep_dir, capsys)
     args[args.index("--seed") + 1] = "6"
     assert main(args) == 2
     assert "other settings (seed differ)" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def nan_deep_dir(tiny_deep_dir, tmp_path_factory) -> Path:
-    """The tiny checkpoint with NaN in gen_z's bias: it loads (no spectral norm there), and every image is NaN."""
-    out = tmp_path_factory.mktemp("nan") / "biggan-deep-nan"
-    shutil.copytree(tiny_deep_dir, out)
-    state = torch.load(out / "pytorch_model.bin", weights_only=True)
-    state["generator.gen_z.bias"] = torch.full_like(state["generator.gen_z.bias"], float("nan"))
-    torch.save(state, out / "pytorch_model.bin")
-    return out
 
 
 @pytest.mark.parametrize(
