@@ -44,8 +44,18 @@ def check_address(host: str, port: int) -> None:
             raise ValueError(f"cannot serve on {host}:{port}: {reason}; choose another --port or --host") from None
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM shuts the server down like Ctrl-C, so exit handlers remove the scratch folder
+def _stop_on_sigterm(running: list) -> None:
+    """SIGTERM stops the server like Ctrl-C (so the scratch folder is removed), without waiting for open
+    connections: a client's event stream would otherwise hold the shutdown for Gradio's 5 s join timeout.
+    ``running`` holds the launched Blocks once there is one."""
+
+    def terminate(signum, frame):
+        for demo in running:
+            if getattr(demo, "server", None) is not None:  # uvicorn's
+                demo.server.force_exit = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         app.cache.get(args.model, device)  # fail fast on a bad --model, and warm the cache
     except USER_ERRORS as err:
         return report_error(err)
-    signal.signal(signal.SIGTERM, _terminate)
+    running: list = []
+    _stop_on_sigterm(running)
     try:
         demo = app.build()
+        running.append(demo)
         demo.queue(default_concurrency_limit=1)
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, css=CSS,
                     footer_links=["api"])

@@ -55,7 +55,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_tests(quick: bool) -> dict:
     if quick:
         return {"status": "skipped", "detail": "--quick"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TEST_FILES]
+    # -o addopts= : in this one process (the GPU), without pytest-xdist's workers
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-x", "-p", "no:cacheprovider", *TEST_FILES]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     tail = (proc.stdout.strip().splitlines() or [""])[-1]
     return {"status": "ok" if proc.returncode == 0 else "FAIL", "detail": tail, "command": " ".join(cmd[1:])}

@@ -68,3 +68,14 @@ def peak_bytes(fn):
         live += nbytes
         peak = max(peak, live)
     return peak, result
+
+
+def clustered_peak_bound(score_entries, nq, nk, d, dv, plans):
+    """Bytes a clustered backend may hold beyond its output (batch 1): its score entries (fp32) and four copies
+    of q, k, v, plus what score_entries does not count: each layout's int64 bookkeeping (query rows, clusters,
+    round offsets: 4 * 8 bytes per query and round; every plan's layout may be alive at once) and the largest
+    round-membership table (1 byte per round, cluster and key). ``plans``: (n_hashes, n_clusters) pairs."""
+    inputs = nq * (d + 2) + nk * (d + dv)
+    layouts = sum(4 * 8 * n_hashes * nq for n_hashes, _ in plans)
+    membership = max(n_hashes * n_clusters * nk for n_hashes, n_clusters in plans)
+    return 4 * (score_entries + 4 * inputs) + layouts + membership

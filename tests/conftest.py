@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import pytest
 import torch
 
 from weights import write_random_checkpoint
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch gets its share of the cores, so workers do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
 
 # biggan-deep-128 layout (10 blocks, attention at 64x64: 4096 queries, 1024 keys, d=2, dv=8) at 1/16 width
 TINY_DEEP_OVERRIDES = {"channel_width": 8}

@@ -98,7 +98,9 @@ def client(server, tmp_path_factory):
     from gradio_client import Client
 
     downloads = str(tmp_path_factory.mktemp("downloads"))
-    return Client(server, verbose=False, download_files=downloads, analytics_enabled=False)
+    client = Client(server, verbose=False, download_files=downloads, analytics_enabled=False)
+    yield client
+    client.close()
 
 
 def _request(**overrides):

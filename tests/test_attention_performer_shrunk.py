@@ -7,6 +7,17 @@ import torch
 from attention_inputs import clustered_qkv, exact, peak_bytes, qkv, rel_err
 
 from gan.attention import attention_info, build_attention
+from gan.attention.centred_favor import (
+    FEATURE_GROUPS,
+    MAX_GROUP_SIZE,
+    NOISE_FACTORS,
+    estimate_with_noise,
+    fit_noise_factor,
+    query_weights,
+    scaled_noise,
+    shrink_towards,
+    summarise_keys,
+)
 from gan.attention.random_features import draw_orthogonal_projection
 
 NAME = "performer-centred-shrunk"
@@ -26,6 +37,22 @@ def plain_centred_favor(q, k, v, proj, scale):
     return est, est @ v, est.sum(-1, keepdim=True)
 
 
+def plain_group_noise(q, k, v, proj, scale):
+    """Plain reading of the noise estimate in float64: feature f in group f mod G; each group's kernel sums give
+    P_g with share w_g of the denominator; var = sum_g w_g |P_g - P|^2 * sum w^2 / (1 - sum w^2). -> (P, var)."""
+    m = proj.shape[0]
+    n_groups = max(min(FEATURE_GROUPS, m), -(-m // MAX_GROUP_SIZE))
+    groups = [torch.arange(g, m, n_groups) for g in range(n_groups)]
+    parts = [plain_centred_favor(q, k, v, proj[rows], scale) for rows in groups]  # per group, m_g-feature means
+    num = torch.stack([len(rows) * part[1] for rows, part in zip(groups, parts, strict=True)], 2)  # (B, Nq, G, dv)
+    den = torch.stack([len(rows) * part[2] for rows, part in zip(groups, parts, strict=True)], 2)  # (B, Nq, G, 1)
+    estimate = num.sum(2) / den.sum(2)
+    share = (den / den.sum(2, keepdim=True)).squeeze(-1)  # (B, Nq, G)
+    spread = (share * (num / den - estimate.unsqueeze(2)).square().sum(-1)).sum(-1)
+    w_sq = share.square().sum(-1)
+    return estimate, spread * w_sq / (1 - w_sq)
+
+
 def test_is_a_project_variant_of_performer():
     info = attention_info(NAME)
     assert info["published"] is False and info["variant_of"] == "performer"
@@ -40,6 +67,32 @@ def test_unshrunk_output_is_the_plain_centred_estimator(nq, nk):
     attn = build_attention(NAME, num_features=48, shrink=False, seed=3)
     _, num, den = plain_centred_favor(q, k, v, attn.projection(48, q.shape[2], q.device), 0.8)
     assert rel_err(attn(q, k, v, scale=0.8), num / den) < 1e-4
+
+
+@pytest.mark.parametrize("num_features", [37, 64, 300])
+def test_noise_estimate_is_the_plain_group_spread(num_features):
+    # The grouped, padded layout (37: groups of 5 and 4 features; 300: 10 groups of 30) must give the plain
+    # reading's estimate (1e-5) and variance (1e-3: fp32 vs fp64 on a difference of near-equal terms), per query.
+    q, k, v = qkv(nq=64, nk=32, d=8, dv=4, logit_std=1.0)
+    q, k = q + 0.5, k + 0.5
+    proj = draw_orthogonal_projection(num_features, 8, seed=1)
+    keys = summarise_keys(q, k, v, proj, 0.8)
+    estimate, var = estimate_with_noise(query_weights(q, keys), keys)
+    plain_estimate, plain_var = plain_group_noise(q, k, v, proj, 0.8)
+    assert rel_err(estimate, plain_estimate) < 1e-5
+    assert ((var.double() - plain_var).abs() / plain_var).max() < 1e-3
+
+
+def test_noise_factor_is_the_best_on_the_probes():
+    # The factor chosen (all at once) must have the smallest probe error of the shrinkages one factor at a time.
+    g = torch.Generator().manual_seed(0)
+    estimate, truth = torch.randn(3, 40, 6, generator=g), torch.randn(3, 40, 6, generator=g)
+    var, base = torch.rand(3, 40, generator=g) * torch.rand(3, 1, generator=g) * 40, torch.randn(3, 1, 6, generator=g)
+    shrunk = [shrink_towards(estimate, scaled_noise(var, kappa), base) for kappa in NOISE_FACTORS]
+    errors = torch.stack([(one - truth).square().sum((1, 2)) for one in shrunk])  # (K, B)
+    chosen = fit_noise_factor(estimate, var, base, truth)  # (B, 1)
+    picked = errors[[NOISE_FACTORS.index(kappa) for kappa in chosen.flatten().tolist()], range(3)]
+    assert torch.allclose(picked, errors.min(0).values, rtol=1e-5)
 
 
 def test_centred_kernel_sums_are_unbiased():

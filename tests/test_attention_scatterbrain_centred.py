@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
+from attention_inputs import clustered_peak_bound, exact, peak_bytes, qkv, rel_err, support_mask
 from attention_inputs import clustered_qkv as _clustered_qkv
-from attention_inputs import exact, peak_bytes, qkv, rel_err, support_mask
 
 from gan.attention import build_attention
 from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
@@ -247,19 +247,16 @@ def test_calibrated_batch_elements_are_independent():
 @pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4])
 def test_peak_memory_is_the_score_entries_plus_input_copies(budget):
     # Allocator peak of one call (public profiler API), less the output, within 4 bytes * (score_entries +
-    # four copies of q, k, v) plus the clustered layouts' int64 bookkeeping (query rows, clusters, round
-    # offsets: 4 * 8 bytes per query and round) and the round-membership table (1 byte per round, cluster
-    # and key), which score_entries does not count. Fails if an (R, Nq, C) or (Nq, Nk) float table
-    # appears (2M+ entries here).
+    # four copies of q, k, v) plus the bookkeeping score_entries does not count (``clustered_peak_bound``:
+    # both candidate layouts' int64 rows and the larger round-membership table). Fails if an (R, Nq, C) or
+    # (Nq, Nk) float table appears (2M+ entries here).
     nq, nk, d, dv = 4096, 1024, 32, 8
     q, k, v = qkv(b=1, nq=nq, nk=nk, d=d, dv=dv, logit_std=2.0)
     attn = build_attention("scatterbrain-centred", budget=budget)
     attn(q, k, v)
     peak, _ = peak_bytes(lambda: attn(q, k, v))
-    plan = attn.resolve(nq, nk, d)
-    inputs = nq * (d + 2) + nk * (d + dv)
-    bookkeeping = (
-        4 * 8 * plan["n_hashes"] * nq + plan["n_hashes"] * max(plan["n_clusters"], plan["all_sparse_n_clusters"]) * nk
-    )
-    assert peak - 4 * nq * dv <= 4 * (attn.score_entries(nq, nk, d) + 4 * inputs) + bookkeeping
+    plans = [plan for plan in (attn.plan(nq, nk)[0], attn.sparse_plan(nq, nk)) if plan is not None]
+    bound = clustered_peak_bound(attn.score_entries(nq, nk, d), nq, nk, d, dv,
+                                 [(plan.n_hashes, plan.n_clusters) for plan in plans])
+    assert peak - 4 * nq * dv <= bound
     assert attn.score_entries(nq, nk, d) <= budget * nq * nk

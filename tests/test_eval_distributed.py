@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from eval.fid import main as fid_main
 from eval.inception import random_inception_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def _run(cmd: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_equals_single_process(tiny_deep_dir, tmp_path):
+def test_two_process_gloo_run_equals_single_process(tiny_deep_dir, tmp_path, monkeypatch):
     torch.save(random_inception_state(1 / 16, seed=0), tmp_path / "inception.pth")
     feats = np.random.default_rng(0).normal(size=(400, 128))
     np.savez(tmp_path / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
@@ -35,7 +36,13 @@ def test_two_process_gloo_run_equals_single_process(tiny_deep_dir, tmp_path):
             "--shard-size", "4", "--device", "cpu", "--seed", "5",
             "--inception-weights", str(tmp_path / "inception.pth"),
             "--ref-stats", str(tmp_path / "ref.npz")]
-    _run([sys.executable, "eval/fid.py", *args, "--out", str(tmp_path / "one")], tmp_path)
+    monkeypatch.setenv("BIGGAN_ATTN_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank (OMP_NUM_THREADS=1): the same float reductions
+    try:
+        assert fid_main([*args, "--out", str(tmp_path / "one")]) == 0  # the one-process run, in this process
+    finally:
+        torch.set_num_threads(threads)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "eval/fid.py",
           *args, "--out", str(tmp_path / "two")], tmp_path)
     one = json.loads((tmp_path / "one" / "results.json").read_text())

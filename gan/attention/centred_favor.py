@@ -6,8 +6,8 @@ vectors, a per-query term (it cancels in each query's normalisation) and a per-k
 into the keys' weights exactly. FAVOR+ on q_, k_ stays an unbiased estimate of exp(scale q.k) up
 to that exact per-query factor, with the variance of the smaller centred norms.
 
-Noise: the m features are dealt into G groups (feature f to group f mod G; G = 8, more past 256 features); each group
-alone gives
+Noise: the m features are dealt into G groups (feature f to group f mod G; G = 8, more past 256 features) and
+kept group by group (``group_slots``), so a group is a contiguous block of slots. Each group alone gives
 an estimate P_g of a query's output and the full estimate is P = sum_g w_g P_g with w_g the group's
 share of the denominator. Var(P) ~ sum_g w_g^2 * s^2, s^2 = sum_g w_g |P_g - P|^2 / (1 - sum_g w_g^2)
 the weighted spread: when one group carries all the mass (FAVOR+'s heavy tail at large logits),
@@ -23,6 +23,7 @@ exact rows, per batch element, not a constant tuned to one distribution.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,23 +39,30 @@ NOISE_FACTORS = (0.0, *(2.0**i for i in range(13)), float("inf"))
 
 @dataclass
 class KeySummary:
-    """Keys summarised per feature f: weights b_jf = exp(lk_jf - key_max_f) <= 1 of the centred features.
+    """Keys summarised per feature slot, in the grouped layout of ``group_slots`` (G groups of s slots, each
+    group's features contiguous; empty slots have log_mass -inf, kv 0 and a zero projection column).
 
-    key_max (B,1,m); mass (B,m) = sum_j b_jf; kv (B,m,dv) = sum_j b_jf v_j; gram (B,G,s,s) = kv kv^T within each
-    feature group (``group_slots``: G groups of s slots); q_mean (B,1,d) the queries' mean the features were centred on.
+    log_mass (B,1,G*s) = log sum_j exp(lk_jf); kv (B,G*s,dv) = sum_j softmax_j(lk_jf) v_j; gram (B,G,s,s) =
+    kv kv^T within each group; proj (d,G*s) the projection times sqrt(scale); q_mean (B,1,d) the queries' mean
+    the features were centred on.
     """
 
-    key_max: torch.Tensor
-    mass: torch.Tensor
+    log_mass: torch.Tensor
     kv: torch.Tensor
     gram: torch.Tensor
+    proj: torch.Tensor
     q_mean: torch.Tensor
+
+    @property
+    def n_groups(self) -> int:
+        """G, the number of feature groups."""
+        return self.gram.shape[1]
 
 
 def group_slots(num_features: int, device) -> torch.Tensor:
     """(G, s) feature index in each slot of each group: group g holds features g, g + G, g + 2G, ...,
-    G = max(min(FEATURE_GROUPS, m), ceil(m / MAX_GROUP_SIZE)), s = ceil(m / G); empty slots hold m (a zero
-    column appended by the callers)."""
+    G = max(min(FEATURE_GROUPS, m), ceil(m / MAX_GROUP_SIZE)), s = ceil(m / G); empty slots hold m (a padding
+    entry appended by ``_by_group``)."""
     n_groups = max(min(FEATURE_GROUPS, num_features), -(-num_features // MAX_GROUP_SIZE))
     slots = torch.arange(n_groups, device=device).view(-1, 1) + n_groups * torch.arange(
         -(-num_features // n_groups), device=device
@@ -62,10 +70,10 @@ def group_slots(num_features: int, device) -> torch.Tensor:
     return slots.clamp_max_(num_features).masked_fill_(slots >= num_features, num_features)
 
 
-def _by_group(x: torch.Tensor, slots: torch.Tensor, dim: int) -> torch.Tensor:
-    """x with its feature axis ``dim`` (size m) regrouped to (G, s) slots; empty slots are 0."""
+def _by_group(x: torch.Tensor, slots: torch.Tensor, dim: int, fill: float = 0.0) -> torch.Tensor:
+    """x with its feature axis ``dim`` (size m) reordered to the G * s slots, flat; empty slots hold ``fill``."""
     pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, 1]
-    return torch.nn.functional.pad(x, pad).index_select(dim, slots.reshape(-1)).unflatten(dim, tuple(slots.shape))
+    return torch.nn.functional.pad(x, pad, value=fill).index_select(dim, slots.reshape(-1))
 
 
 def summarise_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> KeySummary:
@@ -74,47 +82,61 @@ def summarise_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torc
     lk = favor_log_features(k - k_mean, proj, scale) + scale * ((k - k_mean) @ q_mean.transpose(1, 2))  # (B, Nk, m)
     key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m)
     weights = lk.sub_(key_max).exp_()  # (B, Nk, m) <= 1, in place
-    kv = weights.transpose(1, 2) @ v  # (B, m, dv)
-    grouped = _by_group(kv, group_slots(proj.shape[0], k.device), dim=1)  # (B, G, s, dv)
-    gram = grouped @ grouped.transpose(-1, -2)  # (B, G, s, s)
-    return KeySummary(key_max, weights.sum(1), kv, gram, q_mean)
+    mass = weights.sum(1, keepdim=True)  # (B, 1, m), >= 1
+    kv = (weights.transpose(1, 2) @ v).div_(mass.transpose(1, 2))  # (B, m, dv): convex combinations of the values
+    slots = group_slots(proj.shape[0], k.device)  # (G, s)
+    kv = _by_group(kv, slots, dim=1)  # (B, G*s, dv)
+    grouped = kv.unflatten(1, tuple(slots.shape))  # (B, G, s, dv)
+    return KeySummary(
+        log_mass=_by_group(mass.log_().add_(key_max), slots, dim=2, fill=-math.inf),  # (B, 1, G*s)
+        kv=kv,
+        gram=grouped @ grouped.transpose(-1, -2),  # (B, G, s, s)
+        proj=_by_group(proj.t() * math.sqrt(scale), slots, dim=1),  # (d, G*s)
+        q_mean=q_mean,
+    )
 
 
-def query_weights(q: torch.Tensor, keys: KeySummary, proj: torch.Tensor, scale: float) -> torch.Tensor:
-    """q (B,c,d) fp32 -> (B,c,m) non-negative weights u, max 1 per query: u_f * mass_f is feature f's share
-    of the query's denominator (up to a per-query factor that cancels)."""
-    lq = favor_log_features(q - keys.q_mean, proj, scale) + keys.key_max  # (B, c, m)
-    return lq.sub_(lq.amax(-1, keepdim=True)).exp_()
+def query_weights(q: torch.Tensor, keys: KeySummary) -> torch.Tensor:
+    """q (B,c,d) fp32 -> (B,c,G*s) each feature slot's share of the query's denominator (sums to 1; 0 in empty
+    slots). The per-query terms of the log-features cancel in the normalisation and are left out."""
+    x = q - keys.q_mean  # (B, c, d)
+    return torch.softmax(torch.baddbmm(keys.log_mass, x, keys.proj.expand(q.shape[0], -1, -1)), dim=-1)
 
 
-def estimate_with_noise(u: torch.Tensor, keys: KeySummary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """u (B,c,m) -> (P (B,c,dv) the FAVOR+ output, den (B,c) its denominator in u's units, var (B,c) the
-    estimated variance |P - E P|^2 from the feature groups; inf where it cannot be estimated)."""
-    slots = group_slots(u.shape[-1], u.device)
-    n_groups = slots.shape[0]
-    per_feature = u * keys.mass.unsqueeze(1)  # (B, c, m)
-    den = per_feature.sum(-1)  # (B, c), > 0: the largest u is 1 and every mass is >= 1
-    estimate = (u @ keys.kv) / den.unsqueeze(-1)  # (B, c, dv)
-    if n_groups < 2:
-        return estimate, den, torch.full_like(den, float("inf"))
-    group_den = _by_group(per_feature, slots, dim=2).sum(-1)  # (B, c, G)
-    u_grouped = _by_group(u, slots, dim=2)  # (B, c, G, s)
-    group_quad = (torch.einsum("bcgi,bgij->bcgj", u_grouped, keys.gram) * u_grouped).sum(-1)  # (B, c, G): |num_g|^2
-    # sum_g w_g |P_g|^2 - |P|^2 with w_g = den_g / den and P_g = num_g / den_g.
-    spread = ((group_quad / group_den.clamp_min(1e-30)).sum(-1) / den - estimate.square().sum(-1)).clamp_min(0.0)
-    w_sq = (group_den / den.unsqueeze(-1)).square().sum(-1)  # (B, c) in [1/G, 1]
-    var = torch.where(w_sq < 1 - 1e-6, spread * w_sq / (1 - w_sq).clamp_min(1e-6), float("inf"))
-    return estimate, den, var
+def estimate_with_noise(
+    w: torch.Tensor, keys: KeySummary, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (B,c,G*s) from ``query_weights`` -> (P (B,c,dv) the FAVOR+ output, written to ``out`` if given, var (B,c)
+    the estimated variance |P - E P|^2 from the feature groups; inf where it cannot be estimated)."""
+    estimate = torch.bmm(w, keys.kv, out=out)  # (B, c, dv)
+    if keys.n_groups < 2:
+        return estimate, torch.full_like(estimate[..., 0], float("inf"))
+    grouped = w.unflatten(-1, keys.gram.shape[1:3]).transpose(1, 2).contiguous()  # (B, G, c, s)
+    share = grouped.sum(-1)  # (B, G, c): w_g, the group's share of the denominator
+    quad = (grouped @ keys.gram).mul_(grouped).sum(-1)  # (B, G, c): |w_g P_g|^2
+    # sum_g w_g |P_g|^2 - |P|^2 with P_g = (w_g P_g) / w_g.
+    spread = quad.div_(share.clamp_min(1e-30)).sum(1).sub_(torch.linalg.vector_norm(estimate, dim=-1).square_())
+    w_sq = share.square_().sum(1)  # (B, c) in [1/G, 1]
+    var = torch.where(w_sq < 1 - 1e-6, spread.clamp_min_(0.0).mul_(w_sq).div_((1 - w_sq).clamp_min(1e-6)), math.inf)
+    return estimate, var
 
 
-def shrink_towards(estimate: torch.Tensor, var: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+def shrink_towards(
+    estimate: torch.Tensor, var: torch.Tensor, base: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Positive-part James-Stein: base + lam (estimate - base), lam = max(0, 1 - var / |estimate - base|^2).
 
-    estimate (B,c,dv), var (B,c), base broadcastable to estimate. lam is the MSE-optimal weight when
-    |estimate - base|^2 - var estimates the squared distance of the truth from the base."""
-    gap = estimate - base
-    lam = (1 - var / gap.square().sum(-1).clamp_min(1e-30)).clamp_(0.0, 1.0)  # (B, c); inf var -> 0
-    return base + lam.unsqueeze(-1) * gap
+    estimate (B,c,dv), var (B,c), base broadcastable to estimate; written to ``out`` if given (``out=estimate``
+    shrinks in place). lam is the MSE-optimal weight when |estimate - base|^2 - var estimates the squared
+    distance of the truth from the base."""
+    gap = torch.sub(estimate, base, out=out)
+    lam = shrink_weight(var, torch.linalg.vector_norm(gap, dim=-1).square_())  # (B, c)
+    return torch.addcmul(base, lam.unsqueeze(-1), gap, out=out)
+
+
+def shrink_weight(var: torch.Tensor, gap_sq: torch.Tensor) -> torch.Tensor:
+    """lam = max(0, 1 - var / |estimate - base|^2) in [0, 1], inf var -> 0; var, gap_sq broadcastable."""
+    return (1 - var / gap_sq.clamp_min(1e-30)).clamp_(0.0, 1.0)
 
 
 def probe_queries(nq: int, n_probe: int, seed: int) -> torch.Tensor:
@@ -132,13 +154,17 @@ def fit_noise_factor(
     estimate: torch.Tensor, var: torch.Tensor, base: torch.Tensor, truth: torch.Tensor
 ) -> torch.Tensor:
     """(B,1) factor from NOISE_FACTORS whose shrinkage ``shrink_towards(estimate, kappa var, base)`` is closest
-    to ``truth`` on the probes: estimate, truth (B,p,dv), var (B,p), base broadcastable."""
-    factors = torch.tensor(NOISE_FACTORS, device=var.device)
-    errors = torch.stack(
-        [(shrink_towards(estimate, scaled_noise(var, kappa), base) - truth).square().sum((1, 2)) for kappa in factors],
-        dim=-1,
-    )  # (B, K)
-    return factors[errors.argmin(-1)].unsqueeze(-1)
+    to ``truth`` on the probes: estimate, truth (B,p,dv), var (B,p), base broadcastable.
+
+    With gap = estimate - base, |base + lam gap - truth|^2 = |gap|^2 (lam - best)^2 + a part no factor changes,
+    best = gap.(truth - base) / |gap|^2: the factors are compared on the first term, all at once."""
+    factors = torch.tensor(NOISE_FACTORS, device=var.device)  # (K,)
+    gap = estimate - base  # (B, p, dv)
+    gap_sq = gap.square().sum(-1)  # (B, p)
+    best = (gap * (truth - base)).sum(-1) / gap_sq.clamp_min(1e-30)  # (B, p)
+    lam = shrink_weight(scaled_noise(var, factors.view(-1, 1, 1)), gap_sq)  # (K, B, p)
+    errors = (gap_sq * (lam - best).square()).sum(-1)  # (K, B)
+    return factors[errors.argmin(0)].unsqueeze(-1)
 
 
 def scaled_noise(var: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:

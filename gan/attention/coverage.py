@@ -25,15 +25,27 @@ import torch
 from .lsh import RoundLayout
 
 COVERED_FLOOR = 1e-6  # log(1 - f) floor: keys every query already met rank last, still by score
+COVERING_TABLES = 4  # (chunk, Nk) tables alive per piece: scores, missing fraction, met counts, their source
 
 
 def covering_top_keys(
-    q: torch.Tensor, k: torch.Tensor, q_rows: torch.Tensor, q_cluster: torch.Tensor, width: int, chunk: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_rows: torch.Tensor,
+    q_cluster: torch.Tensor,
+    width: int,
+    chunk: int,
+    by_query: bool | None = None,
 ) -> RoundLayout:
     """q (B,Nq,d) scaled, k (B,Nk,d) fp32; q_rows (B,R,C,qs), q_cluster (B,R,Nq) -> the layout with W keys per
-    cluster."""
+    cluster.
+
+    The met counts of an earlier round are spread from cluster to cluster (C * C * W entries per round pair)
+    or from query to query (Nq * W), whichever is fewer (``by_query`` None); both give the same counts."""
     b, n_rounds, n_clusters, _ = q_rows.shape
-    nk = k.shape[1]
+    nq, nk = q.shape[1], k.shape[1]
+    if by_query is None:
+        by_query = n_clusters * n_clusters > nq
     first_cluster = (torch.arange(b, device=q.device) * n_clusters).view(b, 1)  # (B, 1)
     flat_q = q.reshape(-1, q.shape[-1])  # (B*Nq, d)
     ones = q.new_ones(q_cluster.shape[0], q_cluster.shape[2])  # (B, Nq)
@@ -43,28 +55,62 @@ def covering_top_keys(
         centre = q.new_zeros(b * n_clusters, q.shape[-1]).index_add_(0, clusters, flat_q).view(b, n_clusters, -1)
         size = q.new_zeros(b, n_clusters).scatter_add_(1, q_cluster[:, r], ones).clamp_min_(1.0)  # (B, C)
         centre = centre / size.unsqueeze(-1)  # (B, C, d): mean query of each cluster
-        # n(c, c') for every earlier round r': queries in cluster c now and in c' then, (B, C, C) each.
-        overlap = [
-            q.new_zeros(b, n_clusters * n_clusters)
-            .scatter_add_(1, q_cluster[:, r] * n_clusters + q_cluster[:, e], ones)
-            .view(b, n_clusters, n_clusters)
-            for e in range(r)
-        ]
+        spread = _spread_by_query(q_rows[:, r], q_cluster, k_ids, nq) if by_query else _spread_by_cluster(
+            q_cluster, r, k_ids, n_clusters
+        )
         picked = []
         for start in range(0, n_clusters, chunk):
             part = slice(start, start + chunk)
             score = torch.einsum("bcd,bnd->bcn", centre[:, part], k)  # (B, c, Nk) mean score of the cluster
             if r:
                 missing = torch.ones_like(score)  # fraction of the cluster's queries that have not met the key
-                for e, counts in enumerate(overlap):  # spread round e's key lists over this round's clusters
-                    src = counts[:, part].repeat_interleave(width, dim=-1)  # (B, c, C*W)
-                    met = torch.zeros_like(score).scatter_add_(-1, k_ids[e].reshape(b, 1, -1).expand_as(src), src)
+                for met in spread(part, score):  # per earlier round: (B, c, Nk) queries that met each key then
                     missing *= (1.0 - met / size[:, part].unsqueeze(-1)).clamp_(min=0.0)
                 score += missing.clamp_(min=COVERED_FLOOR).log_()
             picked.append(score.topk(width, dim=-1).indices)  # (B, c, W)
         k_ids.append(torch.cat(picked, dim=1))
     k_rows = torch.stack(k_ids, dim=1) + (torch.arange(b, device=k.device) * nk).view(-1, 1, 1, 1)  # (B, R, C, W)
     return RoundLayout(q_rows, q_cluster, k_rows)
+
+
+def _spread_by_cluster(q_cluster: torch.Tensor, r: int, k_ids: list[torch.Tensor], n_clusters: int):
+    """met counts of round r's clusters from the contingency n(c, c') of clusters now and in each earlier round."""
+    b = q_cluster.shape[0]
+    ones = q_cluster.new_ones(q_cluster.shape[2], dtype=torch.float32).expand(b, -1)  # (B, Nq)
+    overlap = [
+        ones.new_zeros(b, n_clusters * n_clusters)
+        .scatter_add_(1, q_cluster[:, r] * n_clusters + q_cluster[:, e], ones)
+        .view(b, n_clusters, n_clusters)
+        for e in range(r)
+    ]  # (B, C, C) each: queries in cluster c now and in c' in round e
+
+    def spread(part: slice, score: torch.Tensor):
+        width = k_ids[0].shape[-1] if k_ids else 0
+        for e, counts in enumerate(overlap):
+            src = counts[:, part].repeat_interleave(width, dim=-1)  # (B, c, C*W)
+            yield torch.zeros_like(score).scatter_add_(-1, k_ids[e].reshape(b, 1, -1).expand_as(src), src)
+
+    return spread
+
+
+def _spread_by_query(q_rows: torch.Tensor, q_cluster: torch.Tensor, k_ids: list[torch.Tensor], nq: int):
+    """met counts of this round's clusters (q_rows (B,C,qs) flat ids) from each member query's keys in earlier
+    rounds."""
+    b = q_rows.shape[0]
+    local = torch.where(q_rows >= 0, q_rows % nq, 0)  # (B, C, qs) local query ids, padding -> query 0
+    present = (q_rows >= 0).float()  # (B, C, qs)
+
+    def spread(part: slice, score: torch.Tensor):
+        c, qs = local[:, part].shape[1:]
+        members = local[:, part].reshape(b, -1)  # (B, c*qs)
+        weight = present[:, part].unsqueeze(-1)  # (B, c, qs, 1)
+        for e, keys in enumerate(k_ids):
+            then = q_cluster[:, e].gather(1, members)  # (B, c*qs): each member's cluster in round e
+            met_keys = keys.gather(1, then.unsqueeze(-1).expand(-1, -1, keys.shape[-1]))  # (B, c*qs, W)
+            src = weight.expand(-1, -1, -1, keys.shape[-1]).reshape(b, c, -1)  # (B, c, qs*W)
+            yield torch.zeros_like(score).scatter_add_(-1, met_keys.view(b, c, -1), src)
+
+    return spread
 
 
 def distinct_pairs(layout: RoundLayout, nk: int) -> torch.Tensor:

@@ -61,18 +61,14 @@ def centroid_sort_key(x: torch.Tensor, centroids: torch.Tensor, directions: torc
     The key is the nearest centroid's id (by inner product) plus a (0, 1) fraction from the
     projection on the round's direction: one sort groups points by centroid and orders each group
     along an angular coordinate, so cutting the order into equal pieces splits big groups along it.
-    The point-centroid scores are formed one round and ``chunk`` points at a time (chunk * c scores
-    per batch element alive), so hashing holds no more than the caller allows.
+    The point-centroid scores of every round are formed ``chunk`` points at a time (chunk * R * c
+    scores per batch element alive), so hashing holds no more than the caller allows.
     """
-    nearest = torch.stack(
-        [
-            torch.cat(
-                [(part @ centroids[:, r].transpose(-1, -2)).max(-1).indices for part in x.split(chunk, dim=1)], dim=1
-            )
-            for r in range(centroids.shape[1])
-        ],
-        dim=1,
-    )  # (B, R, N)
+    b, n_rounds, n_centroids, dim = centroids.shape
+    every_round = centroids.reshape(b, n_rounds * n_centroids, dim).transpose(1, 2)  # (B, D, R*c)
+    nearest = torch.cat(
+        [(part @ every_round).view(b, -1, n_rounds, n_centroids).argmax(-1) for part in x.split(chunk, dim=1)], dim=1
+    ).transpose(1, 2)  # (B, R, N)
     fraction = torch.sigmoid(torch.einsum("bnd,rd->brn", x, directions))  # (B, R, N) in (0, 1)
     return nearest.double() + fraction.double()
 

@@ -26,6 +26,7 @@ import torch
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .centred_favor import (
     PROBE_QUERIES,
+    KeySummary,
     estimate_with_noise,
     exact_rows,
     fit_noise_factor,
@@ -37,7 +38,7 @@ from .centred_favor import (
 )
 from .random_features import ProjectionCache
 
-QUERY_CHUNKS = 8  # a chunk's few (B, Nq/8, m) temporaries stay within the query features' share
+QUERY_CHUNKS = 4  # a chunk's three (B, Nq/4, m) temporaries stay within the query features' share
 
 
 class PerformerCentredShrunkAttention(AttentionBackend):
@@ -75,18 +76,25 @@ class PerformerCentredShrunkAttention(AttentionBackend):
         if self.shrink and n_probe:
             probes = probe_queries(q.shape[1], n_probe, self.seed).to(q.device)  # (p,)
             probe_out = exact_rows(qf[:, probes], kf, vf, scale)  # (B, p, dv)
-            estimate, _, var = estimate_with_noise(query_weights(qf[:, probes], keys, proj, scale), keys)
+            estimate, var = estimate_with_noise(query_weights(qf[:, probes], keys), keys)
             kappa = fit_noise_factor(estimate, var, base, probe_out)  # (B, 1)
         chunk = -(-q.shape[1] // QUERY_CHUNKS)
         for start in range(0, q.shape[1], chunk):
-            u = query_weights(qf[:, start : start + chunk], keys, proj, scale)  # (B, c, m)
-            estimate, _, var = estimate_with_noise(u, keys)
-            out[:, start : start + chunk] = (
-                shrink_towards(estimate, scaled_noise(var, kappa), base) if self.shrink else estimate
-            )
+            self.fill_rows(out[:, start : start + chunk], qf[:, start : start + chunk], keys, kappa, base)
         if probes is not None:
             out[:, probes] = probe_out  # their exact rows are known
         return out.to(q.dtype)
+
+    def fill_rows(
+        self, rows: torch.Tensor, queries: torch.Tensor, keys: KeySummary, kappa: torch.Tensor, base: torch.Tensor
+    ) -> None:
+        """rows (B,c,dv), a view of the output, <- the queries' (B,c,d) estimates, shrunk by kappa (B,1) var."""
+        w = query_weights(queries, keys)  # (B, c, G*s)
+        if not self.shrink:
+            torch.bmm(w, keys.kv, out=rows)
+            return
+        _, var = estimate_with_noise(w, keys, out=rows)  # (B, c)
+        shrink_towards(rows, scaled_noise(var, kappa), base, out=rows)
 
     def probe_count(self, nq: int, nk: int, num_features: int) -> int:
         """Probe queries whose exact rows (p * Nk scores) fit in the query features' share (Nq * m); 0 below 8."""

@@ -175,7 +175,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
 
     def calibrated(self, q, k, v, scale, probes, clusters, low_rank):
         """[(batch elements, their layout, their residual terms or None)]: per batch element the candidate that
-        lowers the error on the probes' exact rows most, beyond one standard error, relative to the largest
+        lowers the error on the probes' exact rows most, beyond EVIDENCE standard errors, relative to the largest
         support alone (which is kept where no candidate clearly helps).
 
         Candidates: the all-sparse support with the mean-field residual, and the split's support with the

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
-from .coverage import covering_top_keys
+from .coverage import COVERING_TABLES, covering_top_keys
 from .lsh import (
     RoundLayout,
     centroid_sort_key,
@@ -50,10 +50,10 @@ from .lsh import (
 from .planning import fewest_clusters_from, search_plan
 
 DEFAULT_N_HASHES = 8
-# Fewer keys per cluster than this buys more rounds at a loss: at budget 1/32 (Nq=4096, Nk=1024),
-# 8 rounds of 4 keys had higher error than 4 rounds of 8 in 3 of the 4 benchmark regimes, and a
+# Fewer keys per cluster than this buys more rounds at a loss. With covering rounds, 8 rounds of 4 keys
+# beat 4 rounds of 8 at budget 1/32 in every regime of bench/regimes.py (BENCHMARKS.md); below 4 a
 # round's int64 sort bookkeeping per query (about 32 bytes) outgrows its W fp32 scores.
-MIN_KEYS_PER_CLUSTER = 8
+MIN_KEYS_PER_CLUSTER = 4
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,18 @@ class ClusterPlan:
         return cls(n_hashes, n_clusters, cluster_size(nq, n_clusters), cluster_size(nk, n_clusters))
 
     def score_entries(self) -> int:
-        """Scores held: the support, padding included. Hashing works in pieces of at most one round's
-        support (``work_rows``), so it never holds more."""
+        """Scores held: the support, padding included. Hashing, before the support exists, works in
+        pieces of at most as many entries (``work_rows``), so it never holds more."""
         return self.n_hashes * self.round_entries()
 
     def round_entries(self) -> int:
         """One round's support: C clusters of q_cluster_size queries times k_cluster_size keys."""
         return self.n_clusters * self.q_cluster_size * self.k_cluster_size
 
-    def work_rows(self, width: int) -> int:
-        """Rows of ``width`` scores (points against C centroids, clusters against Nk keys) that fit in
-        one round's support entries: the hashing's working set."""
-        return max(1, self.round_entries() // width)
+    def work_rows(self, width: int, tables: int = 1) -> int:
+        """Rows of ``width`` entries (points against every round's centroids, clusters against Nk keys) such that
+        ``tables`` such tables fit in the support's score entries: the hashing's working set."""
+        return max(1, self.score_entries() // (width * tables))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,10 +152,13 @@ class SmyrfHash:
         key_norm = k.norm(dim=-1).amax(-1).view(-1, 1, 1)  # (B, 1, 1)
         qx, kx = xbox_plus(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-30) * key_norm, k)
         seeds, directions = self.draws(plan.n_hashes, plan.n_clusters, k.shape[1], qx.shape[-1], q.device)
-        sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=plan.work_rows(plan.n_clusters))
+        chunk = plan.work_rows(plan.n_hashes * plan.n_clusters)
+        sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=chunk)
         q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
         select = covering_top_keys if covering else top_keys_per_cluster
-        return select(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))
+        # covering holds about COVERING_TABLES (clusters, Nk) tables per piece, the plain selection one
+        tables = COVERING_TABLES if covering else 1
+        return select(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1], tables))
 
 
 class SmyrfTopKeysAttention(AttentionBackend):
