@@ -16,7 +16,6 @@ from app.compare import compare_backends
 from app.imaging import colormap_lut, grid, heatmap
 from app.inputs import MAX_BACKENDS, backend_kwargs, parse_budget, parse_truncation, resolve_classes
 from app.params import checked_backend, tunable_parameters
-from app.ui import ComparisonApp, rows_html
 from common.cli import parse_attention_kwargs
 from gan.attention import available_attentions, build_attention
 
@@ -25,8 +24,14 @@ APPROXIMATE = [name for name in available_attentions() if name != "exact"]
 OK = ""  # the status line after a success: empty
 
 
+# app.ui imports gradio (~4 s): imported where used, so collecting this file on every pytest-xdist worker stays cheap
+pytestmark = pytest.mark.xdist_group("app")
+
+
 @pytest.fixture(scope="module")
-def comparison(tiny_deep_dir) -> ComparisonApp:
+def comparison(tiny_deep_dir):
+    from app.ui import ComparisonApp
+
     return ComparisonApp(str(tiny_deep_dir), "cpu")
 
 
@@ -181,6 +186,8 @@ def test_heatmap_grid_and_scale():
 
 
 def test_rows_html_carries_names_groups_numbers_and_scale():
+    from app.ui import rows_html
+
     images = np.zeros((2, 8, 8, 3), np.uint8)
     state = [{"name": name, "group": group, "numbers": {"gen": "gen 1.000 s", "err": f"attn err {err}"},
               "images": images, "diff": np.full((2, 8, 8), err, np.float32)}
