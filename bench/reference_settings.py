@@ -3,7 +3,8 @@
 B=2, Nq=4096, Nk=1024, d=32, dv=128, scale 1, budget-1/8 settings (8 hashes, query clusters 64, key
 clusters 16; 64 features; k=32): time (median of repeats after a warm-up, 2 threads) and relative
 error on the clustered-peaked regime. The reference times were measured on this 2-core machine with
-the public SMYRF / Scatterbrain / Top-k / Performer code; the target is at most half of each.
+the public SMYRF / Scatterbrain / Top-k / Performer code; "ratio" is ours over theirs (issue 9 reads its
+speed target off it: BENCHMARKS.md, "Project variants vs published methods").
 
     python bench/reference_settings.py [--repeats 20]
 """

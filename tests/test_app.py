@@ -24,7 +24,7 @@ from PIL import Image
 from app.inputs import MAX_BACKENDS
 from gan.attention import available_attentions
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("app")]  # one worker: the server starts once, gradio loads once
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 128  # the tiny checkpoint keeps biggan-deep-128's layout

@@ -25,7 +25,6 @@ OK = ""  # the status line after a success: empty
 
 
 # app.ui imports gradio (~4 s): imported where used, so collecting this file on every pytest-xdist worker stays cheap
-pytestmark = pytest.mark.xdist_group("app")
 
 
 @pytest.fixture(scope="module")

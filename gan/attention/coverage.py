@@ -10,9 +10,10 @@ distinct pairs. Here round r's cluster c picks its W keys greedily by estimated 
 so the selection score is mean_i s_ij + log(1 - f_cj), with f_cj the fraction of the cluster's
 queries that already met key j in some earlier round. Where attention is peaked a key far above the rest is picked
 again for the few queries still missing it; where it is diffuse the rounds spread over new keys.
-f is counted without forming any (query, key) table: the cluster-to-cluster contingency counts
-n(c, c') of rounds r and e spread round e's key lists over round r's clusters, giving per earlier
-round the fraction f_e that met j then; 1 - f = prod_e (1 - f_e) treats the rounds as independent
+f is counted without forming any (query, key) table: round e's key lists are spread over round r's
+clusters, through the cluster-to-cluster contingency counts n(c, c') of rounds r and e or through each
+member query's round-e cluster (whichever moves fewer entries), giving per earlier round the fraction
+f_e that met j then; 1 - f = prod_e (1 - f_e) treats the rounds as independent
 (exact for one earlier round; with more it slightly overstates coverage when the same queries keep
 meeting the same key, which the rounds' shared geometry makes likely).
 Working set: ``chunk`` clusters at a time, a few (chunk, Nk) tables per batch element.

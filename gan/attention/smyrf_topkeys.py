@@ -15,9 +15,9 @@ queries attend to: same number of scores. With ``covering=True`` (the default, `
 cluster ranks key j by its queries' mean score plus log of the fraction of them that have not met j
 in earlier rounds, so later rounds spend their slots on keys still missing (plain top keys per
 cluster picked largely the same keys every round: few distinct pairs where attention is diffuse);
-``covering=False`` is the plain top keys against the cluster's summed queries. Hashing (point-centroid scores,
-cluster-key selection scores) runs
-one round at a time in pieces of at most one round's support entries, so the support is the peak.
+``covering=False`` is the plain top keys against the cluster's summed queries. Hashing (every round's
+point-centroid scores, the cluster-key selection scores) works in pieces of at most the support's score
+entries, so the support is the peak.
 
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
 pair met in an earlier round is masked in later ones, so no pair is counted twice.
@@ -164,7 +164,7 @@ class SmyrfHash:
 class SmyrfTopKeysAttention(AttentionBackend):
     """SMYRF with ``n_hashes`` rounds and query/key clusters of ``q_cluster_size`` / ``k_cluster_size``.
 
-    Holds n_hashes * Nq * k_cluster_size support scores (hashing works within one round's share). From ``budget``
+    Holds n_hashes * Nq * k_cluster_size support scores (hashing works within as many). From ``budget``
     (default 1/8) it picks C clusters of Nq/C queries and Nk/C keys to fit (``plan_clusters``).
     """
 

@@ -34,7 +34,7 @@ from .lsh import LowRankTerms, gather_rows
 from .planning import cuts_evenly, fewest_clusters_from, search_plan
 
 DEFAULT_N_HASHES = 8
-MIN_KEYS_PER_CLUSTER = 8  # budget plans with fewer keys per cluster take fewer rounds instead (as smyrf-topkeys)
+MIN_KEYS_PER_CLUSTER = 8  # budget plans with fewer keys per cluster take fewer rounds instead
 
 
 @dataclass(frozen=True)
