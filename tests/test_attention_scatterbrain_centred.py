@@ -260,3 +260,17 @@ def test_peak_memory_is_the_score_entries_plus_input_copies(budget):
                                  [(plan.n_hashes, plan.n_clusters) for plan in plans])
     assert peak - 4 * nq * dv <= bound
     assert attn.score_entries(nq, nk, d) <= budget * nq * nk
+
+
+def test_a_residual_needs_three_standard_errors_of_probe_gain():
+    # clearly_better: per batch element the mean gain, or -inf unless it exceeds 3 standard errors of the
+    # per-probe gains (64 probes). Gains of mean 2 and 4 standard errors (same spread): only the second counts.
+    from gan.attention.probe_calibration import EVIDENCE, clearly_better
+
+    assert EVIDENCE == 3.0
+    noise = torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise = (noise - noise.mean()) / noise.std()  # gains' standard error is exactly 1/8
+    baseline = torch.ones(2, 64, dtype=torch.float64)
+    candidate = baseline - torch.stack([noise + 2 / 8, noise + 4 / 8])
+    result = clearly_better(baseline, candidate)
+    assert result[0] == float("-inf") and result[1] == pytest.approx(0.5)

@@ -18,8 +18,8 @@ import torch
 
 # Standard errors of probe gain a candidate needs. Per-probe errors are heavy-tailed where a residual
 # misses a peak, and up to three candidates are compared: at 1 standard error the probes chose a residual
-# that lost on the full attention in 3 of 162 benchmark cases (gains of 1.05-2.2 standard errors), where
-# every residual that helped substantially showed 4.7+ (BENCHMARKS.md, "Project variants").
+# that lost on the full attention in 3 of 162 benchmark cases (gains of 1.05-2.2 standard errors). The
+# diffuse and mixed residuals showed 4.7+; a few real clustered-mixed gains at 1-3 are given up.
 EVIDENCE = 3.0
 FAVOR_WEIGHTS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)  # lam for an unbiased residual (1 = unbiased)
 # lam for a residual whose scale is only a model (the Gaussian mean-field): a wide geometric grid.
