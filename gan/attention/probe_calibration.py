@@ -39,14 +39,21 @@ def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
     """(B, L, p) squared error of each probe with the support + lam * residual estimate, for each lam in ``lams``.
 
     weights (B,p,Nk) exact exp(s - shift); support (B,p,Nk) bool; residual (B,p,Nk) the estimate of
-    exp(s - shift) (used outside the support only); v (B,Nk,dv); truth (B,p,dv); fp32 (errors in float64)."""
+    exp(s - shift) (used outside the support only); v (B,Nk,dv); truth (B,p,dv); fp32. With c = 1 / (den_s +
+    lam den_r), |c (num_s + lam num_r) - t|^2 expands into six (B, p) dot products (float64), so no
+    (L, B, p, dv) table of outputs is formed."""
     inside = weights * support
-    outside = residual * ~support
-    num_s, den_s = inside @ v, inside.sum(-1, keepdim=True)  # (B, p, dv), (B, p, 1)
-    num_r, den_r = outside @ v, outside.sum(-1, keepdim=True)
-    lam = torch.tensor(lams, dtype=v.dtype, device=v.device).view(-1, 1, 1, 1)  # (L, 1, 1, 1)
-    out = (num_s + lam * num_r) / (den_s + lam * den_r).clamp_min(1e-30)  # (L, B, p, dv)
-    return (out - truth).double().square().sum(-1).transpose(0, 1)  # (B, L, p)
+    outside = residual.masked_fill(support, 0.0)
+    num_s, den_s = (inside @ v).double(), inside.sum(-1).double()  # (B, p, dv), (B, p)
+    num_r, den_r = (outside @ v).double(), outside.sum(-1).double()
+    del inside, outside
+    t = truth.double()
+    ss, rr, sr = (num_s * num_s).sum(-1), (num_r * num_r).sum(-1), (num_s * num_r).sum(-1)  # (B, p)
+    st, rt, tt = (num_s * t).sum(-1), (num_r * t).sum(-1), (t * t).sum(-1)
+    lam = torch.tensor(lams, dtype=torch.float64, device=v.device).view(-1, 1, 1)  # (L, 1, 1)
+    c = 1.0 / (den_s + lam * den_r).clamp_min(1e-30)  # (L, B, p)
+    errors = c.square() * (ss + 2 * lam * sr + lam.square() * rr) - 2 * c * (st + lam * rt) + tt
+    return errors.clamp_min_(0.0).transpose(0, 1)  # (B, L, p)
 
 
 def best_weight(errors: torch.Tensor, lams) -> tuple[torch.Tensor, torch.Tensor]:

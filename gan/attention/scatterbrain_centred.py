@@ -20,8 +20,9 @@ features are drawn (their terms would cancel). This fixed estimator is unbiased 
 
 Calibration (``calibrate=True``, the default; ``probe_calibration``): at BigGAN's unscaled logits the
 FAVOR+ residual is mostly noise, and a fixed 3/4 support is worse than smyrf-topkeys at the whole
-budget wherever attention is peaked. So a few probe queries (drawn from the seed; at most 64, their
-exact rows held before the attention runs) score, per batch element, three candidates with the
+budget wherever attention is peaked. So a few probe queries (drawn from the seed; at most 128 and
+at most half the budget's entries in exact scores, their rows scored in chunks that hold at most half the
+budget before the attention runs) score, per batch element, three candidates with the
 best residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
   - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
   - the 3/4 support + lam * mean-field residual,
@@ -64,9 +65,12 @@ SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the r
 # each pair), so budget-resolved features stop here: at Nq=65536 and budget 1/4 the budget would
 # give 830 features and make the correction as costly as exact attention. Explicit values are kept.
 MAX_BUDGET_FEATURES = 256
-PROBE_QUERIES = 64  # queries whose exact rows choose the residual (calibrate=True)
+# Queries whose exact rows choose the residual (calibrate=True). A smaller support plus a residual can gain
+# a little on most queries and lose a dominant key on ~1% of them (peaked, low-rank logits); 64 probes miss
+# such a tail about half the time (it chose a residual that lost 19% on one seed of three), 128 a quarter.
+PROBE_QUERIES = 128
 LOG_CAP = 60.0  # estimates above e^60 times a probe's largest exact weight are capped (fp32 range)
-PROBE_COPIES = 4  # (p, Nk) fp32 tables alive at once while calibrating: weights, estimate, inside, outside
+PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once: weights, estimate, inside, outside
 
 
 def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> LowRankTerms:
@@ -145,13 +149,17 @@ class ScatterbrainCentredAttention(AttentionBackend):
         return plan_clusters(nq, nk, self.n_hashes, None, None, self.fraction())
 
     def probe_count(self, nq: int, nk: int) -> int:
-        """Probe queries whose calibration (about PROBE_COPIES * p * Nk entries, before the attention runs) takes
-        at most half the budget; 0 (no calibration) with calibrate=False, at budget 1, or when fewer than 8 fit."""
+        """Probe queries whose exact rows (p * Nk scores in all) take at most half the budget's entries; 0 (no
+        calibration) with calibrate=False, at budget 1, or when fewer than 8 fit or no chunk fits."""
         fraction = self.fraction()
-        if not self.calibrate or fraction >= 1.0:
+        if not self.calibrate or fraction >= 1.0 or not self.probe_chunk(nq):
             return 0
-        n_probe = min(PROBE_QUERIES, nq, int(fraction * nq / (2 * PROBE_COPIES)))
+        n_probe = min(PROBE_QUERIES, nq, int(fraction * nq / 2))
         return n_probe if n_probe >= 8 else 0
+
+    def probe_chunk(self, nq: int) -> int:
+        """Probes per chunk: a chunk's PROBE_COPIES (c, Nk) tables hold at most half the budget's entries."""
+        return min(PROBE_QUERIES, int(self.fraction() * nq / (2 * PROBE_COPIES)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
@@ -170,7 +178,8 @@ class ScatterbrainCentredAttention(AttentionBackend):
         for members, layout, residual in self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank):
             rows = slice(None) if len(members) == q.shape[0] else members  # no copies when the batch agrees
             out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual)
-        out[:, probes] = probe_truth(qf[:, probes], kf, vf, scale)[2]  # their exact rows are known
+        for chunk in probes.split(self.probe_chunk(nq)):  # their exact rows are known
+            out[:, chunk] = probe_truth(qf[:, chunk], kf, vf, scale)[2]
         return out.to(q.dtype)
 
     def calibrated(self, q, k, v, scale, probes, clusters, low_rank):
@@ -181,49 +190,38 @@ class ScatterbrainCentredAttention(AttentionBackend):
         Candidates: the all-sparse support with the mean-field residual, and the split's support with the
         mean-field or the FAVOR+ residual (hashed only when FAVOR+ clearly helps on the larger support's
         probes); each with its best weight lam (0 = no residual)."""
-        shift, weights, truth = probe_truth(q[:, probes], k, v, scale)  # (B,p,1), (B,p,Nk), (B,p,dv)
         log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
-        mean_field = (log_mean[:, probes, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, p, Nk)
+        chunks = probes.split(self.probe_chunk(q.shape[1]))  # the probes' (c, Nk) tables, a chunk at a time
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
-        split_index = 0 if sparse is None else 1
         plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
-        layouts: list = []  # per support plan
-        kinds: list = []  # per candidate: (layout index, residual kind)
-        errors: list = []  # per candidate: (B, p) probe errors
-        lams: list = []  # per candidate: (B,) residual weight
-        favor = None if low_rank is None else _probe_estimate(low_rank, probes, shift)
-        support = None  # the probes' support in the previous (larger) plan
-        for index, plan in enumerate(plans):
-            if index == split_index and index > 0:
-                # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger
-                # support's probes first (a proxy) and skip hashing the split when it does not.
-                if favor is None:
-                    break
-                proxy_errors = residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS)  # larger support's
-                proxy = best_weight(proxy_errors, FAVOR_WEIGHTS)[1]
-                totals = torch.stack(errors).sum(-1)  # (candidates, B)
-                best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
-                if not bool(clearly_better(best_so_far, proxy).isfinite().any()):
-                    break
-            layouts.append(self.hash.layout(q * scale, k, plan))
-            support = probe_support(layouts[-1], probes, k.shape[1])
-            residuals = [("mean-field", mean_field, MEAN_FIELD_WEIGHTS)]
-            if index == split_index and favor is not None:
-                residuals.append(("favor", favor, FAVOR_WEIGHTS))
-            for kind, estimate, grid in residuals:
-                per_lam = residual_errors(weights, support, estimate, v, truth, grid)  # (B, L, p); grid[0] = 0
-                if index == 0 and kind == "mean-field":  # the baseline: the largest support alone
-                    baseline = len(kinds)
-                    kinds.append((index, kind))
-                    errors.append(per_lam[:, 0])
-                    lams.append(torch.zeros(q.shape[0], device=q.device))
-                lam, error = best_weight(per_lam, grid)
-                kinds.append((index, kind))
-                errors.append(error)
-                lams.append(lam.float())
-        del weights, mean_field, favor
-        gains = torch.stack([clearly_better(errors[baseline], e) for e in errors], -1)  # (B, candidates)
-        gains[:, baseline] = 0.0  # the baseline needs no evidence
+        layouts = [self.hash.layout(q * scale, k, plans[0])]
+        first = _probe_errors(layouts[0], chunks, q, k, v, scale, log_mean, low_rank)  # kind -> (B, L, p)
+        kinds = [(0, "mean-field"), (0, "mean-field")]  # per candidate: (layout index, residual kind)
+        errors = [first["mean-field"][:, 0]]  # per candidate: (B, p) probe errors; the first is the baseline
+        lams = [torch.zeros(q.shape[0], device=q.device)]  # per candidate: (B,) residual weight
+        lam, error = best_weight(first["mean-field"], MEAN_FIELD_WEIGHTS)
+        errors.append(error)
+        lams.append(lam.float())
+        if sparse is None and "favor" in first:  # the split is the only support: FAVOR+ is a candidate on it
+            lam, error = best_weight(first["favor"], FAVOR_WEIGHTS)
+            kinds.append((0, "favor"))
+            errors.append(error)
+            lams.append(lam.float())
+        elif "favor" in first:
+            # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger support's
+            # probes first (a proxy) and skip hashing the split when it does not.
+            proxy = best_weight(first["favor"], FAVOR_WEIGHTS)[1]
+            best_so_far = torch.where((errors[1].sum(-1) < errors[0].sum(-1)).unsqueeze(-1), errors[1], errors[0])
+            if bool(clearly_better(best_so_far, proxy).isfinite().any()):
+                layouts.append(self.hash.layout(q * scale, k, clusters))
+                split = _probe_errors(layouts[1], chunks, q, k, v, scale, log_mean, low_rank)
+                for kind, grid in (("mean-field", MEAN_FIELD_WEIGHTS), ("favor", FAVOR_WEIGHTS)):
+                    lam, error = best_weight(split[kind], grid)
+                    kinds.append((1, kind))
+                    errors.append(error)
+                    lams.append(lam.float())
+        gains = torch.stack([clearly_better(errors[0], e) for e in errors], -1)  # (B, candidates)
+        gains[:, 0] = 0.0  # the baseline needs no evidence
         chosen = gains.argmax(-1)  # (B,) candidate per batch element
         lam = torch.stack(lams, -1).gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
         groups = []
@@ -251,7 +249,8 @@ class ScatterbrainCentredAttention(AttentionBackend):
         (features and the probes' tables; the support is not scored yet)."""
         clusters, num_features = self.plan(nq, nk)
         features = (nq + nk) * num_features
-        entries = max(clusters.score_entries() + features, features + PROBE_COPIES * self.probe_count(nq, nk) * nk)
+        calibration = PROBE_COPIES * min(self.probe_count(nq, nk), self.probe_chunk(nq)) * nk  # one probe chunk
+        entries = max(clusters.score_entries() + features, features + calibration)
         sparse = self.sparse_plan(nq, nk)
         return entries if sparse is None else max(entries, sparse.score_entries())
 
@@ -268,6 +267,22 @@ class ScatterbrainCentredAttention(AttentionBackend):
             f"num_features={self.num_features}, n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
             f"k_cluster_size={self.k_cluster_size}, calibrate={self.calibrate}, {super().extra_repr()}"
         )
+
+
+def _probe_errors(layout, chunks, q, k, v, scale, log_mean, low_rank) -> dict[str, torch.Tensor]:
+    """{residual kind: (B, L, p) probe errors per lam of its grid} on ``layout``'s support, probe chunk by chunk:
+    the mean-field residual always, FAVOR+ where ``low_rank`` is given. chunks: (c,) probe query indices."""
+    errors: dict[str, list] = {"mean-field": []} if low_rank is None else {"mean-field": [], "favor": []}
+    for chunk in chunks:
+        shift, weights, truth = probe_truth(q[:, chunk], k, v, scale)  # (B,c,1), (B,c,Nk), (B,c,dv)
+        support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
+        mean_field = (log_mean[:, chunk, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, c, Nk)
+        errors["mean-field"].append(residual_errors(weights, support, mean_field, v, truth, MEAN_FIELD_WEIGHTS))
+        if low_rank is not None:
+            favor = _probe_estimate(low_rank, chunk, shift)  # (B, c, Nk)
+            errors["favor"].append(residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS))
+            del favor
+    return {kind: torch.cat(parts, -1) for kind, parts in errors.items()}
 
 
 def _probe_estimate(low_rank: LowRankTerms, probes: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
