@@ -32,6 +32,18 @@ def clustered_qkv(b=2, nq=1024, nk=256, d=32, dv=16, logit_std=6.0, n_centres=32
     return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)
 
 
+def cluster_valued_qkv(b=2, nq=2048, nk=512, d=32, dv=16, logit_std=1.0, seed=0):
+    """16 clusters whose keys carry their cluster's value (plus noise), logits rescaled to ``logit_std``."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(16, d, generator=g), dim=-1)  # (16, d)
+    values = torch.randn(16, dv, generator=g)  # (16, dv)
+    q_of, k_of = torch.randint(16, (b, nq), generator=g), torch.randint(16, (b, nk), generator=g)
+    q = centres[q_of] + 0.7 / d**0.5 * torch.randn(b, nq, d, generator=g)
+    k = centres[k_of] + 0.7 / d**0.5 * torch.randn(b, nk, d, generator=g)
+    gain = (logit_std / (q[0] @ k[0].t()).std()).sqrt()
+    return q * gain, k * gain, values[k_of] + 0.5 * torch.randn(b, nk, dv, generator=g)
+
+
 def exact(q, k, v, scale=1.0, mask=None):
     """float64 softmax(scale q k^T) v, restricted to ``mask`` (B,Nq,Nk) when given."""
     s = (q.double() @ k.double().transpose(1, 2)) * scale

@@ -5,7 +5,16 @@ import math
 
 import pytest
 import torch
-from attention_inputs import clustered_peak_bound, clustered_qkv, exact, peak_bytes, qkv, rel_err, support_mask
+from attention_inputs import (
+    cluster_valued_qkv,
+    clustered_peak_bound,
+    clustered_qkv,
+    exact,
+    peak_bytes,
+    qkv,
+    rel_err,
+    support_mask,
+)
 
 from gan.attention import build_attention
 from gan.attention.lsh import xbox_plus
@@ -177,7 +186,7 @@ def test_default_rounds_keep_at_least_4_keys_per_cluster(budget, expected):
 
 def test_reference_setting_resolves_to_the_issue_parameters():
     plan = build_attention("smyrf-topkeys", n_hashes=8, q_cluster_size=64, k_cluster_size=16).resolve(4096, 1024, 32)
-    assert plan == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16}
+    assert plan == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16, "mix": False}
 
 
 @pytest.mark.parametrize(
@@ -226,3 +235,53 @@ def test_explicit_cluster_sizes_must_make_the_same_number_of_clusters():
         build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"]
         == 128
     )
+
+
+@pytest.mark.parametrize("nq,nk", [(256, 64), (250, 62)])
+def test_sampled_rounds_are_weighted_by_the_rest_of_the_row(nq, nk):
+    # Plain reading of clustered_attention(sampled_from=h): exp(s) summed over the first h rounds' pairs T_i,
+    # plus (Nk - |T_i|) / |D_i| times the sum over the later rounds' new pairs D_i. Equal to 1e-5, padding included.
+    from gan.attention.lsh import clustered_attention
+    from gan.attention.sampled_rounds import mixed_layout, rounds
+
+    q, k, v = qkv(nq=nq, nk=nk, logit_std=2.0)
+    attn = build_attention("smyrf-topkeys", n_hashes=4, q_cluster_size=16, k_cluster_size=4, seed=3)
+    layout = mixed_layout(attn.layout(q, k), 2, attn.permutations(2, nk, q.device))
+    out = clustered_attention(q, k, v, layout, sampled_from=2)
+    top = support_mask(rounds(layout, slice(0, 2)), nq, nk)
+    drawn = support_mask(rounds(layout, slice(2, None)), nq, nk) & ~top
+    assert drawn.any() and (top.sum(-1) < nk).all()
+    weight = (nk - top.sum(-1, keepdim=True)).double() / drawn.sum(-1, keepdim=True).clamp_min(1).double()
+    e = (q.double() @ k.double().transpose(1, 2)).exp()
+    e = e * top + e * drawn * weight
+    assert rel_err(out, (e @ v.double()) / e.sum(-1, keepdim=True)) < 1e-5
+
+
+def test_mix_is_chosen_where_top_keys_miss_the_spread():
+    # Keys carrying their cluster's value at logit std 1: attention spreads over every cluster, top keys gather the
+    # query's own. The probes choose the sampled mix there: over 2 seeds it must be under 0.6x the plain top keys and
+    # under the published SMYRF (which the plain top keys lose to here).
+    inputs = [cluster_valued_qkv(seed=s) for s in range(2)]
+
+    def errors(name, **params):
+        return sum(rel_err(build_attention(name, budget=1 / 8, seed=s, **params)(q, k, v), exact(q, k, v))
+                   for s, (q, k, v) in enumerate(inputs))
+
+    mixed = errors("smyrf-topkeys")
+    assert mixed < 0.6 * errors("smyrf-topkeys", mix=False)
+    assert mixed < errors("smyrf")
+
+
+def test_mix_is_left_out_where_top_keys_suffice():
+    # Clustered, peaked logits: the mix does not clear the probes' evidence rule, so every row but the probes'
+    # (exact) is the plain top-key output (1e-6).
+    from gan.attention.centred_favor import probe_queries
+
+    q, k, v = clustered_qkv(b=2, nq=2048, nk=512, logit_std=6.0)
+    attn = build_attention("smyrf-topkeys", budget=1 / 8, seed=1)
+    out, plain = attn(q, k, v), build_attention("smyrf-topkeys", budget=1 / 8, seed=1, mix=False)(q, k, v)
+    rows = torch.ones(2048, dtype=torch.bool)
+    rows[probe_queries(2048, attn.probe_count(2048, 512), 1)] = False
+    assert attn.probe_count(2048, 512) >= 8
+    assert rel_err(out[:, rows], plain[:, rows].double()) < 1e-6
+    assert rel_err(out[:, ~rows], exact(q, k, v)[:, ~rows]) < 1e-5

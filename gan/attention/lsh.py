@@ -168,7 +168,12 @@ def chunk_neighbours(q_key: torch.Tensor, k_key: torch.Tensor, n_chunks: int) ->
 
 
 def clustered_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RoundLayout, low_rank: LowRankTerms | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: RoundLayout,
+    low_rank: LowRankTerms | None = None,
+    sampled_from: int | None = None,
 ) -> torch.Tensor:
     """Attention over the union of the rounds' supports -> (B,Nq,dv) fp32.
 
@@ -179,18 +184,25 @@ def clustered_attention(
     (scores, masks, duplicate lookups) stays a bounded slice of one round. With ``low_rank`` the result
     is Scatterbrain's estimator: the low-rank sums everywhere plus, on the support, exp(score) minus the estimate
     (``low_rank.num`` and ``low_rank.den`` are consumed: accumulated into in place).
+
+    With ``sampled_from`` = h, rounds h.. hold uniformly drawn keys: their n_i new pairs of query i stand for
+    the Nk - m_i keys the first h rounds did not give it (m_i pairs), so their sums are weighted by
+    (Nk - m_i) / n_i (a Horvitz-Thompson estimate of the rest of the row).
     """
     b, n_rounds, nq = layout.q_cluster.shape
+    if low_rank is not None and sampled_from is not None:
+        raise ValueError("clustered_attention: a low-rank residual and sampled rounds are two residuals; give one")
     if low_rank is None:
-        shift = torch.full((b * nq,), -1e30, device=q.device)  # finite: exp(-inf - shift) stays 0
-        num = torch.zeros(b * nq, v.shape[-1], device=q.device)
-        den = torch.zeros(b * nq, device=q.device)
+        top = _RowSums.zeros(b * nq, v.shape[-1], q.device)
     else:  # the low-rank sums are accumulated into in place: no copy of the (B*Nq, dv) numerator
-        shift, num, den = low_rank.log_offset.reshape(-1), low_rank.num.view(-1, v.shape[-1]), low_rank.den.view(-1)
+        top = _RowSums(low_rank.log_offset.reshape(-1), low_rank.num.view(-1, v.shape[-1]), low_rank.den.view(-1))
+    n_top = n_rounds if sampled_from is None else sampled_from
+    sampled = None if n_top == n_rounds else _RowSums.zeros(b * nq, v.shape[-1], q.device)
     seen = RoundMembership(layout, k.shape[1])
     n_clusters, qs, width = layout.q_rows.shape[2], layout.q_rows.shape[3], layout.k_rows.shape[3]
     step = max(1, PAIRS_PER_STEP // (b * qs * width))  # clusters per step: bounds the working set
     for r in range(n_rounds):
+        sums = top if r < n_top else sampled
         for first in range(0, n_clusters, step):
             clusters = slice(first, first + step)
             q_rows, k_rows = layout.q_rows[:, r, clusters], layout.k_rows[:, r, clusters]  # (B, c, qs), (B, c, W)
@@ -200,22 +212,69 @@ def clustered_attention(
             masked = seen.met_before(r, clusters) | (k_rows < 0).unsqueeze(-2) | (q_rows < 0).unsqueeze(-1)
             scores.masked_fill_(masked, -math.inf)
             rows = q_rows.clamp_min(0).reshape(-1)  # (B*c*qs,)
-            new_shift = shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
-            rescale = (shift - new_shift).exp_()  # (B*Nq,) <= 1; 1 for queries outside these clusters
-            num *= rescale.unsqueeze(-1)
-            den *= rescale
-            shift = new_shift
-            row_shift = shift.index_select(0, rows).view(*q_rows.shape, 1)  # (B, c, qs, 1)
-            weights = scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
+            weights = sums.rescale_to(rows, scores)  # (B, c, qs, W): exp(score - the query's shift), masked 0
             if low_rank is not None:
                 estimate = gather_rows(low_rank.a, q_rows) @ gather_rows(low_rank.b, k_rows).transpose(
                     -1, -2
                 )  # (B,c,qs,W)
+                row_shift = sums.shift.index_select(0, rows).view(*q_rows.shape, 1)
                 offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(row_shift)
                 weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
-            num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))
-            den.index_add_(0, rows, weights.sum(-1).reshape(-1))
-    return num.div_(den.unsqueeze(-1)).view(b, nq, -1)
+            sums.num.index_add_(0, rows, (weights @ gather_rows(v, k_rows)).view(-1, v.shape[-1]))
+            sums.den.index_add_(0, rows, weights.sum(-1).reshape(-1))
+            if sampled is not None:
+                sums.pairs.index_add_(0, rows, (~masked).sum(-1).reshape(-1).float())
+    if sampled is not None:
+        top.add_weighted(sampled, (k.shape[1] - top.pairs) / sampled.pairs.clamp_min(1.0))
+    return top.num.div_(top.den.unsqueeze(-1)).view(b, nq, -1)
+
+
+@dataclass
+class _RowSums:
+    """Per-query softmax sums under a running log-shift: exp(shift) * num (B*Nq, dv), exp(shift) * den (B*Nq,);
+    pairs (B*Nq,) counts the (query, key) pairs added."""
+
+    shift: torch.Tensor
+    num: torch.Tensor
+    den: torch.Tensor
+    pairs: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.pairs is None:
+            self.pairs = torch.zeros_like(self.den)
+
+    @classmethod
+    def zeros(cls, rows: int, dv: int, device) -> _RowSums:
+        shift = torch.full((rows,), -1e30, device=device)  # finite: exp(-inf - shift) stays 0
+        return cls(shift, torch.zeros(rows, dv, device=device), torch.zeros(rows, device=device))
+
+    def rescale_to(self, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Raise the shift of ``rows`` (flat query ids of scores (..., qs, W)) to their new maxima, rescaling the
+        sums, and return exp(scores - shift) in place of ``scores``."""
+        new_shift = self.shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
+        rescale = (self.shift - new_shift).exp_()  # (B*Nq,) <= 1; 1 for queries outside these rows
+        self.num *= rescale.unsqueeze(-1)
+        self.den *= rescale
+        self.shift = new_shift
+        row_shift = new_shift.index_select(0, rows).view(*scores.shape[:-1], 1)
+        return scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
+
+    def add_weighted(self, other: _RowSums, weight: torch.Tensor) -> None:
+        """self += weight (B*Nq,) * other, both under their own shifts (the result under the larger)."""
+        shift = torch.maximum(self.shift, other.shift)
+        mine, theirs = (self.shift - shift).exp_(), (other.shift - shift).exp_().mul_(weight)
+        self.num.mul_(mine.unsqueeze(-1)).add_(other.num * theirs.unsqueeze(-1))
+        self.den.mul_(mine).add_(other.den * theirs)
+        self.shift = shift
+
+
+def batch_subset(layout: RoundLayout, members: torch.Tensor, nq: int, nk: int) -> RoundLayout:
+    """The layout of batch elements ``members`` alone: flat row ids re-based to the subset's positions."""
+    position = torch.arange(len(members), device=members.device).view(-1, 1, 1, 1)
+    q_rows, k_rows = layout.q_rows[members], layout.k_rows[members]
+    q_rows = torch.where(q_rows >= 0, q_rows % nq + position * nq, -1)
+    k_rows = torch.where(k_rows >= 0, k_rows % nk + position * nk, -1)
+    return RoundLayout(q_rows, layout.q_cluster[members], k_rows)
 
 
 class RoundMembership:

@@ -46,7 +46,7 @@ import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .centred_favor import probe_queries
-from .lsh import LowRankTerms, RoundLayout, clustered_attention
+from .lsh import LowRankTerms, RoundLayout, batch_subset, clustered_attention
 from .probe_calibration import (
     FAVOR_WEIGHTS,
     MEAN_FIELD_WEIGHTS,
@@ -58,6 +58,7 @@ from .probe_calibration import (
     residual_errors,
 )
 from .random_features import ProjectionCache, favor_log_features
+from .sampled_rounds import KeyPermutations, mix_probe_errors, mixed_layout, sampled_half
 from .smyrf_topkeys import ClusterPlan, SmyrfHash, plan_clusters
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
@@ -123,6 +124,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
         self.calibrate = check_bool("calibrate", calibrate)
         self.hash = SmyrfHash(seed)
+        self.permutations = KeyPermutations(seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
         self.projection = ProjectionCache(seed)  # (num_features, d, device) -> (m, d), drawn once
 
     def plan(self, nq: int, nk: int) -> tuple[ClusterPlan, int]:
@@ -175,21 +177,22 @@ class ScatterbrainCentredAttention(AttentionBackend):
             return clustered_attention(qf * scale, kf, vf, self.layout(qf, kf, scale), low_rank).to(q.dtype)
         probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
         out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
-        for members, layout, residual in self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank):
+        for members, layout, residual, sampled_from in self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank):
             rows = slice(None) if len(members) == q.shape[0] else members  # no copies when the batch agrees
-            out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual)
+            out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual, sampled_from)
         for chunk in probes.split(self.probe_chunk(nq)):  # their exact rows are known
             out[:, chunk] = probe_truth(qf[:, chunk], kf, vf, scale)[2]
         return out.to(q.dtype)
 
     def calibrated(self, q, k, v, scale, probes, clusters, low_rank):
-        """[(batch elements, their layout, their residual terms or None)]: per batch element the candidate that
-        lowers the error on the probes' exact rows most, beyond EVIDENCE standard errors, relative to the largest
-        support alone (which is kept where no candidate clearly helps).
+        """[(batch elements, their layout, their residual terms or None, sampled_from)]: per batch element the
+        candidate that lowers the error on the probes' exact rows most, beyond EVIDENCE standard errors, relative to
+        the largest support alone (which is kept where no candidate clearly helps).
 
-        Candidates: the all-sparse support with the mean-field residual, and the split's support with the
-        mean-field or the FAVOR+ residual (hashed only when FAVOR+ clearly helps on the larger support's
-        probes); each with its best weight lam (0 = no residual)."""
+        Candidates: the all-sparse support with the mean-field residual or as smyrf-topkeys' sampled mix (no
+        residual; ``sampled_rounds``), and the split's support with the mean-field or the FAVOR+ residual (hashed
+        only when FAVOR+ clearly helps on the larger support's probes); each with its best weight lam (0 = no
+        residual)."""
         log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
         chunks = probes.split(self.probe_chunk(q.shape[1]))  # the probes' (c, Nk) tables, a chunk at a time
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
@@ -202,6 +205,13 @@ class ScatterbrainCentredAttention(AttentionBackend):
         lam, error = best_weight(first["mean-field"], MEAN_FIELD_WEIGHTS)
         errors.append(error)
         lams.append(lam.float())
+        keep = 0 if sparse is None else sampled_half(sparse.n_hashes)
+        if keep:  # smyrf-topkeys' sampled mix of the whole-budget support, no residual
+            mixed = mixed_layout(layouts[0], keep, self.permutations(sparse.n_hashes - keep, k.shape[1], q.device))
+            layouts.append(mixed)
+            kinds.append((len(layouts) - 1, "mix"))
+            errors.append(mix_probe_errors(q * scale, k, v, layouts[0], mixed, keep, chunks)[1])
+            lams.append(torch.zeros(q.shape[0], device=q.device))
         if sparse is None and "favor" in first:  # the split is the only support: FAVOR+ is a candidate on it
             lam, error = best_weight(first["favor"], FAVOR_WEIGHTS)
             kinds.append((0, "favor"))
@@ -211,13 +221,14 @@ class ScatterbrainCentredAttention(AttentionBackend):
             # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger support's
             # probes first (a proxy) and skip hashing the split when it does not.
             proxy = best_weight(first["favor"], FAVOR_WEIGHTS)[1]
-            best_so_far = torch.where((errors[1].sum(-1) < errors[0].sum(-1)).unsqueeze(-1), errors[1], errors[0])
+            totals = torch.stack(errors).sum(-1)  # (candidates, B)
+            best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
             if bool(clearly_better(best_so_far, proxy).isfinite().any()):
                 layouts.append(self.hash.layout(q * scale, k, clusters))
-                split = _probe_errors(layouts[1], chunks, q, k, v, scale, log_mean, low_rank)
+                split = _probe_errors(layouts[-1], chunks, q, k, v, scale, log_mean, low_rank)
                 for kind, grid in (("mean-field", MEAN_FIELD_WEIGHTS), ("favor", FAVOR_WEIGHTS)):
                     lam, error = best_weight(split[kind], grid)
-                    kinds.append((1, kind))
+                    kinds.append((len(layouts) - 1, kind))
                     errors.append(error)
                     lams.append(lam.float())
         gains = torch.stack([clearly_better(errors[0], e) for e in errors], -1)  # (B, candidates)
@@ -229,15 +240,15 @@ class ScatterbrainCentredAttention(AttentionBackend):
             members = (chosen == candidate).nonzero().squeeze(-1)  # (b,)
             index, kind = kinds[candidate]
             every = len(members) == q.shape[0]
-            layout = layouts[index] if every else _batch_subset(layouts[index], members, q.shape[1], k.shape[1])
+            layout = layouts[index] if every else batch_subset(layouts[index], members, q.shape[1], k.shape[1])
             part = lam[members]
-            if not bool((part > 0).any()):
+            if kind == "mix" or not bool((part > 0).any()):
                 residual = None
             elif kind == "favor":
                 residual = _weighted(low_rank if every else _terms_subset(low_rank, members), part)
             else:
                 residual = _mean_field_terms(log_mean[members], v[members], part)
-            groups.append((members, layout, residual))
+            groups.append((members, layout, residual, keep if kind == "mix" else None))
         return groups
 
     def layout(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> RoundLayout:
@@ -309,15 +320,6 @@ def _mean_field_terms(log_mean: torch.Tensor, v: torch.Tensor, lam: torch.Tensor
     num = (w * v.sum(1, keepdim=True)).expand(b, nq, v.shape[2]).contiguous()  # (B, Nq, dv)
     den = (lam.view(-1, 1) * v.shape[1]).expand(b, nq).contiguous()  # (B, Nq)
     return LowRankTerms(log_mean.float(), a, ones, num, den)
-
-
-def _batch_subset(layout: RoundLayout, members: torch.Tensor, nq: int, nk: int) -> RoundLayout:
-    """The layout of batch elements ``members`` alone: flat row ids re-based to the subset's positions."""
-    position = torch.arange(len(members), device=members.device).view(-1, 1, 1, 1)
-    q_rows, k_rows = layout.q_rows[members], layout.k_rows[members]
-    q_rows = torch.where(q_rows >= 0, q_rows % nq + position * nq, -1)
-    k_rows = torch.where(k_rows >= 0, k_rows % nk + position * nk, -1)
-    return RoundLayout(q_rows, layout.q_cluster[members], k_rows)
 
 
 def _terms_subset(low_rank: LowRankTerms, members: torch.Tensor) -> LowRankTerms:

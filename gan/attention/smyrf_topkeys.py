@@ -19,6 +19,13 @@ cluster picked largely the same keys every round: few distinct pairs where atten
 point-centroid scores, the cluster-key selection scores) works in pieces of at most the support's score
 entries, so the support is the peak.
 
+Mix (``mix=True``, the default; ``sampled_rounds``): where attention spreads over keys whose values differ,
+top keys per cluster lean towards each query's own kind of key. A second candidate keeps the first half of the
+rounds' top keys and gives the other half's clusters uniformly drawn keys, weighted to stand for the rest of
+each query's row; up to 128 probe queries (their exact rows; at most half the budget's scores in all, scored in
+chunks within half of it) choose it per batch element only where it lowers their error by 3 standard errors.
+Same support size, so the same memory; ``mix=False`` (or explicit cluster sizes) is the top-key support alone.
+
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
 pair met in an earlier round is masked in later ones, so no pair is counted twice.
 
@@ -37,9 +44,11 @@ from typing import Any
 import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
+from .centred_favor import probe_queries
 from .coverage import COVERING_TABLES, covering_top_keys
 from .lsh import (
     RoundLayout,
+    batch_subset,
     centroid_sort_key,
     cluster_size,
     clustered_attention,
@@ -48,12 +57,16 @@ from .lsh import (
     xbox_plus,
 )
 from .planning import fewest_clusters_from, search_plan
+from .probe_calibration import probe_truth
+from .sampled_rounds import KeyPermutations, mix_helps, mixed_layout, sampled_half
 
 DEFAULT_N_HASHES = 8
 # Fewer keys per cluster than this buys more rounds at a loss. With covering rounds, 8 rounds of 4 keys
 # beat 4 rounds of 8 at budget 1/32 in every regime of bench/regimes.py (BENCHMARKS.md); below 4 a
 # round's int64 sort bookkeeping per query (about 32 bytes) outgrows its W fp32 scores.
 MIN_KEYS_PER_CLUSTER = 4
+PROBE_QUERIES = 128  # queries whose exact rows choose between top keys and the sampled mix (mix=True)
+PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once (``sampled_rounds.mix_helps``)
 
 
 @dataclass(frozen=True)
@@ -180,11 +193,14 @@ class SmyrfTopKeysAttention(AttentionBackend):
         q_cluster_size: int | None = None,
         k_cluster_size: int | None = None,
         covering: bool = True,
+        mix: bool = True,
         budget: float | None = None,
         seed: int = 0,
     ):
         super().__init__(budget=budget, seed=seed)
         self.covering = check_bool("covering", covering)
+        self.mix = check_bool("mix", mix)
+        self.permutations = KeyPermutations(seed)  # the mixed candidate's key draws
         self.n_hashes = positive_int("n_hashes", n_hashes)
         self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
         self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
@@ -194,21 +210,55 @@ class SmyrfTopKeysAttention(AttentionBackend):
         return plan_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, self.budget)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        qf, kf = q.float() * scale, k.float()
-        return clustered_attention(qf, kf, v.float(), self.layout(qf, kf)).to(q.dtype)  # (B, Nq, dv)
+        qf, kf, vf = q.float() * scale, k.float(), v.float()
+        nq, nk = q.shape[1], k.shape[1]
+        layout = self.layout(qf, kf)
+        keep, n_probe = sampled_half(layout.k_rows.shape[1]), self.probe_count(nq, nk)
+        if not (keep and n_probe):
+            return clustered_attention(qf, kf, vf, layout).to(q.dtype)  # (B, Nq, dv)
+        mixed = mixed_layout(layout, keep, self.permutations(layout.k_rows.shape[1] - keep, nk, q.device))
+        probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
+        chunks = probes.split(self.probe_chunk(nq))
+        use_mix = mix_helps(qf, kf, vf, layout, mixed, keep, chunks)  # (B,)
+        out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
+        for members, candidate, sampled_from in ((~use_mix, layout, None), (use_mix, mixed, keep)):
+            members = members.nonzero().squeeze(-1)  # (b,)
+            if len(members) == q.shape[0]:
+                out = clustered_attention(qf, kf, vf, candidate, None, sampled_from)
+            elif len(members):
+                part = batch_subset(candidate, members, nq, nk)
+                out[members] = clustered_attention(qf[members], kf[members], vf[members], part, None, sampled_from)
+        for chunk in chunks:  # the probes' exact rows are known
+            out[:, chunk] = probe_truth(qf[:, chunk], kf, vf, 1.0)[2]
+        return out.to(q.dtype)
+
+    def probe_count(self, nq: int, nk: int) -> int:
+        """Probe queries (with mix=True): their exact scores at most half the budget's entries in all, at least 8,
+        and a chunk of PROBE_COPIES (c, Nk) tables within half the budget; else 0 (no mix)."""
+        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        if not self.mix or fraction >= 1.0 or self.q_cluster_size or self.k_cluster_size or not self.probe_chunk(nq):
+            return 0
+        n_probe = min(PROBE_QUERIES, nq, int(fraction * nq / 2))
+        return n_probe if n_probe >= 8 else 0
+
+    def probe_chunk(self, nq: int) -> int:
+        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        return min(PROBE_QUERIES, int(fraction * nq / (2 * PROBE_COPIES)))
 
     def layout(self, q: torch.Tensor, k: torch.Tensor) -> RoundLayout:
         """Query clusters and their keys for fp32 q (B,Nq,d) (already scaled) and k (B,Nk,d)."""
         return self.hash.layout(q, k, self.plan(q.shape[1], k.shape[1]), self.covering)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
-        return self.plan(nq, nk).score_entries()
+        """The support (either candidate's: the same size), or one probe chunk's tables before it."""
+        calibration = PROBE_COPIES * min(self.probe_count(nq, nk), self.probe_chunk(nq)) * nk
+        return max(self.plan(nq, nk).score_entries(), calibration)
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
-        return self.plan(nq, nk).as_dict()
+        return {**self.plan(nq, nk).as_dict(), "mix": bool(self.probe_count(nq, nk))}
 
     def extra_repr(self) -> str:
         return (
             f"n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
-            f"k_cluster_size={self.k_cluster_size}, {super().extra_repr()}"
+            f"k_cluster_size={self.k_cluster_size}, mix={self.mix}, {super().extra_repr()}"
         )
