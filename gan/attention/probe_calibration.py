@@ -26,6 +26,16 @@ FAVOR_WEIGHTS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)  # lam for an unb
 MEAN_FIELD_WEIGHTS = (0.0, *(2.0 ** (i / 2) for i in range(-24, 5)))
 
 
+
+def probe_plan(fraction: float, nq: int, max_probes: int, copies: int) -> tuple[int, int]:
+    """(probe queries, probes per chunk) at budget ``fraction``: the probes' exact scores take at most half the
+    budget's entries in all, and a chunk's ``copies`` (c, Nk) tables at most half the budget at once. The count
+    is 0 (no calibration) at budget 1 or when fewer than 8 probes or no chunk would fit."""
+    chunk = min(max_probes, int(fraction * nq / (2 * copies)))
+    count = min(max_probes, nq, int(fraction * nq / 2))
+    return (count if fraction < 1.0 and count >= 8 and chunk >= 1 else 0), chunk
+
+
 def probe_truth(q_probe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """q_probe (B,p,d), k (B,Nk,d), v (B,Nk,dv) fp32 -> (shift (B,p,1), exact weights exp(s - shift) (B,p,Nk),
     exact output (B,p,dv)): the probes' rows, held once (p * Nk scores)."""

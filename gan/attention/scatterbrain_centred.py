@@ -53,6 +53,7 @@ from .probe_calibration import (
     best_weight,
     clearly_better,
     gaussian_log_mean_kernel,
+    probe_plan,
     probe_support,
     probe_truth,
     residual_errors,
@@ -151,17 +152,12 @@ class ScatterbrainCentredAttention(AttentionBackend):
         return plan_clusters(nq, nk, self.n_hashes, None, None, self.fraction())
 
     def probe_count(self, nq: int, nk: int) -> int:
-        """Probe queries whose exact rows (p * Nk scores in all) take at most half the budget's entries; 0 (no
-        calibration) with calibrate=False, at budget 1, or when fewer than 8 fit or no chunk fits."""
-        fraction = self.fraction()
-        if not self.calibrate or fraction >= 1.0 or not self.probe_chunk(nq):
-            return 0
-        n_probe = min(PROBE_QUERIES, nq, int(fraction * nq / 2))
-        return n_probe if n_probe >= 8 else 0
+        """Probe queries (``probe_calibration.probe_plan``); 0 (no calibration) with calibrate=False."""
+        return probe_plan(self.fraction(), nq, PROBE_QUERIES, PROBE_COPIES)[0] if self.calibrate else 0
 
     def probe_chunk(self, nq: int) -> int:
         """Probes per chunk: a chunk's PROBE_COPIES (c, Nk) tables hold at most half the budget's entries."""
-        return min(PROBE_QUERIES, int(self.fraction() * nq / (2 * PROBE_COPIES)))
+        return probe_plan(self.fraction(), nq, PROBE_QUERIES, PROBE_COPIES)[1]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:

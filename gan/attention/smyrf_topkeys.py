@@ -57,7 +57,7 @@ from .lsh import (
     xbox_plus,
 )
 from .planning import fewest_clusters_from, search_plan
-from .probe_calibration import probe_truth
+from .probe_calibration import probe_plan, probe_truth
 from .sampled_rounds import KeyPermutations, mix_helps, mixed_layout, sampled_half
 
 DEFAULT_N_HASHES = 8
@@ -214,7 +214,7 @@ class SmyrfTopKeysAttention(AttentionBackend):
         nq, nk = q.shape[1], k.shape[1]
         layout = self.layout(qf, kf)
         keep, n_probe = sampled_half(layout.k_rows.shape[1]), self.probe_count(nq, nk)
-        if not (keep and n_probe):
+        if not n_probe:
             return clustered_attention(qf, kf, vf, layout).to(q.dtype)  # (B, Nq, dv)
         mixed = mixed_layout(layout, keep, self.permutations(layout.k_rows.shape[1] - keep, nk, q.device))
         probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
@@ -233,17 +233,17 @@ class SmyrfTopKeysAttention(AttentionBackend):
         return out.to(q.dtype)
 
     def probe_count(self, nq: int, nk: int) -> int:
-        """Probe queries (with mix=True): their exact scores at most half the budget's entries in all, at least 8,
-        and a chunk of PROBE_COPIES (c, Nk) tables within half the budget; else 0 (no mix)."""
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
-        if not self.mix or fraction >= 1.0 or self.q_cluster_size or self.k_cluster_size or not self.probe_chunk(nq):
+        """Probe queries choosing the mix (``probe_calibration.probe_plan``); 0 (no mix) with mix=False, explicit
+        cluster sizes, or a single round."""
+        if not self.mix or self.q_cluster_size or self.k_cluster_size or not sampled_half(self.plan(nq, nk).n_hashes):
             return 0
-        n_probe = min(PROBE_QUERIES, nq, int(fraction * nq / 2))
-        return n_probe if n_probe >= 8 else 0
+        return probe_plan(self.fraction(), nq, PROBE_QUERIES, PROBE_COPIES)[0]
 
     def probe_chunk(self, nq: int) -> int:
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
-        return min(PROBE_QUERIES, int(fraction * nq / (2 * PROBE_COPIES)))
+        return probe_plan(self.fraction(), nq, PROBE_QUERIES, PROBE_COPIES)[1]
+
+    def fraction(self) -> float:
+        return DEFAULT_BUDGET if self.budget is None else self.budget
 
     def layout(self, q: torch.Tensor, k: torch.Tensor) -> RoundLayout:
         """Query clusters and their keys for fp32 q (B,Nq,d) (already scaled) and k (B,Nk,d)."""
