@@ -94,6 +94,24 @@ def _multiscale_maps(batch, nq, nk, d, dv, g):
     return q, k, v
 
 
+
+def _budget(text: str) -> float:
+    """A budget like 1/8 or 0.125 in (0, 1], or ValueError saying what is accepted."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"budgets are fractions in (0, 1] such as 1/8 or 0.125, got {text!r}")
+    return value
+
+
+def _ints(text: str, accepted: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{accepted}, got {text!r}") from None
+
 def cell(regime: str, budget: float, seeds: list[int], shape: dict) -> str:
     """One line: mean errors over ``seeds`` and issue 9's ratios, with the targets that fail."""
     errors = {name: 0.0 for name in ("mean-of-values", *METHODS)}
@@ -131,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         regimes = args.regimes.split(",")
         for regime in regimes:
             _parse(regime)
-        budgets = [float(Fraction(b)) for b in args.budgets.split(",")]
-        seeds = [int(s) for s in args.seeds.split(",")]
-        values = [int(x) for x in args.shape.split(",")]
-        if len(values) != 5 or min(values) < 1 or not all(0 < b <= 1 for b in budgets):
-            raise ValueError("--shape takes five positive ints B,Nq,Nk,d,dv and budgets lie in (0, 1]")
+        budgets = [_budget(b) for b in args.budgets.split(",")]
+        seeds = _ints(args.seeds, "--seeds takes comma-separated ints such as 0,1,2")
+        values = _ints(args.shape, "--shape takes five positive ints B,Nq,Nk,d,dv")
+        if len(values) != 5 or min(values) < 1:
+            raise ValueError(f"--shape takes five positive ints B,Nq,Nk,d,dv, got {args.shape!r}")
     except ValueError as error:
         print(f"stress_regimes: {error}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ def test_command_prints_one_line_per_cell(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--regimes", "iso"], ["--regimes", "blob-2"], ["--shape", "1,2,3"],
-                                  ["--budgets", "2"]])
+                                  ["--budgets", "2"], ["--budgets", "1/0"]])
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -19,7 +19,7 @@ import torch
 
 from .base import SeededDraws
 from .lsh import RoundLayout
-from .probe_calibration import clearly_better, probe_support, probe_truth, residual_errors
+from .probe_calibration import probe_support, probe_truth, residual_errors
 
 
 class KeyPermutations:
@@ -59,6 +59,18 @@ def rounds(layout: RoundLayout, chosen: slice) -> RoundLayout:
     return RoundLayout(layout.q_rows[:, chosen], layout.q_cluster[:, chosen], layout.k_rows[:, chosen])
 
 
+def mix_chunk_errors(weights, truth, v, mixed: RoundLayout, keep: int, chunk: torch.Tensor) -> torch.Tensor:
+    """(B, c) squared errors of the mixed layout on one probe chunk: weights (B,c,Nk) the exact exp(s - shift),
+    truth (B,c,dv) the exact rows (``probe_truth``), chunk (c,) the probes' query indices."""
+    nk = weights.shape[-1]
+    kept = probe_support(rounds(mixed, slice(0, keep)), chunk, nk)  # (B, c, Nk)
+    drawn = probe_support(rounds(mixed, slice(keep, None)), chunk, nk) & ~kept
+    scale = (nk - kept.sum(-1)) / drawn.sum(-1).clamp_min(1)  # (B, c): the rest of the row per drawn key
+    estimate = weights * drawn * scale.unsqueeze(-1)
+    del drawn
+    return residual_errors(weights, kept, estimate, v, truth, (1.0,))[:, 0]
+
+
 def mix_probe_errors(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -67,26 +79,16 @@ def mix_probe_errors(
     mixed: RoundLayout,
     keep: int,
     chunks: list[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """((B, p) probe errors of the top-key layout alone, (B, p) of the mixed one).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """((B, p) probe errors of the top-key layout alone, (B, p) of the mixed one, (B, p, dv) the probes' exact rows).
 
     q (B,Nq,d) scaled, k, v fp32; chunks: probe query indices, a (B, c, Nk) table set at a time."""
-    nk = k.shape[1]
-    base_errors, mix_errors = [], []
+    base_errors, mix_errors, truths = [], [], []
     for chunk in chunks:
         _, weights, truth = probe_truth(q[:, chunk], k, v, 1.0)  # (B,c,Nk) exp(s - shift), (B,c,dv)
-        base = probe_support(top, chunk, nk)  # (B, c, Nk)
+        base = probe_support(top, chunk, k.shape[1])  # (B, c, Nk)
         base_errors.append(residual_errors(weights, base, weights, v, truth, (0.0,))[:, 0])
         del base
-        kept = probe_support(rounds(mixed, slice(0, keep)), chunk, nk)
-        drawn = probe_support(rounds(mixed, slice(keep, None)), chunk, nk) & ~kept
-        scale = (nk - kept.sum(-1)) / drawn.sum(-1).clamp_min(1)  # (B, c): the rest of the row per drawn key
-        estimate = weights * drawn * scale.unsqueeze(-1)
-        del drawn
-        mix_errors.append(residual_errors(weights, kept, estimate, v, truth, (1.0,))[:, 0])
-    return torch.cat(base_errors, -1), torch.cat(mix_errors, -1)
-
-
-def mix_helps(q, k, v, top: RoundLayout, mixed: RoundLayout, keep: int, chunks: list[torch.Tensor]) -> torch.Tensor:
-    """(B,) bool: where the mixed layout beats the top-key layout on the probes by EVIDENCE standard errors."""
-    return clearly_better(*mix_probe_errors(q, k, v, top, mixed, keep, chunks)).isfinite()
+        mix_errors.append(mix_chunk_errors(weights, truth, v, mixed, keep, chunk))
+        truths.append(truth)
+    return torch.cat(base_errors, -1), torch.cat(mix_errors, -1), torch.cat(truths, 1)

@@ -59,7 +59,7 @@ from .probe_calibration import (
     residual_errors,
 )
 from .random_features import ProjectionCache, favor_log_features
-from .sampled_rounds import KeyPermutations, mix_probe_errors, mixed_layout, sampled_half
+from .sampled_rounds import KeyPermutations, mix_chunk_errors, mixed_layout, sampled_half
 from .smyrf_topkeys import ClusterPlan, SmyrfHash, plan_clusters
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
@@ -173,17 +173,17 @@ class ScatterbrainCentredAttention(AttentionBackend):
             return clustered_attention(qf * scale, kf, vf, self.layout(qf, kf, scale), low_rank).to(q.dtype)
         probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
         out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
-        for members, layout, residual, sampled_from in self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank):
+        groups, truth = self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank)
+        for members, layout, residual, sampled_from in groups:
             rows = slice(None) if len(members) == q.shape[0] else members  # no copies when the batch agrees
             out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual, sampled_from)
-        for chunk in probes.split(self.probe_chunk(nq)):  # their exact rows are known
-            out[:, chunk] = probe_truth(qf[:, chunk], kf, vf, scale)[2]
+        out[:, probes] = truth  # their exact rows are known
         return out.to(q.dtype)
 
     def calibrated(self, q, k, v, scale, probes, clusters, low_rank):
-        """[(batch elements, their layout, their residual terms or None, sampled_from)]: per batch element the
-        candidate that lowers the error on the probes' exact rows most, beyond EVIDENCE standard errors, relative to
-        the largest support alone (which is kept where no candidate clearly helps).
+        """([(batch elements, their layout, their residual terms or None, sampled_from)], the probes' exact rows
+        (B, p, dv)): per batch element the candidate that lowers the error on the probes' exact rows most, beyond
+        EVIDENCE standard errors, relative to the largest support alone (kept where no candidate clearly helps).
 
         Candidates: the all-sparse support with the mean-field residual or as smyrf-topkeys' sampled mix (no
         residual; ``sampled_rounds``), and the split's support with the mean-field or the FAVOR+ residual (hashed
@@ -194,19 +194,21 @@ class ScatterbrainCentredAttention(AttentionBackend):
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
         plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
         layouts = [self.hash.layout(q * scale, k, plans[0])]
-        first = _probe_errors(layouts[0], chunks, q, k, v, scale, log_mean, low_rank)  # kind -> (B, L, p)
+        keep = 0 if sparse is None else sampled_half(sparse.n_hashes)
+        if keep:  # smyrf-topkeys' sampled mix of the whole-budget support (no residual), as a layout
+            perms = self.permutations(sparse.n_hashes - keep, k.shape[1], q.device)
+            layouts.append(mixed_layout(layouts[0], keep, perms))
+        mix = (layouts[-1], keep) if keep else None
+        first, truth = _probe_errors(layouts[0], chunks, q, k, v, scale, log_mean, low_rank, mix)  # kind -> (B,L,p)
         kinds = [(0, "mean-field"), (0, "mean-field")]  # per candidate: (layout index, residual kind)
         errors = [first["mean-field"][:, 0]]  # per candidate: (B, p) probe errors; the first is the baseline
         lams = [torch.zeros(q.shape[0], device=q.device)]  # per candidate: (B,) residual weight
         lam, error = best_weight(first["mean-field"], MEAN_FIELD_WEIGHTS)
         errors.append(error)
         lams.append(lam.float())
-        keep = 0 if sparse is None else sampled_half(sparse.n_hashes)
-        if keep:  # smyrf-topkeys' sampled mix of the whole-budget support, no residual
-            mixed = mixed_layout(layouts[0], keep, self.permutations(sparse.n_hashes - keep, k.shape[1], q.device))
-            layouts.append(mixed)
-            kinds.append((len(layouts) - 1, "mix"))
-            errors.append(mix_probe_errors(q * scale, k, v, layouts[0], mixed, keep, chunks)[1])
+        if keep:
+            kinds.append((1, "mix"))
+            errors.append(first["mix"][:, 0])
             lams.append(torch.zeros(q.shape[0], device=q.device))
         if sparse is None and "favor" in first:  # the split is the only support: FAVOR+ is a candidate on it
             lam, error = best_weight(first["favor"], FAVOR_WEIGHTS)
@@ -221,7 +223,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
             best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
             if bool(clearly_better(best_so_far, proxy).isfinite().any()):
                 layouts.append(self.hash.layout(q * scale, k, clusters))
-                split = _probe_errors(layouts[-1], chunks, q, k, v, scale, log_mean, low_rank)
+                split = _probe_errors(layouts[-1], chunks, q, k, v, scale, log_mean, low_rank)[0]
                 for kind, grid in (("mean-field", MEAN_FIELD_WEIGHTS), ("favor", FAVOR_WEIGHTS)):
                     lam, error = best_weight(split[kind], grid)
                     kinds.append((len(layouts) - 1, kind))
@@ -245,7 +247,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
             else:
                 residual = _mean_field_terms(log_mean[members], v[members], part)
             groups.append((members, layout, residual, keep if kind == "mix" else None))
-        return groups
+        return groups, truth
 
     def layout(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> RoundLayout:
         """The fixed split's sparse support: query clusters and their keys for fp32 q (B,Nq,d), k (B,Nk,d)."""
@@ -276,10 +278,14 @@ class ScatterbrainCentredAttention(AttentionBackend):
         )
 
 
-def _probe_errors(layout, chunks, q, k, v, scale, log_mean, low_rank) -> dict[str, torch.Tensor]:
-    """{residual kind: (B, L, p) probe errors per lam of its grid} on ``layout``'s support, probe chunk by chunk:
-    the mean-field residual always, FAVOR+ where ``low_rank`` is given. chunks: (c,) probe query indices."""
-    errors: dict[str, list] = {"mean-field": []} if low_rank is None else {"mean-field": [], "favor": []}
+def _probe_errors(layout, chunks, q, k, v, scale, log_mean, low_rank, mix=None):
+    """({residual kind: (B, L, p) probe errors per lam of its grid} on ``layout``'s support, the probes' exact rows
+    (B, p, dv)), probe chunk by chunk: the mean-field residual always, FAVOR+ where ``low_rank`` is given, and
+    "mix" (L = 1) for mix = (the sampled mixed layout, its top-key rounds). chunks: (c,) probe query indices."""
+    errors: dict[str, list] = {"mean-field": []}
+    errors.update({"favor": []} if low_rank is not None else {})
+    errors.update({"mix": []} if mix is not None else {})
+    truths = []
     for chunk in chunks:
         shift, weights, truth = probe_truth(q[:, chunk], k, v, scale)  # (B,c,1), (B,c,Nk), (B,c,dv)
         support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
@@ -289,7 +295,10 @@ def _probe_errors(layout, chunks, q, k, v, scale, log_mean, low_rank) -> dict[st
             favor = _probe_estimate(low_rank, chunk, shift)  # (B, c, Nk)
             errors["favor"].append(residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS))
             del favor
-    return {kind: torch.cat(parts, -1) for kind, parts in errors.items()}
+        if mix is not None:
+            errors["mix"].append(mix_chunk_errors(weights, truth, v, *mix, chunk).unsqueeze(1))
+        truths.append(truth)
+    return {kind: torch.cat(parts, -1) for kind, parts in errors.items()}, torch.cat(truths, 1)
 
 
 def _probe_estimate(low_rank: LowRankTerms, probes: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

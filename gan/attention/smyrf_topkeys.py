@@ -57,8 +57,8 @@ from .lsh import (
     xbox_plus,
 )
 from .planning import fewest_clusters_from, search_plan
-from .probe_calibration import probe_plan, probe_truth
-from .sampled_rounds import KeyPermutations, mix_helps, mixed_layout, sampled_half
+from .probe_calibration import clearly_better, probe_plan
+from .sampled_rounds import KeyPermutations, mix_probe_errors, mixed_layout, sampled_half
 
 DEFAULT_N_HASHES = 8
 # Fewer keys per cluster than this buys more rounds at a loss. With covering rounds, 8 rounds of 4 keys
@@ -66,7 +66,7 @@ DEFAULT_N_HASHES = 8
 # round's int64 sort bookkeeping per query (about 32 bytes) outgrows its W fp32 scores.
 MIN_KEYS_PER_CLUSTER = 4
 PROBE_QUERIES = 128  # queries whose exact rows choose between top keys and the sampled mix (mix=True)
-PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once (``sampled_rounds.mix_helps``)
+PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once (``sampled_rounds.mix_probe_errors``)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,8 @@ class SmyrfTopKeysAttention(AttentionBackend):
         mixed = mixed_layout(layout, keep, self.permutations(layout.k_rows.shape[1] - keep, nk, q.device))
         probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
         chunks = probes.split(self.probe_chunk(nq))
-        use_mix = mix_helps(qf, kf, vf, layout, mixed, keep, chunks)  # (B,)
+        base_errors, mix_errors, truth = mix_probe_errors(qf, kf, vf, layout, mixed, keep, chunks)
+        use_mix = clearly_better(base_errors, mix_errors).isfinite()  # (B,)
         out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
         for members, candidate, sampled_from in ((~use_mix, layout, None), (use_mix, mixed, keep)):
             members = members.nonzero().squeeze(-1)  # (b,)
@@ -228,8 +229,7 @@ class SmyrfTopKeysAttention(AttentionBackend):
             elif len(members):
                 part = batch_subset(candidate, members, nq, nk)
                 out[members] = clustered_attention(qf[members], kf[members], vf[members], part, None, sampled_from)
-        for chunk in chunks:  # the probes' exact rows are known
-            out[:, chunk] = probe_truth(qf[:, chunk], kf, vf, 1.0)[2]
+        out[:, probes] = truth  # their exact rows are known
         return out.to(q.dtype)
 
     def probe_count(self, nq: int, nk: int) -> int:
