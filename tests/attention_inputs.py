@@ -91,3 +91,12 @@ def clustered_peak_bound(score_entries, nq, nk, d, dv, plans):
     layouts = sum(4 * 8 * n_hashes * nq for n_hashes, _ in plans)
     membership = max(n_hashes * n_clusters * nk for n_hashes, n_clusters in plans)
     return 4 * (score_entries + 4 * inputs) + layouts + membership
+
+
+def lowrank_qkv(b=2, nq=2048, nk=512, d=32, dv=16, logit_std=2.0, seed=0):
+    """q, k = z A with A's singular values 1/i (a few dominant directions), logits rescaled to ``logit_std``."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.linalg.qr(torch.randn(d, d, generator=g))[0] / torch.arange(1, d + 1.0)  # (d, d)
+    q, k = torch.randn(b, nq, d, generator=g) @ a, torch.randn(b, nk, d, generator=g) @ a
+    gain = (logit_std / (q[0] @ k[0].t()).std()).sqrt()
+    return q * gain, k * gain, torch.randn(b, nk, dv, generator=g)

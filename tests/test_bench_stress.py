@@ -27,3 +27,23 @@ def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("stress_regimes: ")
+
+
+def test_sparse_part_counts_every_batch_element(capsys, monkeypatch):
+    # bench/sparse_part.py on one small regime x budget x seed: the summary counts both batch elements.
+    import bench.sparse_part as sparse_part
+    from bench.regimes import regime_qkv
+
+    monkeypatch.setattr(sparse_part, "regime_qkv", lambda regime, seed: regime_qkv(regime, nq=256, nk=64, seed=seed))
+    assert sparse_part.main(["--regimes", "isotropic-mixed", "--budgets", "1/8", "--seeds", "0", "--threads", "1"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert " of 2 at or under 1; largest " in summary
+
+
+@pytest.mark.parametrize("argv", [["--regimes", "nope"], ["--budgets", "0"], ["--seeds", "a"]])
+def test_sparse_part_bad_input_is_one_line_and_exit_2(argv, capsys):
+    import bench.sparse_part as sparse_part
+
+    assert sparse_part.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sparse_part: ")

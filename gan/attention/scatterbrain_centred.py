@@ -20,22 +20,23 @@ features are drawn (their terms would cancel). This fixed estimator is unbiased 
 
 Calibration (``calibrate=True``, the default; ``probe_calibration``): at BigGAN's unscaled logits the
 FAVOR+ residual is mostly noise, and a fixed 3/4 support is worse than smyrf-topkeys at the whole
-budget wherever attention is peaked. So a few probe queries (drawn from the seed; at most 128 and
-at most half the budget's entries in exact scores, their rows scored in chunks that hold at most half the
-budget before the attention runs) score, per batch element, three candidates with the
-best residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
+budget wherever attention is peaked. So probe queries (drawn from the seed; 64 to 128 as
+``probe_calibration.probe_plan`` allows, their rows scored in chunks that hold at most half the budget
+before the attention runs) score, per batch element, these candidates with the best residual weight lam
+of a grid for each (lam = 0: the support alone, always a candidate):
+  - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual, or as its sampled mix,
   - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
   - the 3/4 support + lam * mean-field residual,
-  - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual.
-The 3/4 support is hashed only when the FAVOR+ residual clearly helps on the whole-budget support's
-probes (a proxy), which saves the second hash wherever the features are noise.
+  - the 3/4 support + lam * key-centroid residual (``key_centroids``: as many key groups as features).
+The 3/4 support is hashed only when FAVOR+ or the centroids clearly help on the whole-budget support's
+probes (a proxy), which saves the second hash wherever they do not.
 The mean-field residual is a rank-1 kernel exp(s_ij) ~ exp(q_i.mu + q_i^T Sigma q_i / 2) (the mean of
 exp(q.k) over Gaussian keys with the keys' mean and covariance): outside its support a query sees
 the plain mean of the remaining values, weighted by that mass; lam fits its scale. The probes'
 outputs are their exact rows. So the estimator is the support alone wherever no residual helps on
 held-out rows (never worse than its sparse part beyond the probes' sampling noise), and the
 unbiased Scatterbrain estimator wherever that validates best. The core idea (smyrf-topkeys support +
-centred FAVOR+) is kept as one candidate; the mean-field residual and the choice are this project's.
+centred FAVOR+) is kept as one candidate; the mean-field and centroid residuals and the choice are this project's.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .centred_favor import probe_queries
+from .key_centroids import KeyGroups, centroid_probe_estimate, centroid_terms, key_groups
 from .lsh import LowRankTerms, RoundLayout, batch_subset, clustered_attention
 from .probe_calibration import (
     FAVOR_WEIGHTS,
@@ -73,10 +75,20 @@ MAX_BUDGET_FEATURES = 256
 PROBE_QUERIES = 128
 LOG_CAP = 60.0  # estimates above e^60 times a probe's largest exact weight are capped (fp32 range)
 PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once: weights, estimate, inside, outside
+# lam grids per residual: FAVOR+ is unbiased (lam = 1), the mean-field and the centroids only model the scale
+WEIGHTS = {"favor": FAVOR_WEIGHTS, "mean-field": MEAN_FIELD_WEIGHTS, "centroids": MEAN_FIELD_WEIGHTS}
 
 
-def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> LowRankTerms:
-    """FAVOR+ estimate of exp(scale q.k) in stabilised factors: q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv) fp32.
+def low_rank_terms(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    proj: torch.Tensor,
+    scale: float,
+    rows: torch.Tensor | None = None,
+) -> LowRankTerms:
+    """FAVOR+ estimate of exp(scale q.k) in stabilised factors: q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv) fp32; with
+    ``rows`` (r,) the query side of those queries only (centred on the mean of all of q), (B,r,...) terms.
 
     The features see q and k centred on their own batch element's means (q_, k_); the exact identity
     q.k = q_.k_ + q.k_mean + q_mean.k - q_mean.k_mean moves the rest into per-query and per-key factors,
@@ -87,6 +99,7 @@ def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torc
     lk = favor_log_features(k - k_mean, proj, scale) + key_shift  # (B, Nk, m)
     key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m): per feature, so no feature underflows wholesale
     b = (lk - key_max).exp_()  # (B, Nk, m) <= 1
+    q = q if rows is None else q[:, rows]
     lq = favor_log_features(q - q_mean, proj, scale) + scale * (q @ k_mean.transpose(1, 2)) + key_max  # (B, Nq, m)
     log_offset = lq.amax(-1)  # (B, Nq)
     a = (lq - log_offset.unsqueeze(-1)).exp_()  # (B, Nq, m) <= 1
@@ -165,32 +178,39 @@ class ScatterbrainCentredAttention(AttentionBackend):
         nq, nk = q.shape[1], k.shape[1]
         qf, kf, vf = q.float(), k.float(), v.float()
         clusters, num_features = self.plan(nq, nk)
-        low_rank = None
-        if num_features:
-            low_rank = low_rank_terms(qf, kf, vf, self.projection(num_features, q.shape[2], q.device), scale)
+        proj = self.projection(num_features, q.shape[2], q.device) if num_features else None  # (m, d)
         n_probe = self.probe_count(nq, nk)
         if not n_probe:  # the fixed estimator: support + FAVOR+ residual, lam = 1 (unbiased)
+            low_rank = None if proj is None else low_rank_terms(qf, kf, vf, proj, scale)
             return clustered_attention(qf * scale, kf, vf, self.layout(qf, kf, scale), low_rank).to(q.dtype)
         probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
         out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
-        groups, truth = self.calibrated(qf, kf, vf, scale, probes, clusters, low_rank)
+        groups, truth = self.calibrated(qf, kf, vf, scale, probes, clusters, proj)
         for members, layout, residual, sampled_from in groups:
             rows = slice(None) if len(members) == q.shape[0] else members  # no copies when the batch agrees
             out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual, sampled_from)
         out[:, probes] = truth  # their exact rows are known
         return out.to(q.dtype)
 
-    def calibrated(self, q, k, v, scale, probes, clusters, low_rank):
+    def calibrated(self, q, k, v, scale, probes, clusters, proj):
         """([(batch elements, their layout, their residual terms or None, sampled_from)], the probes' exact rows
         (B, p, dv)): per batch element the candidate that lowers the error on the probes' exact rows most, beyond
         EVIDENCE standard errors, relative to the largest support alone (kept where no candidate clearly helps).
 
         Candidates: the all-sparse support with the mean-field residual or as smyrf-topkeys' sampled mix (no
-        residual; ``sampled_rounds``), and the split's support with the mean-field or the FAVOR+ residual (hashed
-        only when FAVOR+ clearly helps on the larger support's probes); each with its best weight lam (0 = no
-        residual)."""
+        residual; ``sampled_rounds``), and the split's support with the mean-field, the FAVOR+ (``proj`` (m, d)
+        its projections, None for no features) or the key-centroid residual (``key_centroids``, m groups); the
+        split is hashed only when FAVOR+ or the centroids clearly help on the larger support's probes. Each
+        residual with its best weight lam (0 = no residual). Only the chosen residuals' terms are built for every
+        query: during calibration FAVOR+ has the probes' rows and the centroids their groups."""
         log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
-        chunks = probes.split(self.probe_chunk(q.shape[1]))  # the probes' (c, Nk) tables, a chunk at a time
+        size = self.probe_chunk(q.shape[1])
+        # (query indices, positions among the probes) of each probe chunk
+        chunks = list(zip(probes.split(size), torch.arange(len(probes)).split(size), strict=True))
+        residuals = {}
+        if proj is not None:  # the features' residuals: FAVOR+ on the probes' rows, and the key groups
+            residuals["favor"] = low_rank_terms(q, k, v, proj, scale, rows=probes)
+            residuals["centroids"] = key_groups(k, proj.shape[0], self.seed)
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
         plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
         layouts = [self.hash.layout(q * scale, k, plans[0])]
@@ -199,33 +219,34 @@ class ScatterbrainCentredAttention(AttentionBackend):
             perms = self.permutations(sparse.n_hashes - keep, k.shape[1], q.device)
             layouts.append(mixed_layout(layouts[0], keep, perms))
         mix = (layouts[-1], keep) if keep else None
-        first, truth = _probe_errors(layouts[0], chunks, q, k, v, scale, log_mean, low_rank, mix)  # kind -> (B,L,p)
+        first, truth = _probe_errors(layouts[0], chunks, q, k, v, scale, log_mean, residuals, mix)  # kind -> (B,L,p)
         kinds = [(0, "mean-field"), (0, "mean-field")]  # per candidate: (layout index, residual kind)
         errors = [first["mean-field"][:, 0]]  # per candidate: (B, p) probe errors; the first is the baseline
         lams = [torch.zeros(q.shape[0], device=q.device)]  # per candidate: (B,) residual weight
-        lam, error = best_weight(first["mean-field"], MEAN_FIELD_WEIGHTS)
+        lam, error = best_weight(first["mean-field"], WEIGHTS["mean-field"])
         errors.append(error)
         lams.append(lam.float())
         if keep:
             kinds.append((1, "mix"))
             errors.append(first["mix"][:, 0])
             lams.append(torch.zeros(q.shape[0], device=q.device))
-        if sparse is None and "favor" in first:  # the split is the only support: FAVOR+ is a candidate on it
-            lam, error = best_weight(first["favor"], FAVOR_WEIGHTS)
-            kinds.append((0, "favor"))
-            errors.append(error)
-            lams.append(lam.float())
-        elif "favor" in first:
-            # Screen: the split only pays if its FAVOR+ residual clearly helps; try it on the larger support's
-            # probes first (a proxy) and skip hashing the split when it does not.
-            proxy = best_weight(first["favor"], FAVOR_WEIGHTS)[1]
+        if sparse is None:  # the split is the only support: its residuals are candidates on it
+            for kind in residuals:
+                lam, error = best_weight(first[kind], WEIGHTS[kind])
+                kinds.append((0, kind))
+                errors.append(error)
+                lams.append(lam.float())
+        elif residuals:
+            # Screen: the split only pays if a feature residual clearly helps; try them on the larger support's
+            # probes first (a proxy) and skip hashing the split when none does.
             totals = torch.stack(errors).sum(-1)  # (candidates, B)
-            best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *proxy.shape))[0]
-            if bool(clearly_better(best_so_far, proxy).isfinite().any()):
+            best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *errors[0].shape))[0]
+            proxies = [best_weight(first[kind], WEIGHTS[kind])[1] for kind in residuals]
+            if any(bool(clearly_better(best_so_far, proxy).isfinite().any()) for proxy in proxies):
                 layouts.append(self.hash.layout(q * scale, k, clusters))
-                split = _probe_errors(layouts[-1], chunks, q, k, v, scale, log_mean, low_rank)[0]
-                for kind, grid in (("mean-field", MEAN_FIELD_WEIGHTS), ("favor", FAVOR_WEIGHTS)):
-                    lam, error = best_weight(split[kind], grid)
+                split = _probe_errors(layouts[-1], chunks, q, k, v, scale, log_mean, residuals)[0]
+                for kind in ("mean-field", *residuals):
+                    lam, error = best_weight(split[kind], WEIGHTS[kind])
                     kinds.append((len(layouts) - 1, kind))
                     errors.append(error)
                     lams.append(lam.float())
@@ -243,7 +264,11 @@ class ScatterbrainCentredAttention(AttentionBackend):
             if kind == "mix" or not bool((part > 0).any()):
                 residual = None
             elif kind == "favor":
-                residual = _weighted(low_rank if every else _terms_subset(low_rank, members), part)
+                residual = _weighted(low_rank_terms(q[members], k[members], v[members], proj, scale), part)
+            elif kind == "centroids":
+                centroids = residuals["centroids"]
+                residual = centroid_terms(KeyGroups(*(t[members] for t in centroids)), q[members], v[members], scale,
+                                          part)
             else:
                 residual = _mean_field_terms(log_mean[members], v[members], part)
             groups.append((members, layout, residual, keep if kind == "mix" else None))
@@ -278,34 +303,46 @@ class ScatterbrainCentredAttention(AttentionBackend):
         )
 
 
-def _probe_errors(layout, chunks, q, k, v, scale, log_mean, low_rank, mix=None):
+def _probe_errors(layout, chunks, q, k, v, scale, log_mean, residuals, mix=None):
     """({residual kind: (B, L, p) probe errors per lam of its grid} on ``layout``'s support, the probes' exact rows
-    (B, p, dv)), probe chunk by chunk: the mean-field residual always, FAVOR+ where ``low_rank`` is given, and
-    "mix" (L = 1) for mix = (the sampled mixed layout, its top-key rounds). chunks: (c,) probe query indices."""
-    errors: dict[str, list] = {"mean-field": []}
-    errors.update({"favor": []} if low_rank is not None else {})
+    (B, p, dv)), probe chunk by chunk: the mean-field residual always, "favor" (LowRankTerms of the probes' rows)
+    and "centroids" (KeyGroups) where ``residuals`` has them, and "mix" (L = 1) for mix = (the sampled mixed layout,
+    its top-key rounds). chunks: [((c,) probe query indices, their positions among the probes)]."""
+    errors: dict[str, list] = {kind: [] for kind in ("mean-field", *residuals)}
     errors.update({"mix": []} if mix is not None else {})
     truths = []
-    for chunk in chunks:
+    for chunk, positions in chunks:
         shift, weights, truth = probe_truth(q[:, chunk], k, v, scale)  # (B,c,1), (B,c,Nk), (B,c,dv)
         support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
         mean_field = (log_mean[:, chunk, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, c, Nk)
-        errors["mean-field"].append(residual_errors(weights, support, mean_field, v, truth, MEAN_FIELD_WEIGHTS))
-        if low_rank is not None:
-            favor = _probe_estimate(low_rank, chunk, shift)  # (B, c, Nk)
-            errors["favor"].append(residual_errors(weights, support, favor, v, truth, FAVOR_WEIGHTS))
-            del favor
+        errors["mean-field"].append(residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"]))
+        for kind, terms in residuals.items():  # one (c, Nk) estimate alive at a time
+            if kind == "favor":
+                estimate = _probe_estimate(terms, positions.to(q.device), shift)
+            else:
+                estimate = centroid_probe_estimate(terms, q[:, chunk], scale, shift, LOG_CAP)
+            errors[kind].append(residual_errors(weights, support, estimate, v, truth, WEIGHTS[kind]))
+            del estimate
         if mix is not None:
             errors["mix"].append(mix_chunk_errors(weights, truth, v, *mix, chunk).unsqueeze(1))
         truths.append(truth)
     return {kind: torch.cat(parts, -1) for kind, parts in errors.items()}, torch.cat(truths, 1)
 
 
-def _probe_estimate(low_rank: LowRankTerms, probes: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """(B,p,Nk) fp32 FAVOR+ estimate of exp(s - shift) for the probes from the low-rank terms."""
-    a = low_rank.a[:, probes]  # (B, p, m)
-    offset = (low_rank.log_offset[:, probes, None] - shift).clamp_max(LOG_CAP)  # (B, p, 1)
+def _probe_estimate(low_rank: LowRankTerms, positions: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(B,c,Nk) fp32 FAVOR+ estimate of exp(s - shift) for the probes at ``positions`` (c,) of the probe-row terms."""
+    a = low_rank.a[:, positions]  # (B, c, m)
+    offset = (low_rank.log_offset[:, positions, None] - shift).clamp_max(LOG_CAP)  # (B, c, 1)
     return (a @ low_rank.b.transpose(1, 2)).mul_(offset.exp())
+
+
+def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
+    """The residual scaled by lam (B,) per batch element, in place: a, num, den times lam (linear in a)."""
+    w = lam.view(-1, 1, 1)
+    low_rank.a.mul_(w)
+    low_rank.num.mul_(w)
+    low_rank.den.mul_(lam.view(-1, 1))
+    return low_rank
 
 
 def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
@@ -325,9 +362,3 @@ def _mean_field_terms(log_mean: torch.Tensor, v: torch.Tensor, lam: torch.Tensor
     num = (w * v.sum(1, keepdim=True)).expand(b, nq, v.shape[2]).contiguous()  # (B, Nq, dv)
     den = (lam.view(-1, 1) * v.shape[1]).expand(b, nq).contiguous()  # (B, Nq)
     return LowRankTerms(log_mean.float(), a, ones, num, den)
-
-
-def _terms_subset(low_rank: LowRankTerms, members: torch.Tensor) -> LowRankTerms:
-    return LowRankTerms(
-        *(t[members] for t in (low_rank.log_offset, low_rank.a, low_rank.b, low_rank.num, low_rank.den))
-    )

@@ -1,0 +1,67 @@
+"""Key centroids: a coarse residual for sparse + low-rank attention (one of scatterbrain-centred's candidates).
+
+The keys of each batch element are grouped by a few Lloyd (k-means) steps into G groups. Outside a query's
+support, key j of group g is estimated by its centroid's weight, exp(scale q_i . c_g): a rank-G kernel with
+a_ig = exp(scale q_i . c_g - offset_i) and b_jg = [j in g], whose sums over all keys need the groups' value
+sums and counts only. It takes G entries per query and per key, as G random features would, and it has no
+sampling noise: it is deterministic and biased (exp is convex, so a group's keys weigh more than their
+centroid on average), which the probes' residual weight lam absorbs. Where keys lie near a few directions
+(low-rank projections, segmented feature maps) the groups are tight and the estimate close; where they
+are isotropic it is no better than the mean-field residual, and the probes do not choose it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .lsh import LowRankTerms
+
+LLOYD_STEPS = 8
+
+
+class KeyGroups(NamedTuple):
+    """centres (B,G,d) fp32 and groups (B,Nk) int64 in [0, G): each key's group."""
+
+    centres: torch.Tensor
+    groups: torch.Tensor
+
+
+def key_groups(k: torch.Tensor, count: int, seed: int) -> KeyGroups:
+    """k (B,Nk,d) fp32 -> min(count, Nk) groups by LLOYD_STEPS k-means steps from keys drawn with ``seed``."""
+    b, nk, d = k.shape
+    count = min(count, nk)
+    start = torch.randperm(nk, generator=torch.Generator().manual_seed(seed))[:count].to(k.device)  # (G,)
+    centres = k[:, start]  # (B, G, d)
+    for _ in range(LLOYD_STEPS):
+        groups = _nearest(k, centres)  # (B, Nk)
+        sums = k.new_zeros(b, count, d).scatter_add_(1, groups.unsqueeze(-1).expand(-1, -1, d), k)  # (B, G, d)
+        sizes = k.new_zeros(b, count).scatter_add_(1, groups, k.new_ones(b, nk)).unsqueeze(-1)  # (B, G, 1)
+        centres = torch.where(sizes > 0, sums / sizes.clamp_min(1.0), centres)  # an empty group keeps its centre
+    return KeyGroups(centres, _nearest(k, centres))
+
+
+def _nearest(k: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(B,Nk) index of each key's nearest centre: argmax_g k . c_g - |c_g|^2 / 2."""
+    return (k @ centres.transpose(1, 2) - 0.5 * centres.square().sum(-1).unsqueeze(1)).argmax(-1)
+
+
+def centroid_probe_estimate(groups: KeyGroups, q_probe: torch.Tensor, scale: float, shift: torch.Tensor,
+                            log_cap: float) -> torch.Tensor:
+    """(B,p,Nk) estimate of exp(scale q.k_j - shift) by key j's centroid, for q_probe (B,p,d), shift (B,p,1);
+    logs above ``log_cap`` are capped (fp32 range)."""
+    per_group = (scale * (q_probe @ groups.centres.transpose(1, 2)) - shift).clamp_max_(log_cap).exp_()  # (B, p, G)
+    return per_group.gather(2, groups.groups.unsqueeze(1).expand(-1, q_probe.shape[1], -1))
+
+
+def centroid_terms(groups: KeyGroups, q: torch.Tensor, v: torch.Tensor, scale: float,
+                   lam: torch.Tensor) -> LowRankTerms:
+    """The residual lam * exp(scale q_i . c_g(j)) as LowRankTerms for q (B,Nq,d), v (B,Nk,dv) fp32, lam (B,)."""
+    count = groups.centres.shape[1]
+    logits = scale * (q @ groups.centres.transpose(1, 2))  # (B, Nq, G)
+    log_offset = logits.amax(-1)  # (B, Nq)
+    a = (logits - log_offset.unsqueeze(-1)).exp_().mul_(lam.view(-1, 1, 1))  # (B, Nq, G)
+    member = torch.nn.functional.one_hot(groups.groups, count).to(v.dtype)  # (B, Nk, G)
+    num = a @ (member.transpose(1, 2) @ v)  # (B, Nq, dv): the groups' value sums
+    den = (a @ member.sum(1).unsqueeze(-1)).squeeze(-1)  # (B, Nq): the groups' sizes
+    return LowRankTerms(log_offset, a, member, num, den)
