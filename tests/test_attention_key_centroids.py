@@ -5,7 +5,13 @@ import torch
 from attention_inputs import lowrank_qkv, qkv
 from test_attention_scatterbrain_centred import _errors
 
-from gan.attention.key_centroids import LLOYD_STEPS, centroid_probe_estimate, centroid_terms, key_groups
+from gan.attention.key_centroids import (
+    LLOYD_STEPS,
+    GroupStarts,
+    centroid_probe_estimate,
+    centroid_terms,
+    key_groups,
+)
 
 
 def _keys(seed=0, b=2, nk=300, d=8):
@@ -14,7 +20,7 @@ def _keys(seed=0, b=2, nk=300, d=8):
 
 def test_every_key_is_in_its_nearest_centres_group():
     k = _keys()
-    groups = key_groups(k, 12, seed=3)
+    groups = key_groups(k, GroupStarts(3)(300, 12, k.device))
     assert groups.centres.shape == (2, 12, 8) and groups.groups.shape == (2, 300)
     nearest = torch.cdist(k.double(), groups.centres.double()).argmin(-1)
     assert torch.equal(groups.groups, nearest)
@@ -24,16 +30,17 @@ def test_lloyd_steps_lower_the_within_group_spread():
     # Each Lloyd step can only lower the sum of squared distances to the centres; LLOYD_STEPS of them from
     # the seeded start must lower it by more than 10% on Gaussian keys (12 groups, d=8).
     k = _keys(1)
-    first = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:12]  # the seeded start's keys
+    first = GroupStarts(0)(300, 12, k.device)  # the seeded start's keys
+    assert len(first.unique()) == 12
     spread_start = torch.cdist(k, k[:, first]).amin(-1).square().sum()
-    groups = key_groups(k, 12, seed=0)
+    groups = key_groups(k, first)
     spread = (k - groups.centres.gather(1, groups.groups.unsqueeze(-1).expand(-1, -1, 8))).square().sum()
     assert LLOYD_STEPS >= 1 and spread < 0.9 * spread_start
 
 
 def test_more_groups_than_keys_gives_one_group_per_key():
     k = _keys(nk=5)
-    groups = key_groups(k, 64, seed=0)
+    groups = key_groups(k, GroupStarts(0)(5, 64, k.device))
     assert groups.centres.shape[1] == 5
     assert torch.allclose(groups.centres.gather(1, groups.groups.unsqueeze(-1).expand(-1, -1, 8)), k)
 
@@ -43,7 +50,7 @@ def test_terms_equal_the_dense_plain_reading():
     # (in units of exp(log_offset)) against forming every pair's weight densely in float64: within 1e-5 of
     # each table's largest entry (fp32 sums).
     q, k, v = qkv(b=2, nq=64, nk=96, d=8, dv=4, logit_std=3.0)
-    groups, scale, lam = key_groups(k, 7, seed=1), 0.7, torch.tensor([0.5, 2.0])
+    groups, scale, lam = key_groups(k, GroupStarts(1)(96, 7, k.device)), 0.7, torch.tensor([0.5, 2.0])
     terms = centroid_terms(groups, q, v, scale, lam)
     per_key = groups.centres.gather(1, groups.groups.unsqueeze(-1).expand(-1, -1, 8)).double()  # (B, Nk, d)
     logits = scale * q.double() @ per_key.transpose(1, 2) - terms.log_offset.double().unsqueeze(-1)
@@ -55,7 +62,7 @@ def test_terms_equal_the_dense_plain_reading():
 
 def test_probe_estimate_is_the_terms_estimate():
     q, k, v = qkv(b=2, nq=64, nk=96, d=8, dv=4, logit_std=3.0)
-    groups, scale = key_groups(k, 7, seed=1), 0.7
+    groups, scale = key_groups(k, GroupStarts(1)(96, 7, k.device)), 0.7
     terms = centroid_terms(groups, q, v, scale, torch.ones(2))
     shift = (scale * q[:, :10] @ k.transpose(1, 2)).amax(-1, keepdim=True)  # (B, 10, 1)
     got = centroid_probe_estimate(groups, q[:, :10], scale, shift, 60.0)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from .base import SeededDraws
 from .lsh import LowRankTerms
 
 LLOYD_STEPS = 8
@@ -27,11 +28,21 @@ class KeyGroups(NamedTuple):
     groups: torch.Tensor
 
 
-def key_groups(k: torch.Tensor, count: int, seed: int) -> KeyGroups:
-    """k (B,Nk,d) fp32 -> min(count, Nk) groups by LLOYD_STEPS k-means steps from keys drawn with ``seed``."""
+class GroupStarts:
+    """The keys the Lloyd steps start from: min(count, Nk) distinct key indices drawn once per shape and device."""
+
+    def __init__(self, seed: int):
+        self._draws = SeededDraws(seed + 2)  # + 2: apart from the hash (seed) and the sampled keys (seed + 1)
+
+    def __call__(self, nk: int, count: int, device) -> torch.Tensor:
+        count = min(count, nk)
+        return self._draws(("group-starts", nk, count), device, lambda g: torch.randperm(nk, generator=g)[:count])
+
+
+def key_groups(k: torch.Tensor, start: torch.Tensor) -> KeyGroups:
+    """k (B,Nk,d) fp32 -> len(start) groups by LLOYD_STEPS k-means steps from the keys ``start`` (G,) (distinct)."""
     b, nk, d = k.shape
-    count = min(count, nk)
-    start = torch.randperm(nk, generator=torch.Generator().manual_seed(seed))[:count].to(k.device)  # (G,)
+    count = len(start)
     centres = k[:, start]  # (B, G, d)
     for _ in range(LLOYD_STEPS):
         groups = _nearest(k, centres)  # (B, Nk)

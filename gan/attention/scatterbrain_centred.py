@@ -47,7 +47,7 @@ import torch
 
 from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
 from .centred_favor import probe_queries
-from .key_centroids import KeyGroups, centroid_probe_estimate, centroid_terms, key_groups
+from .key_centroids import GroupStarts, KeyGroups, centroid_probe_estimate, centroid_terms, key_groups
 from .lsh import LowRankTerms, RoundLayout, batch_subset, clustered_attention
 from .probe_calibration import (
     FAVOR_WEIGHTS,
@@ -140,6 +140,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
         self.hash = SmyrfHash(seed)
         self.permutations = KeyPermutations(seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
         self.projection = ProjectionCache(seed)  # (num_features, d, device) -> (m, d), drawn once
+        self.group_starts = GroupStarts(seed)  # the key-centroid residual's k-means starts
 
     def plan(self, nq: int, nk: int) -> tuple[ClusterPlan, int]:
         """(sparse support plan, number of random features) of the sparse + FAVOR+ split for these shapes."""
@@ -210,7 +211,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
         residuals = {}
         if proj is not None:  # the features' residuals: FAVOR+ on the probes' rows, and the key groups
             residuals["favor"] = low_rank_terms(q, k, v, proj, scale, rows=probes)
-            residuals["centroids"] = key_groups(k, proj.shape[0], self.seed)
+            residuals["centroids"] = key_groups(k, self.group_starts(k.shape[1], proj.shape[0], k.device))
         sparse = self.sparse_plan(q.shape[1], k.shape[1])
         plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
         layouts = [self.hash.layout(q * scale, k, plans[0])]
