@@ -20,10 +20,10 @@ features are drawn (their terms would cancel). This fixed estimator is unbiased 
 
 Calibration (``calibrate=True``, the default; ``probe_calibration``): at BigGAN's unscaled logits the
 FAVOR+ residual is mostly noise, and a fixed 3/4 support is worse than smyrf-topkeys at the whole
-budget wherever attention is peaked. So probe queries (drawn from the seed; 64 to 128 as
-``probe_calibration.probe_plan`` allows, their rows scored in chunks that hold at most half the budget
-before the attention runs) score, per batch element, these candidates with the best residual weight lam
-of a grid for each (lam = 0: the support alone, always a candidate):
+budget wherever attention is peaked. So probe queries (drawn from the seed; 64 to 128 where an eighth
+of the queries allows, ``probe_calibration.probe_plan``; their rows scored in chunks that hold at most
+half the budget before the attention runs) score, per batch element, these candidates with the best
+residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
   - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual, or as its sampled mix,
   - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
   - the 3/4 support + lam * mean-field residual,
@@ -344,14 +344,6 @@ def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
     low_rank.num.mul_(w)
     low_rank.den.mul_(lam.view(-1, 1))
     return low_rank
-
-
-def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
-    """The residual scaled by lam (B,) per batch element: a, num, den times lam (the estimate is linear in a)."""
-    w = lam.view(-1, 1, 1)
-    return LowRankTerms(
-        low_rank.log_offset, low_rank.a * w, low_rank.b, low_rank.num * w, low_rank.den * lam.view(-1, 1)
-    )
 
 
 def _mean_field_terms(log_mean: torch.Tensor, v: torch.Tensor, lam: torch.Tensor) -> LowRankTerms:

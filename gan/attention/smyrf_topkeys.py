@@ -22,9 +22,10 @@ entries, so the support is the peak.
 Mix (``mix=True``, the default; ``sampled_rounds``): where attention spreads over keys whose values differ,
 top keys per cluster lean towards each query's own kind of key. A second candidate keeps the first half of the
 rounds' top keys and gives the other half's clusters uniformly drawn keys, weighted to stand for the rest of
-each query's row; probe queries (their exact rows, ``probe_calibration.probe_plan``: 64 to 128, scored in
-chunks within half the budget) choose it per batch element only where it lowers their error by 3 standard errors.
-Same support size, so the same memory; ``mix=False`` (or explicit cluster sizes) is the top-key support alone.
+each query's row; probe queries (their exact rows, ``probe_calibration.probe_plan``: 64 to 128 where an eighth of
+the queries allows, scored in chunks within half the budget) choose it per batch element only where it lowers
+their error by 3 standard errors. Same support size, so the same memory; ``mix=False`` (or explicit cluster
+sizes) is the top-key support alone.
 
 Rounds are combined by their log-sum-exp weights over the UNION of the supports: a (query, key)
 pair met in an earlier round is masked in later ones, so no pair is counted twice.
