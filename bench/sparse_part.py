@@ -19,7 +19,7 @@ if __package__ in (None, ""):
 import torch
 
 from bench.regimes import REGIMES, regime_qkv
-from bench.stress_regimes import _budget, _ints
+from bench.stress_regimes import _budget, _ints, _threads
 from gan.attention import build_attention
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument("--budgets", default="1/32,1/8,1/4")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2")
     args = parser.parse_args(argv)
     try:
         regimes = args.regimes.split(",")
@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--regimes takes names from {', '.join(REGIMES)}, got {unknown[0]!r}")
         budgets = [_budget(b) for b in args.budgets.split(",")]
         seeds = _ints(args.seeds, "--seeds takes comma-separated ints such as 0,1,2")
+        threads = _threads(args.threads)
     except ValueError as error:
         print(f"sparse_part: {error}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     every = []
     for regime in regimes:
         for budget in budgets:

@@ -112,6 +112,14 @@ def _ints(text: str, accepted: str) -> list[int]:
     except ValueError:
         raise ValueError(f"{accepted}, got {text!r}") from None
 
+def _threads(text: str) -> int:
+    """A positive thread count, or ValueError saying what is accepted."""
+    values = _ints(text, "--threads takes one positive int such as 2")
+    if len(values) != 1 or values[0] < 1:
+        raise ValueError(f"--threads takes one positive int such as 2, got {text!r}")
+    return values[0]
+
+
 def cell(regime: str, budget: float, seeds: list[int], shape: dict) -> str:
     """One line: mean errors over ``seeds`` and issue 9's ratios, with the targets that fail."""
     errors = {name: 0.0 for name in ("mean-of-values", *METHODS)}
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="1/32,1/8,1/4")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--shape", default="2,4096,1024,32,128", help="B,Nq,Nk,d,dv")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="2")
     args = parser.parse_args(argv)
     try:
         regimes = args.regimes.split(",")
@@ -154,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         values = _ints(args.shape, "--shape takes five positive ints B,Nq,Nk,d,dv")
         if len(values) != 5 or min(values) < 1:
             raise ValueError(f"--shape takes five positive ints B,Nq,Nk,d,dv, got {args.shape!r}")
+        threads = _threads(args.threads)
     except ValueError as error:
         print(f"stress_regimes: {error}", file=sys.stderr)
         return 2
     shape = dict(zip(("batch", "nq", "nk", "d", "dv"), values, strict=True))
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     print(f"shape {args.shape} (B,Nq,Nk,d,dv), scale 1, seeds {args.seeds}; mean relative errors; ratios: "
           "1 = smyrf-topkeys/smyrf, 2 = scatterbrain-centred/min(smyrf-topkeys, performer-centred-shrunk), "
           "2b = scatterbrain-centred/best published, 3 = performer-centred-shrunk/mean-of-values", flush=True)

@@ -22,7 +22,8 @@ def test_command_prints_one_line_per_cell(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--regimes", "iso"], ["--regimes", "blob-2"], ["--shape", "1,2,3"],
-                                  ["--budgets", "2"], ["--budgets", "1/0"]])
+                                  ["--budgets", "2"], ["--budgets", "1/0"], ["--threads", "0"],
+                                  ["--threads", "two"]])
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -40,7 +41,7 @@ def test_sparse_part_counts_every_batch_element(capsys, monkeypatch):
     assert " of 2 at or under 1; largest " in summary
 
 
-@pytest.mark.parametrize("argv", [["--regimes", "nope"], ["--budgets", "0"], ["--seeds", "a"]])
+@pytest.mark.parametrize("argv", [["--regimes", "nope"], ["--budgets", "0"], ["--seeds", "a"], ["--threads", "0"]])
 def test_sparse_part_bad_input_is_one_line_and_exit_2(argv, capsys):
     import bench.sparse_part as sparse_part
 
