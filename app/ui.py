@@ -50,7 +50,8 @@ NUMBERS_LEGEND = ("gen: generation time; attn: attention time; mem: attention me
                   "||o - o_exact|| / ||o_exact|| on the same q, k, v; pixel diff: mean |x - x_exact|")
 
 CSS = """
-#controls { gap: 6px; }
+.gradio-container footer { margin-top: 0 !important; }  /* the page at rest fits 900 px: nothing left to scroll */
+#controls { gap: 4px; }
 #controls .block { padding: 6px 8px; }
 #status:empty { display: none; }
 #controls .bg-hint { font-size: 12px; color: #555; }

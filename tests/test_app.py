@@ -261,6 +261,8 @@ def test_browser_rows_are_readable_at_1400x900(server, tmp_path):
             page = browser.new_page()
             page.goto(server, timeout=60_000)
             _check(page, names)
+            # the page at rest fits the window: with nothing to scroll, no focus or click can move it
+            assert page.evaluate("document.documentElement.scrollHeight") <= VIEWPORT["height"]
             page.locator("#num-images input").fill(str(per_row))
             page.locator("#generate").click()
             rows = page.locator("#bg-results .bg-row")
