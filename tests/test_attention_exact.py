@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gan.attention import build_attention, exact
+from gan.attention import build_attention
+from gan.attention.published import exact
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -18,6 +18,7 @@ code (BENCHMARKS.md).
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from attention_inputs import clustered_qkv, exact, qkv, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
-from gan.attention.kdeformer import gray_code
+from gan.attention.published.kdeformer import gray_code
 
 BIGGAN = (1, 4096, 1024, 32, 128)
 ODD = (2, 300, 77, 16, 8)
@@ -86,6 +87,18 @@ def plain_kdeformer(q, k, v, scale, bucket, draws):
     return torch.stack(outs)
 
 
+def seeded_draws(seed, b, d, dv, projs, samples):
+    """The draws after ``torch.manual_seed(seed)``, in the reference's order (hyperplanes (B,d,r), power start
+    (B,dv+1), then one float64 uniform per sample, which multinomial's rule turns into a sorted position), drawn here
+    rather than read from the backend; tests/test_oracle_draws.py checks the order against ``multinomial`` itself."""
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(
+        hyperplanes=torch.randn(b, d, projs, generator=g, dtype=torch.float64),
+        power_start=torch.randn(b, dv + 1, generator=g, dtype=torch.float64),
+        uniforms=torch.rand(b, samples, generator=g, dtype=torch.float64),
+    )
+
+
 def test_gray_code_is_the_reference_array():
     for bits in (1, 3, 7):
         assert torch.equal(gray_code(torch.arange(2**bits)), unit_hamming_distance_array(bits))
@@ -105,7 +118,7 @@ def test_parity_with_the_plain_reading(shape, params):
     attn = build_attention("kdeformer", seed=3, redraw=False, **params)
     bucket, samples = attn.parameters_for(shape[1], shape[2])
     out = attn(q, k, v, scale=1.0)
-    draws = attn.draws(shape[0], shape[3], shape[4], attn.projs_for(shape[1], shape[2]), samples, "cpu")
+    draws = seeded_draws(3, shape[0], shape[3], shape[4], attn.projs_for(shape[1], shape[2]), samples)
     assert out.shape == (shape[0], shape[1], shape[4])
     torch.testing.assert_close(out.double(), plain_kdeformer(q, k, v, 1.0, bucket, draws), atol=1e-5, rtol=1e-5)
 
@@ -114,7 +127,7 @@ def test_other_scales_and_no_residual():
     q, k, v = qkv(*ODD, logit_std=2.0, seed=4)
     for scale, samples in ((0.3, 16), (-0.5, 16), (1.0, 0)):
         attn = build_attention("kdeformer", bucket_size=12, sample_size=samples, num_projs=5, redraw=False)
-        draws = attn.draws(ODD[0], ODD[3], ODD[4], 5, samples, "cpu")
+        draws = seeded_draws(0, ODD[0], ODD[3], ODD[4], 5, samples)
         ref = plain_kdeformer(q, k, v, scale, 12, draws)
         torch.testing.assert_close(attn(q, k, v, scale=scale).double(), ref, atol=1e-5, rtol=1e-5)
 

@@ -5,7 +5,7 @@ import torch
 from attention_inputs import lowrank_qkv, qkv
 from test_attention_scatterbrain_centred import _errors
 
-from gan.attention.key_centroids import (
+from gan.attention.parts.key_centroids import (
     LLOYD_STEPS,
     GroupStarts,
     centroid_probe_estimate,

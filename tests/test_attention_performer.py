@@ -18,8 +18,9 @@ from attention_inputs import exact as exact64
 from attention_inputs import peak_bytes, rel_err
 
 from bench.regimes import regime_qkv
-from gan.attention import build_attention, performer
-from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
+from gan.attention import build_attention
+from gan.attention.parts.random_features import draw_orthogonal_projection, favor_log_features
+from gan.attention.published import performer
 
 
 def qkv(b=2, nq=100, nk=25, d=12, dv=8, logit_std=0.5, seed=0):

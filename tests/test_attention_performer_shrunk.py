@@ -7,7 +7,7 @@ import torch
 from attention_inputs import clustered_qkv, exact, peak_bytes, qkv, rel_err
 
 from gan.attention import attention_info, build_attention
-from gan.attention.centred_favor import (
+from gan.attention.parts.centred_favor import (
     FEATURE_GROUPS,
     MAX_GROUP_SIZE,
     NOISE_FACTORS,
@@ -18,7 +18,7 @@ from gan.attention.centred_favor import (
     shrink_towards,
     summarise_keys,
 )
-from gan.attention.random_features import draw_orthogonal_projection
+from gan.attention.parts.random_features import draw_orthogonal_projection
 
 NAME = "performer-centred-shrunk"
 

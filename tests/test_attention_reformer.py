@@ -225,7 +225,7 @@ def test_more_buckets_than_keys_rejected():
 def test_steps_of_sequences_do_not_change_the_result(monkeypatch):
     # biggan-shared-qk attends (query chunk x batch element) sequences in steps of FLOATS_PER_STEP; one
     # sequence per step must give the one-step result (each sequence is attended on its own: bit for bit here).
-    import gan.attention.reformer as reformer
+    import gan.attention.published.reformer as reformer
 
     q, k, v = qkv(b=2, nq=300, nk=77)
     attn = build_attention("reformer", budget=0.25, redraw=False)

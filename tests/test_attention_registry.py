@@ -268,8 +268,8 @@ def test_benchmark_rejects_bad_options_with_exit_code_2(argv, message, capsys):
 
 
 def test_benchmark_script_resolves_imports_from_any_folder(tmp_path):
-    # Run as users do (script path, from another folder, no PYTHONPATH): the script must put the
-    # repo root on sys.path itself so `bench.regimes` and `gan` import; a bad option then exits 2.
+    # Run as users do (script path, from another folder, no PYTHONPATH): the installed project makes
+    # `bench.regimes` and `gan` importable from anywhere; a bad option then exits 2.
     cmd = [sys.executable, str(REPO / "bench" / "attention.py"), "--methods", "nope"]
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}

@@ -25,7 +25,7 @@ from attention_inputs import clustered_qkv, exact, qkv, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
-from gan.attention.sb_features import default_num_features, sb_key_features, sb_projection, sb_query_features
+from gan.attention.parts.sb_features import default_num_features, sb_key_features, sb_projection, sb_query_features
 
 BIGGAN = (1, 4096, 1024, 32, 128)
 ODD = (2, 300, 77, 16, 8)
@@ -114,10 +114,10 @@ def test_features_estimate_the_softmax_kernel():
 @pytest.mark.parametrize(
     "shape, params",
     [
-        (BIGGAN, {"local_context": 32, "nb_features": 128}),  # the published BigGAN setting
-        (ODD, {"local_context": 5, "nb_features": 10}),  # odd window, Nq not a multiple of Nk
+        (BIGGAN, {"local_context": 32, "num_features": 128}),  # the published BigGAN setting
+        (ODD, {"local_context": 5, "num_features": 10}),  # odd window, Nq not a multiple of Nk
         (ODD, {"budget": 1 / 8}),
-        ((2, 50, 77, 16, 8), {"local_context": 8, "nb_features": 12}),  # fewer queries than keys
+        ((2, 50, 77, 16, 8), {"local_context": 8, "num_features": 12}),  # fewer queries than keys
     ],
 )
 def test_parity_with_the_plain_reading(shape, params):
@@ -132,7 +132,7 @@ def test_parity_with_the_plain_reading(shape, params):
 
 def test_other_scales_and_ortho_scaling_one():
     q, k, v = qkv(*ODD, logit_std=2.0, seed=4)
-    attn = build_attention("sblocal", local_context=7, nb_features=16, ortho_scaling=1, seed=0)
+    attn = build_attention("sblocal", local_context=7, num_features=16, ortho_scaling=1, seed=0)
     proj = attn.projection(16, ODD[3], "cpu")
     torch.testing.assert_close(proj.norm(dim=1), torch.full((8,), 4.0), atol=1e-5, rtol=0)  # sqrt(d) rows
     torch.testing.assert_close(
@@ -146,7 +146,7 @@ def test_budget_resolution_and_memory():
         attn = build_attention("sblocal", budget=budget)
         window, features = attn.parameters_for(nq, nk)
         assert features == 4 * window and attn.score_entries(nq, nk, d) <= budget * nq * nk
-        bigger = build_attention("sblocal", local_context=window + 1, nb_features=features + 4)
+        bigger = build_attention("sblocal", local_context=window + 1, num_features=features + 4)
         assert bigger.score_entries(nq, nk, d) > budget * nq * nk  # the largest that fits
     assert build_attention("sblocal").resolve(nq, nk, d) == build_attention("sblocal", budget=1 / 8).resolve(nq, nk, d)
     # An explicit parameter overrides; the other takes what the budget leaves.
@@ -160,7 +160,7 @@ def test_budget_one_does_not_collapse_but_a_full_window_is_exact():
     # entries, so budget 1 cannot make sblocal exact; an explicit full window (the low-rank part then
     # cancels to rounding) can.
     q, k, v = clustered_qkv(*ODD, logit_std=4.0, seed=2)
-    out = build_attention("sblocal", local_context=2 * ODD[2], nb_features=16)(q, k, v, scale=1.0)
+    out = build_attention("sblocal", local_context=2 * ODD[2], num_features=16)(q, k, v, scale=1.0)
     assert rel_err(out, exact(q, k, v)) < 1e-4
     at_one = build_attention("sblocal", budget=1.0)
     assert at_one.parameters_for(ODD[1], ODD[2])[0] < 2 * ODD[2] - 1
@@ -170,7 +170,7 @@ def test_budget_one_does_not_collapse_but_a_full_window_is_exact():
 def test_low_precision_and_large_logits_stay_finite(dtype):
     q, k, v = clustered_qkv(*ODD, logit_std=30.0, seed=0)
     q = q * (100 / (q @ k.transpose(1, 2)).abs().max())  # logits up to 100
-    attn = build_attention("sblocal", local_context=8, nb_features=16)
+    attn = build_attention("sblocal", local_context=8, num_features=16)
     out32 = attn(q, k, v, scale=1.0)
     assert torch.isfinite(out32).all()
     out = attn(q.to(dtype), k.to(dtype), v.to(dtype), scale=1.0)
@@ -192,7 +192,7 @@ def test_seeds_and_redraw():
 def test_bad_parameters_are_rejected():
     for params in (
         {"local_context": 0},
-        {"nb_features": 1},
+        {"num_features": 1},
         {"ortho_scaling": 2},
         {"softmax_eps": -1.0},
         {"redraw": 1},
@@ -214,7 +214,7 @@ def test_mean_error_matches_the_authors_code():
     q, k, v = regime_qkv("featuremap-smooth", batch=1)  # BigGAN's shape: 4096 queries, 1024 keys, d 32, dv 128
     ref = exact(q, k, v)
     errors = [
-        rel_err(build_attention("sblocal", seed=seed, local_context=32, nb_features=128)(q, k, v, scale=1.0), ref)
+        rel_err(build_attention("sblocal", seed=seed, local_context=32, num_features=128)(q, k, v, scale=1.0), ref)
         for seed in range(5)
     ]
     assert abs(sum(errors) / 5 - REFERENCE_MEAN_ERROR) <= 0.1 * REFERENCE_MEAN_ERROR, errors

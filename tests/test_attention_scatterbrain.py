@@ -17,8 +17,8 @@ from attention_inputs import exact, qkv, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
-from gan.attention.sb_features import sb_projection
-from gan.attention.sorted_clusters import draw_e2lsh
+from gan.attention.parts.hashing import draw_e2lsh
+from gan.attention.parts.sb_features import sb_projection
 
 
 def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):

@@ -8,7 +8,7 @@ from attention_inputs import cluster_valued_qkv, clustered_peak_bound, exact, pe
 from attention_inputs import clustered_qkv as _clustered_qkv
 
 from gan.attention import build_attention
-from gan.attention.random_features import draw_orthogonal_projection, favor_log_features
+from gan.attention.parts.random_features import draw_orthogonal_projection, favor_log_features
 
 
 def clustered_qkv(b=2, nq=512, nk=128, d=16, dv=8, logit_std=2.0, seed=0):
@@ -267,7 +267,7 @@ def test_peak_memory_is_the_score_entries_plus_input_copies(nq, nk, budget):
 def test_a_residual_needs_three_standard_errors_of_probe_gain():
     # clearly_better: per batch element the mean gain, or -inf unless it exceeds 3 standard errors of the
     # per-probe gains (64 probes). Gains of mean 2 and 4 standard errors (same spread): only the second counts.
-    from gan.attention.probe_calibration import EVIDENCE, clearly_better
+    from gan.attention.parts.probe_calibration import EVIDENCE, clearly_better
 
     assert EVIDENCE == 3.0
     noise = torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -281,7 +281,7 @@ def test_a_residual_needs_three_standard_errors_of_probe_gain():
 def test_probe_errors_equal_the_plain_reading():
     # residual_errors expands |(num_s + lam num_r) / (den_s + lam den_r) - truth|^2 into dot products; the plain
     # reading forms every lam's output. Equal to 1e-5 relative (fp32 sums), empty supports included.
-    from gan.attention.probe_calibration import MEAN_FIELD_WEIGHTS, residual_errors
+    from gan.attention.parts.probe_calibration import MEAN_FIELD_WEIGHTS, residual_errors
 
     g = torch.Generator().manual_seed(0)
     weights = torch.rand(2, 16, 64, generator=g) ** 4

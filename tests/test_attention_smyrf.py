@@ -17,7 +17,7 @@ from attention_inputs import exact, qkv, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
-from gan.attention.sorted_clusters import draw_e2lsh
+from gan.attention.parts.hashing import draw_e2lsh
 
 
 def reference_smyrf(q, k, v, alpha, beta, q_size, k_size, count_duplicates=True, scale=1.0):

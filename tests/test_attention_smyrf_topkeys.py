@@ -17,7 +17,7 @@ from attention_inputs import (
 )
 
 from gan.attention import build_attention
-from gan.attention.lsh import xbox_plus
+from gan.attention.parts.hashing import xbox_plus
 
 
 def test_full_budget_is_exact():
@@ -100,8 +100,8 @@ def plain_covering_keys(q, k, q_cluster, width):
 def test_covering_selection_matches_its_plain_reading(by_query):
     # Same clusters in, the same key sets out, round by round (ties are impossible at random inputs),
     # whether earlier rounds' met counts are spread cluster to cluster or query to query.
-    from gan.attention.coverage import covering_top_keys
-    from gan.attention.lsh import query_clusters
+    from gan.attention.parts.coverage import covering_top_keys
+    from gan.attention.parts.round_layout import query_clusters
 
     q, k, _ = qkv(b=1, nq=48, nk=24, d=8, logit_std=2.0, seed=4)
     sort_key = torch.rand(1, 3, 48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -116,7 +116,7 @@ def test_covering_meets_more_distinct_keys_where_attention_is_diffuse():
     # Diffuse logits around a shared mean (as after a ReLU): plain top keys per cluster repeat across
     # rounds (measured ~18 distinct of 32 slots per query); covering must give each query at least 1.4x
     # as many distinct (query, key) pairs from the same slots (measured ~27).
-    from gan.attention.coverage import distinct_pairs
+    from gan.attention.parts.coverage import distinct_pairs
 
     q, k, _ = qkv(nq=1024, nk=256, d=32, logit_std=1.0)
     q, k = q + 0.3, k + 0.3
@@ -215,12 +215,12 @@ def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     # clustered_attention scores a round in steps of whole clusters (PAIRS_PER_STEP bounds the working
     # set); tiny steps (one or two clusters each) must give the one-step result to float round-off (1e-5):
     # fails if a step drops clusters, misses earlier-round duplicates or rescales other queries wrongly.
-    from gan.attention import lsh
+    from gan.attention.parts import round_attention
 
     q, k, v = qkv(nq=250, nk=62)
     attn = build_attention(name, n_hashes=3, seed=1, q_cluster_size=16, k_cluster_size=4)
     whole = attn(q, k, v, scale=0.7)
-    monkeypatch.setattr(lsh, "PAIRS_PER_STEP", 2 * 16 * 8)
+    monkeypatch.setattr(round_attention, "PAIRS_PER_STEP", 2 * 16 * 8)
     stepped = attn(q, k, v, scale=0.7)
     assert rel_err(stepped, whole.double()) < 1e-5
 
@@ -241,8 +241,8 @@ def test_explicit_cluster_sizes_must_make_the_same_number_of_clusters():
 def test_sampled_rounds_are_weighted_by_the_rest_of_the_row(nq, nk):
     # Plain reading of clustered_attention(sampled_from=h): exp(s) summed over the first h rounds' pairs T_i,
     # plus (Nk - |T_i|) / |D_i| times the sum over the later rounds' new pairs D_i. Equal to 1e-5, padding included.
-    from gan.attention.lsh import clustered_attention
-    from gan.attention.sampled_rounds import mixed_layout, rounds
+    from gan.attention.parts.round_attention import clustered_attention
+    from gan.attention.parts.sampled_rounds import mixed_layout, rounds
 
     q, k, v = qkv(nq=nq, nk=nk, logit_std=2.0)
     attn = build_attention("smyrf-topkeys", n_hashes=4, q_cluster_size=16, k_cluster_size=4, seed=3)
@@ -275,7 +275,7 @@ def test_mix_is_chosen_where_top_keys_miss_the_spread():
 def test_mix_is_left_out_where_top_keys_suffice():
     # Clustered, peaked logits: the mix does not clear the probes' evidence rule, so every row but the probes'
     # (exact) is the plain top-key output (1e-6).
-    from gan.attention.centred_favor import probe_queries
+    from gan.attention.parts.probes import probe_queries
 
     q, k, v = clustered_qkv(b=2, nq=2048, nk=512, logit_std=6.0)
     attn = build_attention("smyrf-topkeys", budget=1 / 8, seed=1)

@@ -18,6 +18,7 @@ The reference numbers of the last test were measured by running that code (BENCH
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -82,6 +83,26 @@ def plain_thinformer(q, k, v, scale, g, draws, delta=0.5):
     return torch.stack(outs)
 
 
+def seeded_draws(seed, b, nk, g, delta=0.5):
+    """The draws after ``torch.manual_seed(seed)`` in the reference's order and layout, drawn here rather than read
+    from the backend: per halving round, uniforms on [-L, L) laid out (buckets, images, pairs) (the BigGAN script
+    passes images as heads), then one fair coin. -> [(uniforms (B, buckets, pairs), coin)] per round."""
+    gen = torch.Generator().manual_seed(seed)
+    log4_n = (nk.bit_length() - 1) // 2
+    n, size = 4**log4_n, 4 ** (g + 1)
+    if n < size:
+        return []
+    halve_prob = delta / size / (log4_n - g) / n
+    rounds = []
+    for r in range(log4_n - g):
+        bound = 0.5 + math.log(2 * size / (halve_prob * size * size))
+        uniforms = torch.empty(n // 2**r // size, b, size // 2).uniform_(-bound, bound, generator=gen)
+        coin = torch.empty(1, dtype=torch.bool).bernoulli_(generator=gen)
+        rounds.append(SimpleNamespace(uniforms=uniforms.transpose(0, 1), coin=coin))
+        size *= 2
+    return rounds
+
+
 @pytest.mark.parametrize(
     "shape, params",
     [
@@ -96,7 +117,7 @@ def test_parity_with_the_plain_reading(shape, params):
     q, k, v = clustered_qkv(*shape, logit_std=4.0, seed=1)
     attn = build_attention("thinformer", seed=3, redraw=False, **params)
     out = attn(q, k, v, scale=1.0)
-    draws = attn.draws(shape[0], shape[2], params["g"], "cpu")
+    draws = seeded_draws(3, shape[0], shape[2], params["g"], params.get("delta", 0.5))
     assert out.shape == (shape[0], shape[1], shape[4])
     ref = plain_thinformer(q, k, v, 1.0, params["g"], draws, delta=params.get("delta", 0.5))
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
@@ -105,7 +126,7 @@ def test_parity_with_the_plain_reading(shape, params):
 def test_other_scales():
     q, k, v = qkv(*ODD, logit_std=2.0, seed=4)
     attn = build_attention("thinformer", g=0, redraw=False)
-    draws = attn.draws(ODD[0], ODD[2], 0, "cpu")
+    draws = seeded_draws(0, ODD[0], ODD[2], 0)
     torch.testing.assert_close(
         attn(q, k, v, scale=0.3).double(), plain_thinformer(q, k, v, 0.3, 0, draws), atol=1e-5, rtol=1e-5
     )

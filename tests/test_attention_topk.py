@@ -14,7 +14,7 @@ from attention_inputs import exact, peak_bytes, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
-from gan.attention.topk import top_k_scores
+from gan.attention.published.topk import top_k_scores
 
 
 def qkv(b=2, nq=100, nk=25, d=8, dv=12, seed=0):

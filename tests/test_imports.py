@@ -1,4 +1,5 @@
-"""The project's import graph: no cycles, and data flowing one way (common <- gan <- weights <- eval/app).
+"""The project's import graph: no cycles, and data flowing one way (common <- gan <- weights <- eval/app);
+inside gan/attention/, method modules built only from the base contract and the shared parts.
 
 Reads every module's source with ``ast`` (function-level imports included), so a lazy import cannot
 hide a cycle.
@@ -98,3 +99,46 @@ def test_packages_import_only_downwards(graph):
         if target.split(".")[0] != name.split(".")[0] and target.split(".")[0] not in ALLOWED[name.split(".")[0]]
     )
     assert not wrong, "; ".join(wrong)
+
+
+ATTENTION = "gan.attention"
+METHOD_GROUPS = ("published", "variants")  # one module per method
+GROUPS = (*METHOD_GROUPS, "parts")
+
+
+def attention_group(name: str) -> str | None:
+    """The group of a module (or group package) under gan/attention/, read from its path; None for the top
+    (registry, base, the package itself) and for modules elsewhere."""
+    parts = name.split(".")
+    if parts[:2] != ATTENTION.split(".") or len(parts) < 3 or parts[2] not in GROUPS:
+        return None
+    return parts[2]
+
+
+def test_attention_groups_exist(graph):
+    # guards the group test itself: every group holds modules, and the registry reaches every method module
+    groups = {attention_group(name) for name in graph} - {None}
+    assert groups == set(GROUPS)
+    methods = {name for name in graph if attention_group(name) in METHOD_GROUPS and name.count(".") == 3}
+    assert methods and methods <= graph["gan.attention.registry"]
+
+
+def test_method_modules_import_no_other_method_module(graph):
+    # A published method or a project variant is built from base and parts only; parts import no method module,
+    # and no published method depends on a variant. Derived from the path, so a new module is held to it.
+    wrong = []
+    for name, targets in graph.items():
+        group = attention_group(name)
+        if group is None:
+            continue
+        for target in targets:
+            other = attention_group(target)
+            if group in METHOD_GROUPS and other in METHOD_GROUPS:
+                wrong.append(f"method module {name} imports method module {target}")
+            elif group == "parts" and other in METHOD_GROUPS:
+                wrong.append(f"part {name} imports method module {target}")
+            elif group == "published" and other == "variants":
+                wrong.append(f"published {name} imports variant {target}")
+            elif target.startswith(ATTENTION + ".") and target != f"{ATTENTION}.base" and other is None:
+                wrong.append(f"{name} imports {target} (only base and parts are below the methods)")
+    assert not wrong, "; ".join(sorted(wrong))

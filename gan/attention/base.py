@@ -7,11 +7,15 @@ and Nq may differ from Nk (BigGAN: Nq = 4 Nk). Every random draw comes from ``se
 ``budget`` is a fraction of the dense Nq x Nk score matrix; a backend built with a budget resolves
 its own parameters from the shapes it sees at call time (``resolve``), and explicit parameters
 override what the budget would choose. With neither, every approximate backend resolves its
-parameters from ``DEFAULT_BUDGET``, so methods built with defaults compare at equal memory.
+parameters from ``DEFAULT_BUDGET`` (``effective_budget``), so methods built with defaults compare at
+equal memory. Constructors take their own keyword parameters and pass ``budget`` and ``seed`` on
+(``**base``); each parameter is stored under its own name, checked by the validators below, so
+``declared_parameters`` and ``extra_repr`` read them from the signatures.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from numbers import Integral, Real
@@ -25,7 +29,7 @@ DEFAULT_BUDGET = 1 / 8  # the papers' usual operating point (SMYRF: 8 hashes, cl
 
 class AttentionBackend(nn.Module, ABC):
     """Base class: subclasses set ``name`` (and what they are: ``published``, ``paper``, ``variant_of``)
-    and implement ``attend`` and ``score_entries``."""
+    and implement ``attend`` and ``score_entries``; the budget, the seed and the repr are handled here."""
 
     name: str = ""
     published: bool = True  # computes a paper's algorithm as its authors' code does
@@ -44,14 +48,35 @@ class AttentionBackend(nn.Module, ABC):
             "summary": doc[0] if doc else "",
         }
 
+    @classmethod
+    def declared_parameters(cls) -> dict[str, Any]:
+        """Keyword parameters the constructor accepts, with their defaults (budget and seed included), read from
+        the ``__init__`` signatures up the class hierarchy for as long as one passes ``**kwargs`` on."""
+        params: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in vars(klass):
+                continue
+            sig = inspect.signature(klass.__init__)
+            for p in sig.parameters.values():
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    params.setdefault(p.name, None if p.default is inspect.Parameter.empty else p.default)
+            if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+                break
+        return params
+
     def __init__(self, *, budget: float | None = None, seed: int = 0):
         super().__init__()
-        if budget is not None and (not _is_number(budget, Real) or not 0.0 < float(budget) <= 1.0):
-            raise ValueError(f"budget must be a fraction of the dense score matrix in (0, 1], got {budget!r}")
+        if budget is not None:
+            budget = unit_fraction("budget", budget, "a fraction of the dense score matrix")
         if not _is_number(seed, Integral) or not -(2**63) <= seed < 2**64:  # torch.Generator's seed range
             raise ValueError(f"seed must be an int in [-2**63, 2**64), got {seed!r}")
-        self.budget = None if budget is None else float(budget)
+        self.budget = budget
         self.seed = int(seed)
+
+    @property
+    def effective_budget(self) -> float:
+        """The budget parameters resolve from: ``budget``, or DEFAULT_BUDGET when none was given."""
+        return DEFAULT_BUDGET if self.budget is None else self.budget
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         check_qkv(q, k, v)
@@ -74,14 +99,48 @@ class AttentionBackend(nn.Module, ABC):
         return {}
 
     def extra_repr(self) -> str:
-        return f"budget={self.budget}, seed={self.seed}"
+        """Every declared parameter as this backend holds it (None: resolved from the budget at call time)."""
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self.declared_parameters())
 
 
-def positive_int(name: str, value: Any) -> int | None:
-    """``value`` if it is None or an int >= 1, else ValueError naming ``name``."""
-    if value is not None and (not _is_number(value, Integral) or value < 1):
-        raise ValueError(f"{name} must be a positive int (>= 1) or None, got {value!r}")
+def positive_int(name: str, value: Any, *, optional: bool = True, most: int | None = None) -> int | None:
+    """``value`` as an int if it is an int >= 1 (and <= ``most``), or None when ``optional``; else ValueError
+    naming ``name`` and what it accepts."""
+    if value is None and optional:
+        return None
+    if not _is_number(value, Integral) or value < 1 or (most is not None and value > most):
+        accepted = "a positive int (>= 1)" if most is None else f"an int in 1..{most}"
+        raise ValueError(f"{name} must be {accepted}{' or None' if optional else ''}, got {value!r}")
+    return int(value)
+
+
+def nonnegative_int(name: str, value: Any, meaning: str = "") -> int | None:
+    """``value`` if it is None or an int >= 0, else ValueError naming ``name`` (``meaning``: what 0 or the value
+    is, said in the message)."""
+    if value is not None and (not _is_number(value, Integral) or value < 0):
+        raise ValueError(f"{name} must be an int >= 0{f' ({meaning})' if meaning else ''} or None, got {value!r}")
     return None if value is None else int(value)
+
+
+def positive_number(name: str, value: Any) -> float:
+    """``value`` as a float if it is a finite number > 0, else ValueError naming ``name``."""
+    if not _is_number(value, Real) or not 0 < float(value) < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def nonnegative_number(name: str, value: Any) -> float:
+    """``value`` as a float if it is a finite number >= 0, else ValueError naming ``name``."""
+    if not _is_number(value, Real) or not 0 <= float(value) < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def unit_fraction(name: str, value: Any, what: str = "a number") -> float:
+    """``value`` as a float if it is a number in (0, 1], else ValueError naming ``name`` (``what`` it is)."""
+    if not _is_number(value, Real) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name} must be {what} in (0, 1], got {value!r}")
+    return float(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -92,23 +151,31 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 class SeededDraws:
-    """Random draws made once per key from a generator seeded with ``seed`` (on the CPU, then moved).
+    """Random draws from ``seed`` (on the CPU, then moved): once per key, or the next ones on every call.
 
     ``draws(key, device, draw)`` returns ``draw(generator)`` (a tensor or tuple of tensors) for
-    ``key``, cached per (key, device), so every call with the same shapes sees the same draw.
+    ``key``, cached per (key, device), so every call with the same shapes sees the same draw: a
+    generator seeded with ``seed`` per key. With ``redraw`` every call draws afresh from one generator
+    seeded once with ``seed`` (the references' draws per call; the first equals the cached draw).
     """
 
-    def __init__(self, seed: int):
-        self.seed = seed
+    def __init__(self, seed: int, redraw: bool = False):
+        self.seed, self.redraw = seed, redraw
+        self._generator = torch.Generator().manual_seed(seed)  # the redraw stream
         self._cache: dict[tuple, Any] = {}
 
     def __call__(self, key: tuple, device: torch.device | str | None, draw):
+        if self.redraw:
+            return _moved(draw(self._generator), device)
         cache_key = (*key, str(device))
         if cache_key not in self._cache:
-            value = draw(torch.Generator().manual_seed(self.seed))
-            moved = tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device)
-            self._cache[cache_key] = moved
+            self._cache[cache_key] = _moved(draw(torch.Generator().manual_seed(self.seed)), device)
         return self._cache[cache_key]
+
+
+def _moved(value, device):
+    """A tensor or a tuple of tensors on ``device``."""
+    return tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device)
 
 
 def _is_number(value: Any, kind: type) -> bool:

@@ -1,28 +1,28 @@
 """Name -> backend class registry: every method module imported explicitly; a missing one is an error.
 
-Adding a backend: write its module (one class, a subclass of ``AttentionBackend`` with ``name``,
-``published``, ``paper``, ``variant_of``), import it here and add its class to ``BACKENDS``, in the
-order ``available_attentions()`` lists them (published methods first, then the project's variants).
+Adding a backend: write its module in ``published/`` or ``variants/`` (one class, a subclass of
+``AttentionBackend`` with ``name``, ``published``, ``paper``, ``variant_of``, built from ``parts/``),
+import it here and add its class to ``BACKENDS``, in the order ``available_attentions()`` lists them
+(published methods first, then the project's variants). docs/attention.md, "Adding a backend".
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from .base import AttentionBackend
-from .exact import ExactAttention
-from .kdeformer import KDEformerAttention
-from .performer import PerformerAttention
-from .performer_shrunk import PerformerCentredShrunkAttention
-from .reformer import ReformerAttention
-from .sblocal import SBLocalAttention
-from .scatterbrain import ScatterbrainAttention
-from .scatterbrain_centred import ScatterbrainCentredAttention
-from .smyrf import SmyrfAttention
-from .smyrf_topkeys import SmyrfTopKeysAttention
-from .thinformer import ThinformerAttention
-from .topk import TopKAttention
+from .published.exact import ExactAttention
+from .published.kdeformer import KDEformerAttention
+from .published.performer import PerformerAttention
+from .published.reformer import ReformerAttention
+from .published.sblocal import SBLocalAttention
+from .published.scatterbrain import ScatterbrainAttention
+from .published.smyrf import SmyrfAttention
+from .published.thinformer import ThinformerAttention
+from .published.topk import TopKAttention
+from .variants.performer_shrunk import PerformerCentredShrunkAttention
+from .variants.scatterbrain_centred import ScatterbrainCentredAttention
+from .variants.smyrf_topkeys import SmyrfTopKeysAttention
 
 BACKENDS: tuple[type[AttentionBackend], ...] = (
     # published algorithms, as their authors' code computes them
@@ -64,17 +64,7 @@ def attention_info(name: str) -> dict[str, Any]:
 
 def backend_parameters(name: str) -> dict[str, Any]:
     """Keyword parameters ``build_attention(name, ...)`` accepts, with their defaults (budget and seed included)."""
-    params: dict[str, Any] = {}
-    for klass in backend_class(name).__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        sig = inspect.signature(klass.__init__)
-        for p in sig.parameters.values():
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                params.setdefault(p.name, None if p.default is inspect.Parameter.empty else p.default)
-        if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-            break
-    return params
+    return backend_class(name).declared_parameters()
 
 
 def build_attention(name: str, **params) -> AttentionBackend:

@@ -28,13 +28,19 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
-from .lsh import LowRankTerms
-from .sb_features import sb_key_features, sb_projection, sb_query_features
-from .smyrf import check_positive
-from .sorted_clusters import (
+from ..base import AttentionBackend, check_bool, nonnegative_number, positive_number
+from ..parts.hashing import draw_e2lsh
+from ..parts.low_rank import LowRankTerms
+from ..parts.planning import clustering
+from ..parts.sb_features import (
+    check_num_features,
+    check_ortho_scaling,
+    sb_key_features,
+    sb_projection,
+    sb_query_features,
+)
+from ..parts.sorted_clusters import (
     SortedClusterPlan,
-    draw_e2lsh,
     pad_tokens,
     plan_sorted_clusters,
     sorted_cluster_attention,
@@ -80,26 +86,14 @@ class ScatterbrainAttention(AttentionBackend):
         ortho_scaling: int = 0,
         softmax_eps: float = 0.0,
         redraw: bool = False,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
-        self.num_features = positive_int("num_features", num_features)
-        if self.num_features is not None and self.num_features < 2:
-            raise ValueError(f"num_features must be >= 2 (cosh features come in pairs), got {num_features!r}")
-        self.n_hashes = positive_int("n_hashes", n_hashes)
-        self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
-        self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
-        self.r = check_positive("r", r)
-        if ortho_scaling not in (0, 1) or isinstance(ortho_scaling, bool):
-            raise ValueError(
-                f"ortho_scaling must be 0 (chi row norms) or 1 (rows of norm sqrt(d)), got {ortho_scaling!r}"
-            )
-        self.ortho_scaling = int(ortho_scaling)
-        if softmax_eps != 0:
-            self.softmax_eps = check_positive("softmax_eps", softmax_eps)
-        else:
-            self.softmax_eps = 0.0
+        super().__init__(**base)
+        self.num_features = check_num_features(num_features)
+        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
+        self.r = positive_number("r", r)
+        self.ortho_scaling = check_ortho_scaling(ortho_scaling)
+        self.softmax_eps = nonnegative_number("softmax_eps", softmax_eps)
         self.redraw = check_bool("redraw", redraw)
         self._generator = torch.Generator().manual_seed(self.seed)  # the redraw stream: hashes per call, features once
         self._features: dict[tuple, torch.Tensor] = {}
@@ -107,7 +101,7 @@ class ScatterbrainAttention(AttentionBackend):
 
     def plan(self, nq: int, nk: int) -> tuple[SortedClusterPlan, int]:
         """(sparse support plan, number of features: even, 0 when the support is complete at budget 1)."""
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        fraction = self.effective_budget
         sparse = 1.0 if fraction >= 1.0 else fraction * SPARSE_SHARE
         clusters = plan_sorted_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, sparse)
         if self.num_features is not None:
@@ -169,9 +163,3 @@ class ScatterbrainAttention(AttentionBackend):
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         plan, num_features = self.plan(nq, nk)
         return {**plan.as_dict(), "num_features": num_features, "redraw": self.redraw}
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_features={self.num_features}, n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
-            f"k_cluster_size={self.k_cluster_size}, redraw={self.redraw}, {super().extra_repr()}"
-        )

@@ -21,7 +21,7 @@ features are drawn (their terms would cancel). This fixed estimator is unbiased 
 Calibration (``calibrate=True``, the default; ``probe_calibration``): at BigGAN's unscaled logits the
 FAVOR+ residual is mostly noise, and a fixed 3/4 support is worse than smyrf-topkeys at the whole
 budget wherever attention is peaked. So probe queries (drawn from the seed; 64 to 128 where an eighth
-of the queries allows, ``probe_calibration.probe_plan``; their rows scored in chunks that hold at most
+of the queries allows, ``probes.probe_plan``; their rows scored in chunks that hold at most
 half the budget before the attention runs) score, per batch element, these candidates with the best
 residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
   - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual, or as its sampled mix,
@@ -45,34 +45,30 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
-from .centred_favor import probe_queries
-from .key_centroids import GroupStarts, KeyGroups, centroid_probe_estimate, centroid_terms, key_groups
-from .lsh import LowRankTerms, RoundLayout, batch_subset, clustered_attention
-from .probe_calibration import (
+from ..base import AttentionBackend, check_bool, positive_int
+from ..parts.key_centroids import GroupStarts, KeyGroups, centroid_probe_estimate, centroid_terms, key_groups
+from ..parts.low_rank import LowRankTerms
+from ..parts.planning import clustering
+from ..parts.probe_calibration import (
     FAVOR_WEIGHTS,
     MEAN_FIELD_WEIGHTS,
     best_weight,
     clearly_better,
     gaussian_log_mean_kernel,
-    probe_plan,
-    probe_support,
-    probe_truth,
     residual_errors,
 )
-from .random_features import ProjectionCache, favor_log_features
-from .sampled_rounds import KeyPermutations, mix_chunk_errors, mixed_layout, sampled_half
-from .smyrf_topkeys import ClusterPlan, SmyrfHash, plan_clusters
+from ..parts.probes import probe_plan, probe_queries, probe_support, probe_truth
+from ..parts.random_features import ProjectionCache, favor_log_features
+from ..parts.round_attention import clustered_attention
+from ..parts.round_layout import RoundLayout, batch_subset
+from ..parts.sampled_rounds import KeyPermutations, mix_chunk_errors, mixed_layout, sampled_half
+from ..parts.topkey_support import ClusterPlan, SmyrfHash, plan_clusters
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
 # The sparse correction costs num_features multiply-adds per support pair (the low-rank estimate of
-# each pair), so budget-resolved features stop here: at Nq=65536 and budget 1/4 the budget would
-# give 830 features and make the correction as costly as exact attention. Explicit values are kept.
+# each pair), so budget-resolved features stop here, well before the correction costs as much as exact
+# attention at large Nq (docs/attention.md, "Why these constants"). Explicit values are kept.
 MAX_BUDGET_FEATURES = 256
-# Queries whose exact rows choose the residual (calibrate=True). A smaller support plus a residual can gain
-# a little on most queries and lose a dominant key on ~1% of them (peaked, low-rank logits); 64 probes miss
-# such a tail about half the time (it chose a residual that lost 19% on one seed of three), 128 a quarter.
-PROBE_QUERIES = 128
 LOG_CAP = 60.0  # estimates above e^60 times a probe's largest exact weight are capped (fp32 range)
 PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once: weights, estimate, inside, outside
 # lam grids per residual: FAVOR+ is unbiased (lam = 1), the mean-field and the centroids only model the scale
@@ -128,23 +124,20 @@ class ScatterbrainCentredAttention(AttentionBackend):
         q_cluster_size: int | None = None,
         k_cluster_size: int | None = None,
         calibrate: bool = True,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
+        super().__init__(**base)
         self.num_features = positive_int("num_features", num_features)
-        self.n_hashes = positive_int("n_hashes", n_hashes)
-        self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
-        self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
+        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
         self.calibrate = check_bool("calibrate", calibrate)
-        self.hash = SmyrfHash(seed)
-        self.permutations = KeyPermutations(seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
-        self.projection = ProjectionCache(seed)  # (num_features, d, device) -> (m, d), drawn once
-        self.group_starts = GroupStarts(seed)  # the key-centroid residual's k-means starts
+        self.hash = SmyrfHash(self.seed)
+        self.permutations = KeyPermutations(self.seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
+        self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once
+        self.group_starts = GroupStarts(self.seed)  # the key-centroid residual's k-means starts
 
     def plan(self, nq: int, nk: int) -> tuple[ClusterPlan, int]:
         """(sparse support plan, number of random features) of the sparse + FAVOR+ split for these shapes."""
-        fraction = self.fraction()
+        fraction = self.effective_budget
         sparse = 1.0 if fraction >= 1.0 else fraction * SPARSE_SHARE
         clusters = plan_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, sparse)
         if self.num_features is not None:
@@ -154,24 +147,21 @@ class ScatterbrainCentredAttention(AttentionBackend):
         left = fraction * nq * nk - clusters.score_entries()  # the features get what the support left
         return clusters, min(MAX_BUDGET_FEATURES, max(1, int(left / (nq + nk))))
 
-    def fraction(self) -> float:
-        return DEFAULT_BUDGET if self.budget is None else self.budget
-
     def sparse_plan(self, nq: int, nk: int) -> ClusterPlan | None:
         """The all-sparse candidate (smyrf-topkeys' support at the whole budget, mean-field residual), or None
         when the split is fixed (explicit parameters, budget 1, or calibrate=False)."""
         fixed = self.num_features is not None or self.q_cluster_size is not None or self.k_cluster_size is not None
         if fixed or not self.probe_count(nq, nk):
             return None
-        return plan_clusters(nq, nk, self.n_hashes, None, None, self.fraction())
+        return plan_clusters(nq, nk, self.n_hashes, None, None, self.effective_budget)
 
     def probe_count(self, nq: int, nk: int) -> int:
-        """Probe queries (``probe_calibration.probe_plan``); 0 (no calibration) with calibrate=False."""
-        return probe_plan(self.fraction(), nq, PROBE_QUERIES, PROBE_COPIES)[0] if self.calibrate else 0
+        """Probe queries (``probes.probe_plan``); 0 (no calibration) with calibrate=False."""
+        return probe_plan(self.effective_budget, nq, PROBE_COPIES)[0] if self.calibrate else 0
 
     def probe_chunk(self, nq: int) -> int:
         """Probes per chunk: a chunk's PROBE_COPIES (c, Nk) tables hold at most half the budget's entries."""
-        return probe_plan(self.fraction(), nq, PROBE_QUERIES, PROBE_COPIES)[1]
+        return probe_plan(self.effective_budget, nq, PROBE_COPIES)[1]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
@@ -296,12 +286,6 @@ class ScatterbrainCentredAttention(AttentionBackend):
         if sparse is not None:
             resolved["all_sparse_n_clusters"] = sparse.n_clusters
         return resolved
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_features={self.num_features}, n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
-            f"k_cluster_size={self.k_cluster_size}, calibrate={self.calibrate}, {super().extra_repr()}"
-        )
 
 
 def _probe_errors(layout, chunks, q, k, v, scale, log_mean, residuals, mix=None):

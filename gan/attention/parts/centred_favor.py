@@ -32,7 +32,7 @@ from .random_features import favor_log_features
 
 FEATURE_GROUPS = 8  # independent-ish estimates per query for the noise estimate (at least)
 MAX_GROUP_SIZE = 32  # more groups beyond 8 * 32 features: the within-group Gram costs c * m * s
-PROBE_QUERIES = 64  # queries whose exact rows calibrate the noise estimate
+NOISE_PROBES = 64  # most probe queries whose exact rows calibrate the noise factor
 # Noise factors tried on the probes: 0 keeps the estimate as it is, inf gives the base.
 NOISE_FACTORS = (0.0, *(2.0**i for i in range(13)), float("inf"))
 
@@ -137,17 +137,6 @@ def shrink_towards(
 def shrink_weight(var: torch.Tensor, gap_sq: torch.Tensor) -> torch.Tensor:
     """lam = max(0, 1 - var / |estimate - base|^2) in [0, 1], inf var -> 0; var, gap_sq broadcastable."""
     return (1 - var / gap_sq.clamp_min(1e-30)).clamp_(0.0, 1.0)
-
-
-def probe_queries(nq: int, n_probe: int, seed: int) -> torch.Tensor:
-    """(n_probe,) distinct query indices drawn from ``seed`` (CPU generator), sorted."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(nq, generator=generator)[:n_probe].sort().values
-
-
-def exact_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """q (B,p,d), k (B,Nk,d), v (B,Nk,dv) fp32 -> (B,p,dv) softmax(scale q k^T) v: p * Nk scores held."""
-    return torch.softmax((q @ k.transpose(1, 2)).mul_(scale), dim=-1) @ v
 
 
 def fit_noise_factor(

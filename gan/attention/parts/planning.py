@@ -4,12 +4,16 @@ A clustered method (SMYRF, Scatterbrain's support, Reformer) trades hash rounds 
 size: for a budget it tries round counts in a preferred order and, for each, cluster counts from
 the fewest (largest clusters, most accurate) upwards, and takes the first plan that fits. A plan
 that fits but is ``enough``-rejected (e.g. clusters too small to be worth the extra rounds) moves
-the search on to the next round count; the last round count takes whatever fits first.
+the search on to the next round count; the last round count takes whatever fits first. Explicit
+cluster sizes are checked here once for every clustered backend (``clustering``, ``explicit_cluster_count``).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..base import positive_int
 
 
 def search_plan(
@@ -43,3 +47,23 @@ def cuts_evenly(n: int, n_clusters: int) -> bool:
     """True when cutting n items (padded) into clusters of ceil(n / n_clusters) makes exactly n_clusters
     clusters, none of them all padding: (n_clusters - 1) * size < n."""
     return -(-n // -(-n // n_clusters)) == n_clusters
+
+
+def explicit_cluster_count(nq: int, nk: int, q_cluster_size: int | None, k_cluster_size: int | None) -> int:
+    """Clusters that explicit cluster sizes make (at least one given): ceil(Nq / q_cluster_size) query clusters,
+    ceil(Nk / k_cluster_size) key clusters; query and key clusters pair one to one, so given both they must agree."""
+    q_clusters = -(-nq // q_cluster_size) if q_cluster_size else None
+    k_clusters = -(-nk // k_cluster_size) if k_cluster_size else None
+    if q_clusters is not None and k_clusters is not None and q_clusters != k_clusters:
+        raise ValueError(
+            f"q_cluster_size={q_cluster_size} makes {q_clusters} query clusters of Nq={nq} but k_cluster_size="
+            f"{k_cluster_size} makes {k_clusters} key clusters of Nk={nk}; they must be equal "
+            f"(accepted k_cluster_size = {-(-nk // q_clusters)} here, or give only one of the two)"
+        )
+    return q_clusters or k_clusters
+
+
+def clustering(n_hashes: Any, q_cluster_size: Any, k_cluster_size: Any) -> tuple[int | None, int | None, int | None]:
+    """The clustered backends' explicit (n_hashes, q_cluster_size, k_cluster_size), each None or an int >= 1."""
+    given = {"n_hashes": n_hashes, "q_cluster_size": q_cluster_size, "k_cluster_size": k_cluster_size}
+    return tuple(positive_int(name, value) for name, value in given.items())

@@ -23,20 +23,19 @@ from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
-from .centred_favor import (
-    PROBE_QUERIES,
+from ..base import AttentionBackend, check_bool, positive_int
+from ..parts.centred_favor import (
+    NOISE_PROBES,
     KeySummary,
     estimate_with_noise,
-    exact_rows,
     fit_noise_factor,
-    probe_queries,
     query_weights,
     scaled_noise,
     shrink_towards,
     summarise_keys,
 )
-from .random_features import ProjectionCache
+from ..parts.probes import exact_rows, probe_queries
+from ..parts.random_features import ProjectionCache
 
 QUERY_CHUNKS = 4  # a chunk's three (B, Nq/4, m) temporaries stay within the query features' share
 
@@ -50,18 +49,17 @@ class PerformerCentredShrunkAttention(AttentionBackend):
     variant_of = "performer"
 
     def __init__(
-        self, *, num_features: int | None = None, shrink: bool = True, budget: float | None = None, seed: int = 0
+        self, *, num_features: int | None = None, shrink: bool = True, **base: Any
     ):
-        super().__init__(budget=budget, seed=seed)
+        super().__init__(**base)
         self.num_features = positive_int("num_features", num_features)
         self.shrink = check_bool("shrink", shrink)
-        self.projection = ProjectionCache(seed)  # (num_features, d, device) -> (m, d), drawn once
+        self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once
 
     def features_for(self, nq: int, nk: int) -> int:
         if self.num_features is not None:
             return self.num_features
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
-        return max(1, int(fraction * nq * nk / (nq + nk)))
+        return max(1, int(self.effective_budget * nq * nk / (nq + nk)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
@@ -98,7 +96,7 @@ class PerformerCentredShrunkAttention(AttentionBackend):
 
     def probe_count(self, nq: int, nk: int, num_features: int) -> int:
         """Probe queries whose exact rows (p * Nk scores) fit in the query features' share (Nq * m); 0 below 8."""
-        n_probe = min(PROBE_QUERIES, nq, nq * num_features // (2 * nk))
+        n_probe = min(NOISE_PROBES, nq, nq * num_features // (2 * nk))
         return n_probe if n_probe >= 8 else 0
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
@@ -106,6 +104,3 @@ class PerformerCentredShrunkAttention(AttentionBackend):
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         return {"num_features": self.features_for(nq, nk), "shrink": self.shrink}
-
-    def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, shrink={self.shrink}, {super().extra_repr()}"

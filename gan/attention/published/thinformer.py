@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool
+from ..base import AttentionBackend, SeededDraws, check_bool, nonnegative_int, unit_fraction
 
 
 class HalvingDraws(NamedTuple):
@@ -65,26 +65,19 @@ class ThinformerAttention(AttentionBackend):
         g: int | None = None,
         delta: float = 0.5,
         redraw: bool = False,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
-        if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 0):
-            raise ValueError(f"g must be an int >= 0 (the oversampling parameter) or None, got {g!r}")
-        if not isinstance(delta, (int, float)) or isinstance(delta, bool) or not 0.0 < delta <= 1.0:
-            raise ValueError(f"delta must be a number in (0, 1], got {delta!r}")
-        self.g = g
-        self.delta = float(delta)
+        super().__init__(**base)
+        self.g = nonnegative_int("g", g, "the oversampling parameter")
+        self.delta = unit_fraction("delta", delta)
         self.redraw = check_bool("redraw", redraw)
-        self._draws = SeededDraws(seed)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._draws = SeededDraws(self.seed, self.redraw)
 
     def g_for(self, nq: int, nk: int) -> int:
         """The oversampling parameter g used for these shapes."""
         if self.g is not None:
             return self.g
-        budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        allowed = budget * nq * nk + 1e-6
+        allowed = self.effective_budget * nq * nk + 1e-6
         log4_n = log4_largest_power_of_four(nk)
         fits = [g for g in range(log4_n + 1) if _entries(nq, log4_n, g) <= allowed]
         return max(fits) if fits else 0
@@ -102,7 +95,7 @@ class ThinformerAttention(AttentionBackend):
                 out += [uniforms.transpose(0, 1), torch.empty(1, dtype=torch.bool).bernoulli_(generator=generator)]
             return tuple(out)
 
-        flat = draw(self._generator) if self.redraw else self._draws(("thin", batch, nk, g), "cpu", draw)
+        flat = self._draws(("thin", batch, nk, g), "cpu", draw)
         return [HalvingDraws(flat[i].to(device), flat[i + 1].to(device)) for i in range(0, len(flat), 2)]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -121,9 +114,6 @@ class ThinformerAttention(AttentionBackend):
         g = self.g_for(nq, nk)
         log4_n = log4_largest_power_of_four(nk)
         return {"g": g, "coreset": coreset_size(log4_n, g), "delta": self.delta, "redraw": self.redraw}
-
-    def extra_repr(self) -> str:
-        return f"g={self.g}, delta={self.delta}, redraw={self.redraw}, {super().extra_repr()}"
 
 
 def log4_largest_power_of_four(n: int) -> int:

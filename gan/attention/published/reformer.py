@@ -28,18 +28,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import DEFAULT_BUDGET, AttentionBackend, check_bool, positive_int
-from .lsh import RoundLayout, chunk_neighbours, clustered_attention
-from .planning import fewest_clusters_from, search_plan
-from .shared_qk_lsh import draw_rotations, padded_length, shared_qk_attention
+from ..base import AttentionBackend, check_bool, positive_int
+from ..parts.planning import fewest_clusters_from, search_plan
+from ..parts.round_attention import clustered_attention
+from ..parts.round_layout import RoundLayout, chunk_neighbours
+from ..parts.shared_qk_lsh import draw_rotations, padded_length, shared_qk_attention
 
 MODES = ("biggan-shared-qk", "separate-qk")
-DEFAULT_N_HASHES = 4  # separate-qk
+SEPARATE_QK_N_HASHES = 4
 SHARED_QK_N_HASHES = 8  # the BigGAN experiments' ReformerAttention(bucket_size=64, n_hashes=8)
 MIN_BUCKET_SIZE = 8  # budget plans with smaller buckets take fewer rounds instead
 # Floats per step of biggan-shared-qk, whole sequences (query chunk x batch element) at a time: a sequence holds
 # its scores and, as the reference, its values gathered per round and again for the look-back (R L (2 bs + 3 dv
-# + 3 d) floats), so steps bound the working set whatever Nq and B; 4x larger steps ran 1.7x slower on CPU.
+# + 3 d) floats), so steps bound the working set whatever Nq and B (docs/attention.md, "Why these constants").
 FLOATS_PER_STEP = 1 << 21
 
 
@@ -91,10 +92,9 @@ class ReformerAttention(AttentionBackend):
         bucket_size: int | None = None,
         n_buckets: int | None = None,
         redraw: bool = False,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
+        super().__init__(**base)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
@@ -113,7 +113,7 @@ class ReformerAttention(AttentionBackend):
 
     def shared_plan(self, nq: int, nk: int) -> tuple[int, int]:
         """(n_hashes, bucket_size) for biggan-shared-qk at these shapes."""
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        fraction = self.effective_budget
         if self.bucket_size is not None:
             return self.n_hashes or SHARED_QK_N_HASHES, self.bucket_size
         sizes = bucket_sizes(nk)
@@ -157,13 +157,13 @@ class ReformerAttention(AttentionBackend):
 
     def plan(self, nq: int, nk: int) -> tuple[int, int]:
         """separate-qk (n_hashes, n_buckets): the most rounds (of 4, 2, 1) and fewest buckets that fit."""
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
+        fraction = self.effective_budget
         if self.n_buckets is not None:
-            return self.n_hashes or DEFAULT_N_HASHES, self.n_buckets
+            return self.n_hashes or SEPARATE_QK_N_HASHES, self.n_buckets
         if fraction >= 1.0:
             return self.n_hashes or 1, 1
         found = search_plan(
-            [self.n_hashes] if self.n_hashes else [DEFAULT_N_HASHES, 2, 1],
+            [self.n_hashes] if self.n_hashes else [SEPARATE_QK_N_HASHES, 2, 1],
             lambda hashes: fewest_clusters_from(2 * hashes, fraction, nk),
             fits=lambda h, buckets: support_entries(h, buckets, nq, nk) <= fraction * nq * nk,
         )
@@ -245,12 +245,6 @@ class ReformerAttention(AttentionBackend):
             "keys_per_round": chunk_width(n_buckets, nk),
             "redraw": self.redraw,
         }
-
-    def extra_repr(self) -> str:
-        return (
-            f"mode={self.mode}, n_hashes={self.n_hashes}, bucket_size={self.bucket_size}, n_buckets={self.n_buckets}, "
-            f"redraw={self.redraw}, {super().extra_repr()}"
-        )
 
 
 def _attend_chunks(

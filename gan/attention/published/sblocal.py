@@ -37,18 +37,24 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
-from .sb_features import sb_key_features, sb_projection, sb_query_features
+from ..base import AttentionBackend, SeededDraws, check_bool, nonnegative_number, positive_int
+from ..parts.sb_features import (
+    check_num_features,
+    check_ortho_scaling,
+    sb_key_features,
+    sb_projection,
+    sb_query_features,
+)
 
-FEATURES_PER_WINDOW_KEY = 4  # the BigGAN experiments' ratio nb_features / local_context = 128 / 32
+FEATURES_PER_WINDOW_KEY = 4  # the BigGAN experiments' ratio of features to local_context: 128 / 32
 
 
 class SBLocalAttention(AttentionBackend):
-    """Scatterbrain-local: exact softmax on a window of ``local_context`` keys plus ``nb_features`` SB features.
+    """Scatterbrain-local: exact softmax on a window of ``local_context`` keys plus ``num_features`` SB features.
 
-    From a budget (default 1/8): local_context = w, nb_features = 4 w (the BigGAN experiments'
+    From a budget (default 1/8): local_context = w, num_features = 4 w (the BigGAN experiments'
     32 / 128), the largest w with 4 Nq w + (Nq + Nk) 4 w <= budget Nq Nk. An explicit parameter
-    overrides; the other then takes what the budget leaves. ``local_context=32, nb_features=128``
+    overrides; the other then takes what the budget leaves. ``local_context=32, num_features=128``
     is the published BigGAN setting. ``ortho_scaling`` and ``softmax_eps`` are the reference's
     ``SBPerformerFeatures`` options (0 and 0.0 by default).
     """
@@ -62,38 +68,24 @@ class SBLocalAttention(AttentionBackend):
         self,
         *,
         local_context: int | None = None,
-        nb_features: int | None = None,
+        num_features: int | None = None,
         ortho_scaling: int = 0,
         softmax_eps: float = 0.0,
         redraw: bool = False,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
+        super().__init__(**base)
         self.local_context = positive_int("local_context", local_context)
-        self.nb_features = positive_int("nb_features", nb_features)
-        if self.nb_features is not None and self.nb_features < 2:
-            raise ValueError(f"nb_features must be >= 2 (cosh features come in +/- pairs), got {nb_features}")
-        if ortho_scaling not in (0, 1) or isinstance(ortho_scaling, bool):
-            raise ValueError(
-                f"ortho_scaling must be 0 (chi row norms) or 1 (rows of norm sqrt(d)), got {ortho_scaling!r}"
-            )
-        if (
-            not isinstance(softmax_eps, (int, float))
-            or isinstance(softmax_eps, bool)
-            or not 0 <= softmax_eps < math.inf
-        ):
-            raise ValueError(f"softmax_eps must be a finite number >= 0, got {softmax_eps!r}")
-        self.ortho_scaling = int(ortho_scaling)
-        self.softmax_eps = float(softmax_eps)
+        self.num_features = check_num_features(num_features)
+        self.ortho_scaling = check_ortho_scaling(ortho_scaling)
+        self.softmax_eps = nonnegative_number("softmax_eps", softmax_eps)
         self.redraw = check_bool("redraw", redraw)
-        self._draws = SeededDraws(seed)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._draws = SeededDraws(self.seed, self.redraw)
 
     def parameters_for(self, nq: int, nk: int) -> tuple[int, int]:
-        """(local_context, nb_features) used for these shapes."""
-        allowed = (DEFAULT_BUDGET if self.budget is None else self.budget) * nq * nk
-        window, features = self.local_context, self.nb_features
+        """(local_context, num_features) used for these shapes."""
+        allowed = self.effective_budget * nq * nk
+        window, features = self.local_context, self.num_features
         if window is None and features is None:
             window = max(1, math.floor(allowed / (4 * nq + FEATURES_PER_WINDOW_KEY * (nq + nk)) + 1e-9))
             features = FEATURES_PER_WINDOW_KEY * window
@@ -103,15 +95,13 @@ class SBLocalAttention(AttentionBackend):
             features = max(2, math.floor((allowed - 4 * nq * window) / (nq + nk) + 1e-9))
         return window, features
 
-    def projection(self, nb_features: int, d: int, device) -> torch.Tensor:
-        """(nb_features // 2, d) fp32 projection: drawn once from ``seed``, or fresh per call with ``redraw``."""
+    def projection(self, num_features: int, d: int, device) -> torch.Tensor:
+        """(num_features // 2, d) fp32 projection: drawn once from ``seed``, or fresh per call with ``redraw``."""
 
         def draw(generator):
-            return sb_projection(nb_features, d, generator, scaling=self.ortho_scaling)
+            return sb_projection(num_features, d, generator, scaling=self.ortho_scaling)
 
-        if self.redraw:
-            return draw(self._generator).to(device)
-        return self._draws(("sb", nb_features, d, self.ortho_scaling), device, draw)
+        return self._draws(("sb", num_features, d, self.ortho_scaling), device, draw)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
@@ -126,11 +116,7 @@ class SBLocalAttention(AttentionBackend):
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         window, features = self.parameters_for(nq, nk)
-        return {"local_context": window, "nb_features": features, "redraw": self.redraw}
-
-    def extra_repr(self) -> str:
-        params = f"local_context={self.local_context}, nb_features={self.nb_features}, redraw={self.redraw}"
-        return f"{params}, {super().extra_repr()}"
+        return {"local_context": window, "num_features": features, "redraw": self.redraw}
 
 
 def sblocal_attention(

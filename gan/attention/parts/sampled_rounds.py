@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import SeededDraws
-from .lsh import RoundLayout
-from .probe_calibration import probe_support, probe_truth, residual_errors
+from ..base import SeededDraws
+from .probe_calibration import residual_errors
+from .probes import probe_support, probe_truth
+from .round_layout import RoundLayout
 
 
 class KeyPermutations:

@@ -18,42 +18,20 @@ Sizes the clusters do not divide, which the reference rejects, are padded as SBS
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any
 
 import torch
 
-from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
-from .sorted_clusters import (
+from ..base import AttentionBackend, SeededDraws, check_bool, positive_number
+from ..parts.hashing import draw_e2lsh
+from ..parts.planning import clustering
+from ..parts.sorted_clusters import (
     SortedClusterPlan,
-    draw_e2lsh,
     pad_tokens,
     plan_sorted_clusters,
     sorted_cluster_attention,
     sorted_positions,
 )
-
-
-def check_positive(name: str, value: Any) -> float:
-    """``value`` as a float if it is a finite number > 0, else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < float(value) < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-class E2LSHDraws:
-    """E2LSH draws for one backend: fresh from one seeded generator per call (``redraw``) or cached per shape."""
-
-    def __init__(self, seed: int, redraw: bool, r: float):
-        self.redraw, self.r = redraw, r
-        self._generator = torch.Generator().manual_seed(seed)
-        self._cached = SeededDraws(seed)
-
-    def __call__(self, n_hashes: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """alpha (dim, R), beta (1, R) on ``device``."""
-        if self.redraw:
-            return tuple(t.to(device) for t in draw_e2lsh(self._generator, n_hashes, dim, self.r))
-        return self._cached(("e2lsh", n_hashes, dim), device, lambda g: draw_e2lsh(g, n_hashes, dim, self.r))
 
 
 class SmyrfAttention(AttentionBackend):
@@ -76,21 +54,23 @@ class SmyrfAttention(AttentionBackend):
         r: float = 1.0,
         count_duplicates: bool = True,
         redraw: bool = False,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
-        self.n_hashes = positive_int("n_hashes", n_hashes)
-        self.q_cluster_size = positive_int("q_cluster_size", q_cluster_size)
-        self.k_cluster_size = positive_int("k_cluster_size", k_cluster_size)
-        self.r = check_positive("r", r)
+        super().__init__(**base)
+        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
+        self.r = positive_number("r", r)
         self.count_duplicates = check_bool("count_duplicates", count_duplicates)
         self.redraw = check_bool("redraw", redraw)
-        self.hash_draws = E2LSHDraws(self.seed, self.redraw, self.r)
+        self.hash_draws = SeededDraws(self.seed, self.redraw)  # E2LSH: per call with redraw, else once per shape
 
     def plan(self, nq: int, nk: int) -> SortedClusterPlan:
-        fraction = DEFAULT_BUDGET if self.budget is None else self.budget
-        return plan_sorted_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, fraction)
+        return plan_sorted_clusters(
+            nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, self.effective_budget
+        )
+
+    def e2lsh(self, n_hashes: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha (dim, R), beta (1, R) on ``device``."""
+        return self.hash_draws(("e2lsh", n_hashes, dim), device, lambda g: draw_e2lsh(g, n_hashes, dim, self.r))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         nq, nk = q.shape[1], k.shape[1]
@@ -101,7 +81,7 @@ class SmyrfAttention(AttentionBackend):
             q_pos = torch.arange(t, device=q.device).expand(q.shape[0], plan.n_hashes, t)
             k_pos = torch.arange(s, device=q.device).expand(q.shape[0], plan.n_hashes, s)
         else:
-            alpha, beta = self.hash_draws(plan.n_hashes, q.shape[2] + 2, q.device)
+            alpha, beta = self.e2lsh(plan.n_hashes, q.shape[2] + 2, q.device)
             q_pos, k_pos = sorted_positions(qf, kf, nk, alpha, beta)
         out = sorted_cluster_attention(qf * scale, kf, vf, q_pos, k_pos, plan, nk, union=not self.count_duplicates)
         return out[:, :nq].to(q.dtype)  # (B, Nq, dv)
@@ -111,9 +91,3 @@ class SmyrfAttention(AttentionBackend):
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         return {**self.plan(nq, nk).as_dict(), "count_duplicates": self.count_duplicates, "redraw": self.redraw}
-
-    def extra_repr(self) -> str:
-        return (
-            f"n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, k_cluster_size={self.k_cluster_size}, "
-            f"r={self.r}, count_duplicates={self.count_duplicates}, redraw={self.redraw}, {super().extra_repr()}"
-        )

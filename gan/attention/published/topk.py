@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
+from ..base import AttentionBackend, positive_int
 
-DEFAULT_CHUNK_SIZE = 256  # fastest on 2 cores at Nk=1024..4096 (cache-sized score chunks)
+DEFAULT_CHUNK_SIZE = 256  # cache-sized score chunks (docs/attention.md, "Why these constants")
 # Keys per group in the group-max prefilter (see top_k_scores).
 GROUP = 4
 PREFILTER_RATIO = 8
@@ -34,13 +34,11 @@ class TopKAttention(AttentionBackend):
     paper = "Gupta et al., 2021 (arXiv:2106.06899)"
 
     def __init__(
-        self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, budget: float | None = None, seed: int = 0
+        self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, **base: Any
     ):
-        super().__init__(budget=budget, seed=seed)
+        super().__init__(**base)
         self.k = positive_int("k", k)  # keys kept per query, 1..Nk
-        if chunk_size is None or positive_int("chunk_size", chunk_size) is None:
-            raise ValueError(f"chunk_size must be a positive int (queries per chunk), got {chunk_size!r}")
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = positive_int("chunk_size", chunk_size, optional=False)  # queries per chunk
 
     def k_for(self, nk: int) -> int:
         """Keys kept per query when there are ``nk`` keys."""
@@ -48,7 +46,7 @@ class TopKAttention(AttentionBackend):
             if self.k > nk:
                 raise ValueError(f"k={self.k} exceeds the number of keys Nk={nk}; accepted 1..Nk")
             return self.k
-        budget = DEFAULT_BUDGET if self.budget is None else self.budget
+        budget = self.effective_budget
         # floor, so Nq * k never exceeds the budget (1e-9 absorbs float error in e.g. 0.29 * 100)
         return min(nk, max(1, math.floor(budget * nk + 1e-9)))
 
@@ -69,9 +67,6 @@ class TopKAttention(AttentionBackend):
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         return {"k": self.k_for(nk), "chunk_size": min(self.chunk_size, nq)}
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}, chunk_size={self.chunk_size}, {super().extra_repr()}"
 
 
 def _attend_chunk(
@@ -95,7 +90,7 @@ def top_k_scores(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     the k groups (of GROUP adjacent keys) with the largest maxima, since any score outside those
     groups is beaten by each of their k maxima. On the CPU, torch.topk uses a heap when
     64 k <= Nk and a full nth_element otherwise; for Nk/64 < k <= Nk/(GROUP * PREFILTER_RATIO)
-    the prefilter is the faster path on the CPU (thresholds from timing both at Nk = 1024..16384);
+    the prefilter is the faster path on the CPU (docs/attention.md, "Why these constants");
     elsewhere torch.topk alone is.
     """
     nk = scores.shape[-1]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .lsh import RoundLayout
+from .round_layout import RoundLayout
 
 COVERED_FLOOR = 1e-6  # log(1 - f) floor: keys every query already met rank last, still by score
 COVERING_TABLES = 4  # (chunk, Nk) tables alive per piece: scores, missing fraction, met counts, their source

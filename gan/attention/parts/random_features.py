@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import SeededDraws
+from ..base import SeededDraws
 
 
 def draw_orthogonal_projection(num_features: int, d: int, seed: int, device=None) -> torch.Tensor:
@@ -24,11 +24,12 @@ def draw_orthogonal_projection(num_features: int, d: int, seed: int, device=None
 
 
 class ProjectionCache:
-    """``cache(num_features, d, device)``: the (num_features, d) projection from ``seed``, drawn once per key."""
+    """``cache(num_features, d, device)``: the (num_features, d) projection from ``seed``, drawn once per key
+    (with ``redraw``: the next draw of one stream seeded with ``seed`` on every call)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, redraw: bool = False):
         self.seed = seed
-        self._drawn = SeededDraws(seed)
+        self._drawn = SeededDraws(seed, redraw)
 
     def __call__(self, num_features: int, d: int, device) -> torch.Tensor:
         return self._drawn(

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend, SeededDraws, check_bool, positive_int
+from ..base import AttentionBackend, SeededDraws, check_bool, nonnegative_int, positive_int
 
 POWER_ITERATIONS = 20  # the reference's power_method itr_num
 DEFAULT_NUM_PROJS = 7  # the BigGAN setting (and the reference default)
@@ -79,36 +79,26 @@ class KDEformerAttention(AttentionBackend):
         sample_size: int | None = None,
         num_projs: int | None = None,
         redraw: bool = False,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
+        super().__init__(**base)
         self.bucket_size = positive_int("bucket_size", bucket_size)
-        if sample_size is not None and (
-            not isinstance(sample_size, int) or isinstance(sample_size, bool) or sample_size < 0
-        ):
-            raise ValueError(f"sample_size must be an int >= 0 (0: no residual) or None, got {sample_size!r}")
-        self.sample_size = sample_size
-        self.num_projs = positive_int("num_projs", num_projs)
-        if self.num_projs is not None and self.num_projs > MAX_NUM_PROJS:
-            raise ValueError(f"num_projs must be 1..{MAX_NUM_PROJS}, got {num_projs}")
+        self.sample_size = nonnegative_int("sample_size", sample_size, "0: no residual")
+        self.num_projs = positive_int("num_projs", num_projs, most=MAX_NUM_PROJS)
         self.redraw = check_bool("redraw", redraw)
-        self._draws = SeededDraws(seed)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._draws = SeededDraws(self.seed, self.redraw)
 
     def projs_for(self, nq: int, nk: int) -> int:
         """Hyperplanes per hash: ``num_projs``, else 7 (fewer when hashing would take over half the budget)."""
         if self.num_projs is not None:
             return self.num_projs
-        budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        return max(1, min(DEFAULT_NUM_PROJS, math.floor(budget * nq * nk / (2 * (nq + nk)))))
+        return max(1, min(DEFAULT_NUM_PROJS, math.floor(self.effective_budget * nq * nk / (2 * (nq + nk)))))
 
     def parameters_for(self, nq: int, nk: int) -> tuple[int, int]:
         """(bucket_size, sample_size) used for these shapes."""
         if self.bucket_size is not None and self.bucket_size > nk:
             raise ValueError(f"bucket_size={self.bucket_size} exceeds the number of keys Nk={nk}; accepted 1..Nk")
-        budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        allowed = budget * nq * nk + 1e-6
+        allowed = self.effective_budget * nq * nk + 1e-6
         if self.bucket_size is not None:
             bucket = self.bucket_size
             if self.sample_size is not None:
@@ -146,8 +136,6 @@ class KDEformerAttention(AttentionBackend):
                 torch.rand(batch, samples, generator=generator, dtype=torch.float64),
             )
 
-        if self.redraw:
-            return KDEformerDraws(*(t.to(device) for t in draw(self._generator)))
         return KDEformerDraws(*self._draws(("kde", batch, d, dv, projs, samples), device, draw))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -169,12 +157,6 @@ class KDEformerAttention(AttentionBackend):
             "num_projs": self.projs_for(nq, nk),
             "redraw": self.redraw,
         }
-
-    def extra_repr(self) -> str:
-        return (
-            f"bucket_size={self.bucket_size}, sample_size={self.sample_size}, num_projs={self.num_projs}, "
-            f"redraw={self.redraw}, {super().extra_repr()}"
-        )
 
 
 def block_sizes(nq: int, nk: int, bucket: int) -> tuple[int, int, int]:

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from .base import DEFAULT_BUDGET, AttentionBackend, positive_int
-from .random_features import ProjectionCache, favor_log_features, orthogonal_projection
+from ..base import AttentionBackend, check_bool, nonnegative_number, positive_int
+from ..parts.random_features import ProjectionCache, favor_log_features
 
 # Queries per chunk: bounds the (B, chunk, m) query-side logits and weights independently of Nq.
 QUERY_CHUNK = 4096
@@ -54,33 +54,23 @@ class PerformerAttention(AttentionBackend):
         redraw: bool = False,
         eps: float = EPS,
         normalization_eps: float = NORMALIZATION_EPS,
-        budget: float | None = None,
-        seed: int = 0,
+        **base: Any,
     ):
-        super().__init__(budget=budget, seed=seed)
-        for name, value in (("eps", eps), ("normalization_eps", normalization_eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        self.eps, self.normalization_eps = float(eps), float(normalization_eps)
-        num_features = positive_int("num_features", num_features)
-        if not isinstance(redraw, bool):
-            raise ValueError(f"redraw must be True or False, got {redraw!r}")
-        self.num_features = num_features
-        self.redraw = redraw
-        self._projections = ProjectionCache(seed)
-        self._generator = torch.Generator().manual_seed(seed)
+        super().__init__(**base)
+        self.eps = nonnegative_number("eps", eps)
+        self.normalization_eps = nonnegative_number("normalization_eps", normalization_eps)
+        self.num_features = positive_int("num_features", num_features)
+        self.redraw = check_bool("redraw", redraw)
+        self._projections = ProjectionCache(self.seed, self.redraw)
 
     def features_for(self, nq: int, nk: int) -> int:
         """Number of random features used for these shapes."""
         if self.num_features is not None:
             return self.num_features
-        budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        return max(1, int(budget * nq * nk / (nq + nk)))
+        return max(1, int(self.effective_budget * nq * nk / (nq + nk)))
 
     def projection(self, num_features: int, d: int, device: torch.device) -> torch.Tensor:
         """(m, d) fp32 projection: cached from ``seed``, or a fresh draw when ``redraw``."""
-        if self.redraw:
-            return orthogonal_projection(num_features, d, self._generator).to(device)
         return self._projections(num_features, d, device)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -108,12 +98,6 @@ class PerformerAttention(AttentionBackend):
             "eps": self.eps,
             "normalization_eps": self.normalization_eps,
         }
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_features={self.num_features}, redraw={self.redraw}, eps={self.eps}, "
-            f"normalization_eps={self.normalization_eps}, {super().extra_repr()}"
-        )
 
 
 def _stabilised_favor(

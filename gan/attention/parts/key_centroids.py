@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import torch
 
-from .base import SeededDraws
-from .lsh import LowRankTerms
+from ..base import SeededDraws
+from .low_rank import LowRankTerms
 
 LLOYD_STEPS = 8
 

@@ -22,9 +22,27 @@ matrix the reference draws after ``torch.manual_seed(s)`` on the CPU.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from einops import rearrange
+
+from ..base import positive_int
+
+
+def check_num_features(value: Any) -> int | None:
+    """``num_features`` if it is None or an int >= 2 (cosh features come in +/- pairs), else ValueError."""
+    value = positive_int("num_features", value)
+    if value is not None and value < 2:
+        raise ValueError(f"num_features must be >= 2 (cosh features come in +/- pairs), got {value!r}")
+    return value
+
+
+def check_ortho_scaling(value: Any) -> int:
+    """``ortho_scaling`` (the projection's row norms) if it is 0 or 1, else ValueError saying what they mean."""
+    if value not in (0, 1) or isinstance(value, bool):
+        raise ValueError(f"ortho_scaling must be 0 (chi row norms) or 1 (rows of norm sqrt(d)), got {value!r}")
+    return int(value)
 
 
 def default_num_features(d: int) -> int:

@@ -29,12 +29,14 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from . import lsh
-from .lsh import LowRankTerms, gather_rows
-from .planning import cuts_evenly, fewest_clusters_from, search_plan
+from . import round_attention
+from .hashing import e2lsh_hash, xbox_plus_common_norm
+from .low_rank import LowRankTerms
+from .planning import cuts_evenly, explicit_cluster_count, fewest_clusters_from, search_plan
+from .round_layout import gather_rows
 
 DEFAULT_N_HASHES = 8
-MIN_KEYS_PER_CLUSTER = 8  # budget plans with fewer keys per cluster take fewer rounds instead
+MIN_SORTED_CLUSTER_KEYS = 8  # budget plans with fewer keys per sorted cluster take fewer rounds instead
 
 
 @dataclass(frozen=True)
@@ -72,18 +74,10 @@ def plan_sorted_clusters(
     nq: int, nk: int, n_hashes: int | None, q_cluster_size: int | None, k_cluster_size: int | None, budget: float
 ) -> SortedClusterPlan:
     """Explicit cluster sizes win (they must make the same number of clusters, as the reference asserts);
-    otherwise ``search_plan``: the most of 8, 4, 2, 1 rounds (at least MIN_KEYS_PER_CLUSTER keys per cluster)
+    otherwise ``search_plan``: the most of 8, 4, 2, 1 rounds (at least MIN_SORTED_CLUSTER_KEYS keys per cluster)
     and the fewest clusters whose support plus hashes fit budget * Nq * Nk. Budget 1: one cluster (exact)."""
     if q_cluster_size is not None or k_cluster_size is not None:
-        q_clusters = -(-nq // q_cluster_size) if q_cluster_size else None
-        k_clusters = -(-nk // k_cluster_size) if k_cluster_size else None
-        if q_clusters is not None and k_clusters is not None and q_clusters != k_clusters:
-            raise ValueError(
-                f"q_cluster_size={q_cluster_size} makes {q_clusters} query clusters of Nq={nq} but k_cluster_size="
-                f"{k_cluster_size} makes {k_clusters} key clusters of Nk={nk}; they must be equal "
-                f"(accepted k_cluster_size = {-(-nk // q_clusters)} here, or give only one of the two)"
-            )
-        n_clusters = q_clusters or k_clusters
+        n_clusters = explicit_cluster_count(nq, nk, q_cluster_size, k_cluster_size)
         if n_clusters > nk or not cuts_evenly(nk, n_clusters) or not cuts_evenly(nq, n_clusters):
             raise ValueError(
                 f"q_cluster_size={q_cluster_size}, k_cluster_size={k_cluster_size} make {n_clusters} clusters, which "
@@ -105,33 +99,13 @@ def plan_sorted_clusters(
         [n_hashes] if n_hashes else [DEFAULT_N_HASHES, 4, 2, 1],
         cluster_counts,
         fits=lambda h, c: SortedClusterPlan.of(h, c, nq, nk).score_entries() <= allowed,
-        enough=lambda h, c: -(-nk // c) >= MIN_KEYS_PER_CLUSTER,
+        enough=lambda h, c: -(-nk // c) >= MIN_SORTED_CLUSTER_KEYS,
     )
     if found is not None:
         return SortedClusterPlan.of(*found, nq, nk)
     # Nothing fits (budgets below ~1/Nq): the cheapest single round.
     plans = (SortedClusterPlan.of(1, c, nq, nk) for c in range(1, nk + 1) if cuts_evenly(nq, c) and cuts_evenly(nk, c))
     return min(plans, key=SortedClusterPlan.score_entries)
-
-
-def xbox_plus_common_norm(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B,Nq,d), k (B,Nk,d) -> (B,Nq,d+2), (B,Nk,d+2): both padded to the norm sqrt(MQ^2 + MK^2) per batch element."""
-    q_norm, k_norm = q.norm(dim=-1, keepdim=True), k.norm(dim=-1, keepdim=True)  # (B, N, 1)
-    common_sq = q_norm.amax(1, keepdim=True).square() + k_norm.amax(1, keepdim=True).square()  # (B, 1, 1)
-    q_fill, k_fill = (common_sq - q_norm.square()).sqrt(), (common_sq - k_norm.square()).sqrt()
-    return torch.cat([q, torch.zeros_like(q_fill), q_fill], -1), torch.cat([k, k_fill, torch.zeros_like(k_fill)], -1)
-
-
-def draw_e2lsh(generator: torch.Generator, n_hashes: int, dim: int, r: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One E2LSH draw: alpha (dim, R) ~ N(0, 1) and beta (1, R) ~ U(0, r), in that order, from ``generator``."""
-    alpha = torch.randn(dim, n_hashes, generator=generator, device=generator.device)
-    beta = r * torch.rand(1, n_hashes, generator=generator, device=generator.device)
-    return alpha, beta
-
-
-def e2lsh_hash(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """x (B,N,D) -> (B,R,N) hashes x . alpha + beta."""
-    return rearrange(x @ alpha + beta, "b n r -> b r n")
 
 
 def sorted_positions(
@@ -194,7 +168,7 @@ def sorted_cluster_attention(
         log_offset = low_rank.log_offset.reshape(-1)
         shift, num, den = log_offset.clone(), low_rank.num.view(-1, dv), low_rank.den.view(-1)
     log_norm = torch.full((b * t,), -math.inf, device=q.device)
-    step = max(1, lsh.PAIRS_PER_STEP // (b * qs * ks * (n_rounds if union else 1)))  # clusters per step
+    step = max(1, round_attention.PAIRS_PER_STEP // (b * qs * ks * (n_rounds if union else 1)))  # clusters per step
     for r in range(n_rounds):
         round_max = torch.full((b * t,), -math.inf, device=q.device)
         for first in range(0, n_clusters, step):

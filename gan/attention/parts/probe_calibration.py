@@ -16,39 +16,13 @@ from __future__ import annotations
 
 import torch
 
-# Standard errors of probe gain a candidate needs. Per-probe errors are heavy-tailed where a residual
-# misses a peak, and up to three candidates are compared: at 1 standard error the probes chose a residual
-# that lost on the full attention in 3 of 162 benchmark cases (gains of 1.05-2.2 standard errors). The
-# diffuse and mixed residuals showed 4.7+; a few real clustered-mixed gains at 1-3 are given up.
+# Standard errors of probe gain a candidate needs: per-probe errors are heavy-tailed where a residual misses a
+# peak, and several candidates are compared, so a gain within a few standard errors is not trusted
+# (docs/attention.md, "Why these constants").
 EVIDENCE = 3.0
-# Probes a calibration takes even where half the budget's scores would give fewer (small Nq, small budgets): with
-# 16 probes at Nq=1024 and 1/32 a sampled mix that halves the error on most queries did not clear 3 standard
-# errors, with 64 it did. Their rows are scored in chunks, so the memory stays within the budget; the compute is
-# 64 exact rows (6% of exact attention at Nq=1024, 1.6% at 4096).
-MIN_PROBES = 64
 FAVOR_WEIGHTS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)  # lam for an unbiased residual (1 = unbiased)
 # lam for a residual whose scale is only a model (the Gaussian mean-field): a wide geometric grid.
 MEAN_FIELD_WEIGHTS = (0.0, *(2.0 ** (i / 2) for i in range(-24, 5)))
-
-
-
-def probe_plan(fraction: float, nq: int, max_probes: int, copies: int) -> tuple[int, int]:
-    """(probe queries, probes per chunk) at budget ``fraction``: a chunk's ``copies`` (c, Nk) tables hold at most
-    half the budget's entries at once. The count: the queries whose exact scores fit in half the budget's entries,
-    but at least MIN_PROBES (the EVIDENCE test needs that many), at most ``max_probes`` and an eighth of the queries;
-    0 (no calibration) at budget 1 or when fewer than 8 probes or no chunk would fit."""
-    chunk = min(max_probes, int(fraction * nq / (2 * copies)))
-    count = min(max_probes, nq // 8, max(MIN_PROBES, int(fraction * nq / 2)))
-    return (count if fraction < 1.0 and count >= 8 and chunk >= 1 else 0), chunk
-
-
-def probe_truth(q_probe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-    """q_probe (B,p,d), k (B,Nk,d), v (B,Nk,dv) fp32 -> (shift (B,p,1), exact weights exp(s - shift) (B,p,Nk),
-    exact output (B,p,dv)): the probes' rows, held once (p * Nk scores)."""
-    scores = (q_probe @ k.transpose(1, 2)).mul_(scale)
-    shift = scores.amax(-1, keepdim=True)
-    weights = scores.sub_(shift).exp_()
-    return shift, weights, (weights @ v) / weights.sum(-1, keepdim=True)
 
 
 def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
@@ -97,17 +71,6 @@ def clearly_better(baseline: torch.Tensor, candidate: torch.Tensor) -> torch.Ten
     mean = gain.mean(-1)
     standard_error = gain.std(-1) / gain.shape[-1] ** 0.5
     return torch.where(mean > EVIDENCE * standard_error, mean, float("-inf"))
-
-
-def probe_support(layout, probes: torch.Tensor, nk: int) -> torch.Tensor:
-    """(B,p,Nk) bool: the keys a layout's rounds give each probe query (probes (p,) query indices)."""
-    b, width = layout.k_rows.shape[0], layout.k_rows.shape[-1]
-    cluster = layout.q_cluster[:, :, probes]  # (B, R, p)
-    keys = layout.k_rows.gather(2, cluster.unsqueeze(-1).expand(-1, -1, -1, width))  # (B, R, p, W) flat rows
-    keys = keys.permute(0, 2, 1, 3).reshape(b, len(probes), -1)  # (B, p, R*W)
-    mask = torch.zeros(b, len(probes), nk + 1, dtype=torch.bool, device=keys.device)
-    mask.scatter_(-1, torch.where(keys < 0, nk, keys % nk), True)
-    return mask[..., :nk]
 
 
 def gaussian_log_mean_kernel(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

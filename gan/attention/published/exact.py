@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import AttentionBackend
+from ..base import AttentionBackend
 
 CHUNK_SCORES = 1 << 25  # score entries (B * chunk * Nk) per SDPA call: 128 MiB in fp32
 

@@ -1,0 +1,56 @@
+"""Probe queries: a few queries drawn from the seed whose exact rows calibrate or choose an estimator.
+
+A probe's exact row costs Nk scores; ``probe_plan`` sizes the probe set and its chunks so that the
+probes' tables stay within half the budget, and the probes' outputs are their exact rows.
+"""
+from __future__ import annotations
+
+import torch
+
+# Probes a calibration takes even where half the budget's scores would give fewer (small Nq, small budgets): the
+# EVIDENCE test of ``probe_calibration.clearly_better`` needs that many to see a real gain. Their rows are scored
+# in chunks, so the memory stays within the budget (docs/attention.md, "Why these constants").
+MIN_PROBES = 64
+# Most probes a calibration takes: more catch a rare loss on a few queries more often, at Nk exact scores each.
+MAX_PROBES = 128
+
+
+def probe_queries(nq: int, n_probe: int, seed: int) -> torch.Tensor:
+    """(n_probe,) distinct query indices drawn from ``seed`` (CPU generator), sorted."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(nq, generator=generator)[:n_probe].sort().values
+
+
+def probe_plan(fraction: float, nq: int, copies: int, max_probes: int = MAX_PROBES) -> tuple[int, int]:
+    """(probe queries, probes per chunk) at budget ``fraction``: a chunk's ``copies`` (c, Nk) tables hold at most
+    half the budget's entries at once. The count: the queries whose exact scores fit in half the budget's entries,
+    but at least MIN_PROBES (the EVIDENCE test needs that many), at most ``max_probes`` and an eighth of the queries;
+    0 (no calibration) at budget 1 or when fewer than 8 probes or no chunk would fit."""
+    chunk = min(max_probes, int(fraction * nq / (2 * copies)))
+    count = min(max_probes, nq // 8, max(MIN_PROBES, int(fraction * nq / 2)))
+    return (count if fraction < 1.0 and count >= 8 and chunk >= 1 else 0), chunk
+
+
+def probe_truth(q_probe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """q_probe (B,p,d), k (B,Nk,d), v (B,Nk,dv) fp32 -> (shift (B,p,1), exact weights exp(s - shift) (B,p,Nk),
+    exact output (B,p,dv)): the probes' rows, held once (p * Nk scores)."""
+    scores = (q_probe @ k.transpose(1, 2)).mul_(scale)
+    shift = scores.amax(-1, keepdim=True)
+    weights = scores.sub_(shift).exp_()
+    return shift, weights, (weights @ v) / weights.sum(-1, keepdim=True)
+
+
+def exact_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (B,p,d), k (B,Nk,d), v (B,Nk,dv) fp32 -> (B,p,dv) softmax(scale q k^T) v: p * Nk scores held."""
+    return torch.softmax((q @ k.transpose(1, 2)).mul_(scale), dim=-1) @ v
+
+
+def probe_support(layout, probes: torch.Tensor, nk: int) -> torch.Tensor:
+    """(B,p,Nk) bool: the keys a layout's rounds give each probe query (probes (p,) query indices)."""
+    b, width = layout.k_rows.shape[0], layout.k_rows.shape[-1]
+    cluster = layout.q_cluster[:, :, probes]  # (B, R, p)
+    keys = layout.k_rows.gather(2, cluster.unsqueeze(-1).expand(-1, -1, -1, width))  # (B, R, p, W) flat rows
+    keys = keys.permute(0, 2, 1, 3).reshape(b, len(probes), -1)  # (B, p, R*W)
+    mask = torch.zeros(b, len(probes), nk + 1, dtype=torch.bool, device=keys.device)
+    mask.scatter_(-1, torch.where(keys < 0, nk, keys % nk), True)
+    return mask[..., :nk]
