@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from common.cli import USER_ERRORS, OneLineParser, report_error
 
-from common.cli import USER_ERRORS, OneLineParser, report_error  # noqa: E402
+if __name__ == "app":
+    # `python app/app.py` and `python app/sample.py` put app/ first on the import path, where this file is what
+    # `import app` finds: hand that import the package itself (app/__init__.py), so that `app.ui` etc. resolve.
+    _package = importlib.util.spec_from_file_location("app", Path(__file__).with_name("__init__.py"))
+    sys.modules["app"] = importlib.util.module_from_spec(_package)
+    _package.loader.exec_module(sys.modules["app"])
 
 DEFAULT_MODEL = "biggan-deep-128"
 
@@ -24,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, local only)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off unless given)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="torch.compile the generator with its attention backend (torch.compile backend, "
+                             "default inductor); the first call per backend and shape pays the compile time")
     return parser.parse_args(argv)
 
 
@@ -44,42 +51,34 @@ def check_address(host: str, port: int) -> None:
             raise ValueError(f"cannot serve on {host}:{port}: {reason}; choose another --port or --host") from None
 
 
-def _stop_on_sigterm(running: list) -> None:
-    """SIGTERM stops the server like Ctrl-C (so the scratch folder is removed), without waiting for open
-    connections: a client's event stream would otherwise hold the shutdown for Gradio's 5 s join timeout.
-    ``running`` holds the launched Blocks once there is one."""
-
-    def terminate(signum, frame):
-        for demo in running:
-            if getattr(demo, "server", None) is not None:  # uvicorn's
-                demo.server.force_exit = True
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         args = parse_args(argv)
         check_address(args.host, args.port)  # before the model loads: a busy port costs no loading time
+        from common.devices import check_compile_backend
+
+        check_compile_backend(args.compile)
         from weights import resolve_device
 
         device = str(resolve_device(args.device))
+        from app.model_cache import GeneratorCache
         from app.ui import CSS, ComparisonApp
 
-        app = ComparisonApp(args.model, device)
+        app = ComparisonApp(args.model, device, cache=GeneratorCache(compile_backend=args.compile))
         app.cache.get(args.model, device)  # fail fast on a bad --model, and warm the cache
     except USER_ERRORS as err:
         return report_error(err)
+    from app.serving import serve, stop_on_sigterm
+
     running: list = []
-    _stop_on_sigterm(running)
+    stop_on_sigterm(running)
     try:
         demo = app.build()
         running.append(demo)
         demo.queue(default_concurrency_limit=1)
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False, css=CSS,
-                    footer_links=["api"])
+        serve(demo, args.share, server_name=args.host, server_port=args.port, ssr_mode=False, css=CSS,
+              footer_links=["api"])
     except OSError as err:  # the port was taken between the check and the launch
         return report_error(ValueError(f"cannot serve on {args.host}:{args.port}: {err}"))
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM before the server was up

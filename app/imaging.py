@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import common.images as eval_images
+import common.images
 
 PAD = 2  # pixels between grid cells
 COLORMAP = "magma"
@@ -18,7 +18,7 @@ COLORMAP = "magma"
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B,3,H,W) float in [-1,1] -> (B,H,W,3) uint8 NumPy, the same pixels the metrics see (``common.images``)."""
-    return eval_images.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
+    return common.images.to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @functools.cache
@@ -47,9 +47,11 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def grid(rows: Sequence[tuple[Sequence[str], np.ndarray]], scale: tuple[str, float] | None = None) -> Image.Image:
+def grid(rows: Sequence[tuple[Sequence[str], np.ndarray]], scale: tuple[str, float] | None = None,
+         header: Sequence[str] = ()) -> Image.Image:
     """Labelled rows -> one RGB image. Each row is (label lines, (N,H,W,3) uint8 images); the label column
-    holds every line (name, group, numbers). ``scale=(title, vmax)`` adds a colour bar 0 .. vmax below."""
+    holds every line (name, group, numbers). ``header`` lines (the settings) go above the rows;
+    ``scale=(title, vmax)`` adds a colour bar 0 .. vmax below."""
     if not rows:
         raise ValueError("grid needs at least one row of images")
     _, h, w, _ = rows[0][1].shape
@@ -60,25 +62,28 @@ def grid(rows: Sequence[tuple[Sequence[str], np.ndarray]], scale: tuple[str, flo
     row_h = max(h, line_h * max(len(lines) for lines, _ in rows) + 2 * PAD)
     ncols = max(images.shape[0] for _, images in rows)
     bar_h = 3 * line_h + 2 * PAD if scale else 0
-    width = max(label_w + ncols * (w + PAD), 320 if scale else 0)
-    canvas = Image.new("RGB", (width, PAD + len(rows) * (row_h + PAD) + bar_h), "white")
+    head_h = len(header) * line_h + 2 * PAD if header else 0
+    head_w = max((int(measure.textlength(line, font=font)) + 4 * PAD for line in header), default=0)
+    width = max(label_w + ncols * (w + PAD), 320 if scale else 0, head_w)
+    canvas = Image.new("RGB", (width, head_h + PAD + len(rows) * (row_h + PAD) + bar_h), "white")
     draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(header):
+        draw.text((2 * PAD, PAD + i * line_h), line, fill="black", font=font)
     for r, (lines, images) in enumerate(rows):
-        top = PAD + r * (row_h + PAD)
+        top = head_h + PAD + r * (row_h + PAD)
         for i, line in enumerate(lines):
             draw.text((2 * PAD, top + PAD + i * line_h), line, fill="black", font=font)
         for c, image in enumerate(images):
             canvas.paste(Image.fromarray(image), (label_w + c * (w + PAD), top))
     if scale:
         title, vmax = scale
-        top = PAD + len(rows) * (row_h + PAD)
-        bar_w = width - 4 * PAD - 120
+        top = head_h + PAD + len(rows) * (row_h + PAD)
+        bar_w = width - 4 * PAD
         ramp = colormap_lut()[np.linspace(0, 255, bar_w).round().astype(np.intp)]  # (bar_w, 3)
         canvas.paste(Image.fromarray(np.repeat(ramp[None], line_h, axis=0)), (2 * PAD, top + line_h))
         draw.text((2 * PAD, top), title, fill="black", font=font)
         draw.text((2 * PAD, top + 2 * line_h), "0", fill="black", font=font)
-        draw.text((2 * PAD + bar_w, top + 2 * line_h), f"{vmax:.4g}", fill="black", font=font, anchor="ra")
-        draw.text((4 * PAD + bar_w, top + line_h), f"max {vmax:.4g}", fill="black", font=font)
+        draw.text((2 * PAD + bar_w, top + 2 * line_h), f"max {vmax:.4g}", fill="black", font=font, anchor="ra")
     return canvas
 
 

@@ -8,12 +8,11 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import torch
 
-from common.cli import parse_attention_kwargs
+from common.cli import parse_attention_kwargs, parse_budget, parse_truncation
 from gan.attention import available_attentions
 from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names
 
@@ -52,30 +51,6 @@ def _integer(value: Any, what: str, low: int, high: int | None = None) -> int:
     if not math.isfinite(number) or not number.is_integer() or number < low or (high is not None and number > high):
         raise ValueError(f"{what} must be a whole number in {accepted}, got {value!r}")
     return int(number)
-
-
-def parse_truncation(value: Any) -> float:
-    """Truncation in (0, 1]; ValueError otherwise (0 included: it would collapse every latent to zero)."""
-    try:
-        trunc = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"truncation must be a number in (0, 1], got {value!r}") from None
-    if not (math.isfinite(trunc) and 0.0 < trunc <= 1.0):
-        raise ValueError(f"truncation must be in (0, 1], got {value!r}")
-    return trunc
-
-
-def parse_budget(text: Any) -> float:
-    """'1/8' or '0.125' -> 0.125: a fraction of the dense score matrix in (0, 1], read as eval/fid.py's --budget."""
-    item = str(text if text is not None else "").strip()
-    try:
-        value = float(Fraction(item))
-    except (ValueError, ZeroDivisionError):
-        accepted = ", ".join(BUDGET_PRESETS)
-        raise ValueError(f"budget {item!r} is not a fraction; give one in (0, 1] like {accepted}") from None
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"budget {item} is outside (0, 1]; a budget is a fraction of the dense score matrix")
-    return value
 
 
 def resolve_classes(choice: str | None, num_images: int, seed: int, num_classes: int) -> list[int]:

@@ -14,15 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from app.imaging import tile, to_uint8  # noqa: E402
-from app.params import checked_backend  # noqa: E402
-from app.sample_store import (  # noqa: E402
+from app.imaging import tile, to_uint8
+from app.params import checked_backend
+from app.sample_store import (
     GRID,
     NpzStore,
     PngStore,
@@ -32,12 +29,23 @@ from app.sample_store import (  # noqa: E402
     write_manifest,
     write_run_settings,
 )
-from common.cli import USER_ERRORS, OneLineParser, parse_attention_kwargs, report_error  # noqa: E402
-from common.distributed import DistContext, init_distributed, shutdown  # noqa: E402
-from common.files import write_atomic  # noqa: E402
-from gan.attention import build_attention  # noqa: E402
-from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names  # noqa: E402
-from weights import load_generator  # noqa: E402
+from common.cli import (
+    BUDGET_HELP,
+    USER_ERRORS,
+    OneLineParser,
+    parse_attention_kwargs,
+    parse_budget,
+    parse_truncation,
+    report_error,
+    with_budget,
+)
+from common.devices import check_compile_backend
+from common.distributed import DistContext, init_distributed, shutdown
+from common.files import write_atomic
+from common.run_lock import hold_run_lock
+from gan.attention import build_attention
+from gan.sampling import balanced_class_ids, class_ids_from, imagenet_class_names
+from weights import load_generator
 
 DEFAULT_MODEL = "biggan-deep-128"
 GRID_IMAGES = 64
@@ -51,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attn", default="exact", help="attention backend (see gan.attention.available_attentions())")
     p.add_argument("--attn-kwargs", action="append", default=[], metavar="'{json}'",
                    help="backend parameters: a JSON object, or NAME='{json}' with NAME the --attn backend; repeatable")
+    p.add_argument("--budget", default=None, help=BUDGET_HELP)
     p.add_argument("--classes", default="all", help="'all', or comma-separated ImageNet class ids and/or names")
     p.add_argument("--per-class", type=int, default=10, help="images per class")
     p.add_argument("--truncation", type=float, default=0.4, help="truncation in (0, 1]")
@@ -60,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--format", choices=("png", "npz"), default="png",
                    help="one PNG per image, or uint8 (N,H,W,3) samples.npz")
     p.add_argument("--npz-chunk", type=int, default=256, help="images per resumable npz chunk")
+    p.add_argument("--save-attention-inputs", default=None, metavar="FILE",
+                   help="also save the attention layer's q, k, v of the first --save-attention-images images to FILE "
+                        "(for bench/pareto.py --inputs and bench/attention.py --inputs)")
+    p.add_argument("--save-attention-images", type=int, default=8, help="images to save q, k, v of (default 8)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the generator with its attention backend (torch.compile backend, default "
+                        "inductor): the same images within float rounding; the first batch per shape pays the compile")
     p.add_argument("--grid", action="store_true", help=f"also write grid.png of the first {GRID_IMAGES} images")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
@@ -85,10 +101,15 @@ def validate(args: argparse.Namespace) -> tuple[list[int], dict[str, Any]]:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.npz_chunk < 1:
         raise ValueError(f"--npz-chunk must be >= 1, got {args.npz_chunk}")
-    if not 0.0 < args.truncation <= 1.0:
-        raise ValueError(f"--truncation must be in (0, 1], got {args.truncation}")
+    parse_truncation(args.truncation, "--truncation")
+    check_compile_backend(args.compile)
+    if args.save_attention_images < 1:
+        raise ValueError(f"--save-attention-images must be >= 1, got {args.save_attention_images}")
+    if args.save_attention_inputs:
+        check_out_folder(Path(args.save_attention_inputs).parent)
     classes = class_ids_from(args.classes)
     own = parse_attention_kwargs(args.attn_kwargs, [args.attn]).get(args.attn, {})
+    own = with_budget(args.attn, own, None if args.budget is None else parse_budget(args.budget, "--budget"))
     build_attention(args.attn, **({"seed": args.seed} | own))  # unknown backend / parameter: refused now
     check_out_folder(Path(args.out))
     return classes, own
@@ -116,6 +137,8 @@ def prepare_generator(args: argparse.Namespace, ctx: DistContext, classes: list[
     backend, resolved = checked_backend(args.attn, kwargs, G.attention_shape())
     check_finite_weights(G, args.model)
     G.set_attention(backend)
+    if args.compile:
+        G.compile(backend=args.compile)
     return G, {**kwargs, **resolved}
 
 
@@ -154,10 +177,14 @@ def run(args: argparse.Namespace) -> int:
         settings["npz_chunk"] = args.npz_chunk
     check_run_settings(out, settings)  # reads only
     ctx = init_distributed(args.device)
+    lock = None
     try:
+        lock = hold_run_lock(out, "app/sample.py", ctx)  # one run per --out, taken before the model loads
         G, params = prepare_generator(args, ctx, classes, own)  # every check passed: now --out may be written
         return _run_rank(args, ctx, G, params, classes, settings, len(classes) * args.per_class)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(ctx)
 
 
@@ -174,6 +201,8 @@ def _run_rank(args, ctx: DistContext, G, params: dict[str, Any], classes: list[i
         write_manifest(out, lines(store.done_rows()))  # a clean base for this run's appended lines
     ctx.barrier()
 
+    if ctx.is_main and args.save_attention_inputs:
+        save_attention_inputs(G, args, classes, total)
     todo = [i for u, unit in enumerate(store.units()) if ctx.owns(u) and not store.unit_done(unit) for i in unit]
     desc = f"{args.attn} rank {ctx.rank}/{ctx.world_size}"
     with tqdm(total=len(todo), unit="img", desc=desc, disable=not ctx.is_main or not todo) as progress:
@@ -195,6 +224,18 @@ def _run_rank(args, ctx: DistContext, G, params: dict[str, Any], classes: list[i
         done = sum(1 for _ in store.done_rows())
         print(f"{done}/{total} images in {out} ({len(todo)} generated now)")
     return 0
+
+
+def save_attention_inputs(G, args: argparse.Namespace, classes: list[int], total: int) -> None:
+    """The attention layer's q, k, v of images 0 .. --save-attention-images - 1, as this run samples them."""
+    from eval.attention_capture import capture_images, save_capture
+
+    def sample(G, indices):
+        return G.sample(indices.tolist(), balanced_class_ids(indices.tolist(), classes), args.truncation, args.seed)
+
+    q, k, v = capture_images(G, sample, min(args.save_attention_images, total), args.batch_size)
+    path = save_capture(Path(args.save_attention_inputs), q, k, v, model=args.model, attention="any")
+    print(f"saved the attention inputs of {q.shape[0]} images to {path}", flush=True)
 
 
 class ManifestLines:

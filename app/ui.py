@@ -25,6 +25,7 @@ from gan.attention import attention_info, available_attentions
 from weights import available_models
 
 from .compare import REFERENCE, BackendRun, compare_backends
+from .grid_labels import grid_file_name, grid_header, grid_setting
 from .imaging import colormap_css, grid, heatmap, thumbnail_uri
 from .inputs import (
     BUDGET_PRESETS,
@@ -52,10 +53,15 @@ NUMBERS_LEGEND = ("gen: generation time; attn: attention time; mem: attention me
 CSS = """
 .gradio-container footer { margin-top: 0 !important; }  /* the page at rest fits 900 px: nothing left to scroll */
 #controls { gap: 4px; }
+#status:not(:has(.bg-error)) { display: none; }  /* no empty block under the button: the page fits 900 px */
 #controls .block { padding: 6px 8px; }
 #status:empty { display: none; }
 #controls .bg-hint { font-size: 12px; color: #555; }
-#status .bg-error { color: #b00020; font-weight: 600; margin: 0; }
+#status .bg-error { color: #b00020; font-weight: 600; margin: 0; overflow-wrap: anywhere; }  /* long paths, URLs */
+.gradio-container:has(#status .bg-error) .bg-idle { display: none; }  /* an error replaces the idle hint */
+#measurements [role=gridcell] span { word-break: normal; overflow-wrap: normal; }  /* break at spaces, hyphens */
+#measurements [role=gridcell]:is([data-col="2"], [data-col="3"], [data-col="4"], [data-col="5"], [data-col="6"]) span {
+  white-space: nowrap; }  /* numbers are never broken; the column widths fit 8 digits */
 #bg-results { --label-w: 232px; }
 #bg-results .bg-legend { font-size: 12px; color: #555; margin: 0 0 4px 0; white-space: normal; }
 #bg-results .bg-row { display: flex; align-items: flex-start; gap: 6px; margin-bottom: 4px; }
@@ -96,7 +102,7 @@ def _side(rows: int, cols: int) -> str:
 def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
     """The results: one labelled row per backend (name, group, numbers, then its images or heatmaps)."""
     if not state:
-        return "<div id='bg-results'><p class='bg-legend'>Choose backends and press Generate.</p></div>"
+        return "<div id='bg-results'><p class='bg-legend bg-idle'>Choose backends and press Generate.</p></div>"
     vmax = max(float(run["diff"].max()) for run in state)
     cols = len(state[0]["images"])
     side = _side(len(state), cols)
@@ -152,7 +158,9 @@ class ComparisonApp:
         class_ids = torch.tensor(request.class_ids)
         runs = compare_backends(G, range(request.num_images), class_ids, request.truncation, request.seed,
                                 request.backends)
-        return [_run_state(run, request.budget) for run in runs]
+        setting = grid_setting(request.model, request.budget, request.seed, request.truncation, request.class_ids,
+                               request.backends)
+        return [_run_state(run, request.budget) | {"setting": setting} for run in runs]
 
     def generate(self, model, class_choice, seed, truncation, num_images, published, variants, budget, parameters,
                  show_diff, state=None):
@@ -180,9 +188,11 @@ class ComparisonApp:
         vmax = max(float(run["diff"].max()) for run in state)
         rows = [([run["name"], run["group"], *run["numbers"].values()],
                  heatmap(run["diff"], vmax) if show_diff else run["images"]) for run in state]
-        picture = grid(rows, scale=(f"heatmap {DIFF_TITLE}", vmax) if show_diff else None)
-        path = self.scratch / f"grid-{time.time_ns()}{'-diff' if show_diff else ''}.png"
-        return write_atomic(path, lambda f: picture.save(f, format="PNG"))
+        setting = state[0].get("setting")
+        picture = grid(rows, scale=(f"heatmap {DIFF_TITLE}", vmax) if show_diff else None,
+                       header=grid_header(setting) if setting else ())
+        name = grid_file_name(setting, show_diff) if setting else f"grid-{time.time_ns()}.png"
+        return write_atomic(self.scratch / name, lambda f: picture.save(f, format="PNG"))
 
     def _prune_grids(self) -> None:
         grids = sorted(self.scratch.glob("grid-*.png"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -200,7 +210,8 @@ class ComparisonApp:
             with gr.Row(equal_height=False):
                 with gr.Column(scale=0, min_width=360, elem_id="controls"):
                     gr.HTML("<b>biggan-attn</b>: same latents, exact vs approximate attention")
-                    model = gr.Dropdown(models, value=self.default_model, label="Model", allow_custom_value=True)
+                    model = gr.Dropdown(models, value=self.default_model, label="Model", allow_custom_value=True,
+                                        elem_id="model")
                     class_choice = gr.Dropdown(class_choices(), value=RANDOM_CLASS, label="ImageNet class",
                                                allow_custom_value=True)
                     with gr.Row():
@@ -231,8 +242,8 @@ class ComparisonApp:
                                        format="png", elem_id="plot", scale=2)
                         grid_file = gr.File(label="Grid PNG (row labels and numbers)", elem_id="grid", scale=1)
                     table = gr.Dataframe(headers=TABLE_HEADERS, label="Measurements", interactive=False, wrap=True,
-                                         max_height=900,
-                                         column_widths=["12%", "14%", "7%", "8%", "7%", "8%", "8%", "36%"])
+                                         max_height=900, elem_id="measurements",
+                                         column_widths=["15%", "12%", "9%", "9%", "9%", "9%", "9%", "28%"])
             state = gr.State([])
             run.click(self.generate,
                       [model, class_choice, seed, truncation, num_images, chosen_published, chosen_variants, budget,

@@ -19,9 +19,10 @@ Nq=65536, where one call takes seconds to a minute) times that first call instea
 draws (ms) and the profiler's per-op cost are noise at that scale. Peak extra memory is the
 allocator's peak of live bytes allocated during that first call (CUDA: max_memory_allocated;
 CPU: the profiler's allocation records), output and cached draws (<1 MiB) included, inputs not.
-The output is markdown with a header (date, machine, torch, threads), a table of issue 9's targets
-for the project's variants (when they and the published smyrf, performer, scatterbrain are measured),
-ready for BENCHMARKS.md. A backend or regime that cannot run at a size is a row saying why.
+The output is markdown with a header (date, machine, torch, threads), a table of the accuracy targets
+of the project's variants (when they and the published smyrf, performer, scatterbrain are measured:
+listed above ``_targets_table``), ready for BENCHMARKS.md. A backend or regime that cannot run at a size
+is a row saying why.
 """
 
 from __future__ import annotations
@@ -37,32 +38,31 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
-from bench.regimes import REGIMES, regime_qkv
+from bench import harness
+from bench.harness import call_with_peak_memory, mean_of_values, relative_error, time_calls
+from bench.regimes import DIFFUSE_STD, PEAKED_STD, REGIMES, regime_qkv
+from common.cli import OneLineParser, report_error
+from common.devices import DTYPES, resolve_device
+from eval.attention_capture import load_capture
 from gan.attention import available_attentions, build_attention
 
+CAPTURED = "captured"  # the regime name of --inputs' table
 MEAN_OF_VALUES = "mean-of-values"  # baseline row: every query outputs the mean of the values
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BATCH, D, DV = 2, 32, 128
 FULL_SIZES, FULL_REPEATS = "4096,16384,65536", "5,3,0"
 QUICK_SIZES, QUICK_REPEATS = "4096,16384", "3,1"
-MEMORY_EVENT = "[memory]"  # name of the profiler's allocation / free records
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         config = validate(args)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_error(err)
     torch.set_num_threads(config["threads"])
     start = time.perf_counter()
     records = run(config)
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="all", help="comma-separated backend names (default: all registered)")
-    parser.add_argument("--budgets", default="1/32,1/8,1/4", help="comma-separated fractions of the dense score matrix")
+    harness.add_sweep_options(parser)
     parser.add_argument(
         "--sizes",
         default=None,
@@ -97,49 +97,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scaling-regime", default="isotropic-diffuse", help="regime timed at the larger sizes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", default="float32", help=f"input dtype: {', '.join(DTYPES)}")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument(
-        "--seeds",
-        default="0,1,2",
-        help="comma-separated seeds of the inputs and of every backend; errors are the mean (min-max) "
-        "over them, time and memory come from the first",
-    )
     parser.add_argument(
         "--quick", action="store_true", help=f"sizes {QUICK_SIZES}, repeats {QUICK_REPEATS} (unless given)"
     )
     parser.add_argument("--out", default=None, help="write all results as JSON here")
+    parser.add_argument("--inputs", default=None, help="captured attention inputs (eval/fid.py or app/sample.py "
+                        "--save-attention-inputs): one 'captured' table on their first images instead of the regimes")
     return parser.parse_args(argv)
 
 
 def validate(args: argparse.Namespace) -> dict:
     available = available_attentions()
-    methods = available if args.methods == "all" else _split(args.methods)
-    unknown = [m for m in methods if m not in available]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(available)}")
-    budgets = [_fraction(b) for b in _split(args.budgets)]
+    methods = available if args.methods == "all" else harness.choices(args.methods, available, "method(s)")
+    budgets, seeds, threads = harness.sweep(args)
     sizes_text = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
-    sizes = [_positive_int(s, "--sizes") for s in _split(sizes_text)]
-    if not sizes or any(s % 4 for s in sizes):
+    sizes = harness.counts(sizes_text, "--sizes", least=4)
+    if any(s % 4 for s in sizes):
         raise ValueError(f"--sizes takes multiples of 4 (Nk = Nq/4), got {sizes_text!r}")
-    repeats = [_count(r, "--repeats") for r in _split(args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS))]
-    if not repeats:
-        raise ValueError("--repeats takes non-negative integers, got nothing")
-    regimes = _split(args.regimes)
-    for regime in [*regimes, args.scaling_regime]:
-        if regime not in REGIMES:
-            raise ValueError(f"unknown regime {regime!r}; accepted: {', '.join(REGIMES)}")
+    repeats = harness.counts(args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS), "--repeats")
+    regimes = harness.choices(args.regimes, list(REGIMES), "regime(s)")
+    harness.choices(args.scaling_regime, list(REGIMES), "--scaling-regime")
     if args.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available; accepted: cpu")
-    seeds = [_count(x, "--seeds") for x in _split(args.seeds)]
-    if not seeds:
-        raise ValueError("--seeds takes non-negative integers, got nothing")
-    if args.threads < 1:
-        raise ValueError(f"--threads must be a positive int, got {args.threads}")
+    device = resolve_device(args.device)
+    captured = None
+    if args.inputs is not None:  # the file fixes the shape: one table, no scaling sizes
+        captured = str(args.inputs)
+        state = load_capture(Path(args.inputs))
+        if state["q"].shape[0] < BATCH:
+            raise ValueError(f"{args.inputs} holds {state['q'].shape[0]} images; --inputs needs at least {BATCH}")
+        sizes, regimes = [state["q"].shape[1]], [CAPTURED]
     return {
+        "inputs": captured,
         "methods": methods,
         "budgets": budgets,
         "sizes": sizes,
@@ -148,7 +137,7 @@ def validate(args: argparse.Namespace) -> dict:
         "device": device,
         "dtype": args.dtype,
         "repeats": {nq: repeats[min(i, len(repeats) - 1)] for i, nq in enumerate(sizes)},
-        "threads": args.threads,
+        "threads": threads,
         "seeds": seeds,
     }
 
@@ -203,7 +192,13 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
     seeds = config["seeds"] if with_error else config["seeds"][:1]
     rows = 1 + sum(1 if m == "exact" else len(config["budgets"]) for m in config["methods"])
     try:
-        inputs = [regime_qkv(regime, batch=BATCH, nq=nq, nk=nk, d=D, dv=DV, seed=seed) for seed in seeds]
+        if regime == CAPTURED:  # the same first images for every seed: only the backends' draws vary
+            state = load_capture(Path(config["inputs"]))
+            qkv = tuple(state[name][:BATCH].float() for name in ("q", "k", "v"))
+            nk = qkv[1].shape[1]
+            inputs = [qkv for _ in seeds]
+        else:
+            inputs = [regime_qkv(regime, batch=BATCH, nq=nq, nk=nk, d=D, dv=DV, seed=seed) for seed in seeds]
     except ValueError as err:  # a regime that cannot be built at this size is a row, not a crash
         progress.update(rows)
         return [{"regime": regime, "method": "(inputs)", "budget": None, "nq": nq, "nk": nk, "error": str(err)}]
@@ -223,10 +218,7 @@ def bench_shape(config: dict, regime: str, nq: int, with_error: bool, progress: 
 
     records = []
     if with_error:  # the baseline every method should beat: output the mean of the values for every query
-        errors = [
-            relative_error(v.mean(1, keepdim=True).expand(-1, nq, -1), ref)
-            for (_, _, v), ref in zip(inputs, references, strict=False)
-        ]
+        errors = [relative_error(mean_of_values(v, nq), ref) for (_, _, v), ref in zip(inputs, references, strict=True)]
         records.append(
             {
                 "regime": regime,
@@ -301,59 +293,6 @@ def measure(
     result["time_ms"] = statistics.median(times)
     result["time_ms_min"] = min(times)
     return result
-
-
-def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
-    out = out.to(device=reference.device, dtype=torch.float64)
-    return float((out - reference).norm() / reference.norm())
-
-
-def time_calls(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int) -> list[float]:
-    """Wall time in ms of ``repeats`` calls."""
-    return [_timed_call(attn, q, k, v)[1] for _ in range(repeats)]
-
-
-def _timed_call(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(output, wall ms) of one call, CUDA synchronised on both sides."""
-    _synchronize(q.device)
-    start = time.perf_counter()
-    out = attn(q, k, v, scale=1.0)
-    _synchronize(q.device)
-    return out, (time.perf_counter() - start) * 1e3
-
-
-def call_with_peak_memory(
-    attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, float, int | None]:
-    """(output, wall ms, peak bytes allocated during the call beyond what was live before it, or None if
-    unmeasurable)."""
-    if q.device.type == "cuda":
-        torch.cuda.synchronize(q.device)
-        torch.cuda.reset_peak_memory_stats(q.device)
-        before = torch.cuda.memory_allocated(q.device)
-        out, ms = _timed_call(attn, q, k, v)
-        return out, ms, torch.cuda.max_memory_allocated(q.device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out, ms = _timed_call(attn, q, k, v)
-    return out, ms, peak_live_bytes(prof)
-
-
-def peak_live_bytes(prof: profile) -> int | None:
-    """Peak of the running sum of the profiler's allocation (+bytes) and free (-bytes) records, in time order.
-
-    Reads the ``[memory]`` records that torch.autograd.profiler itself builds its memory columns
-    from (a private interface, stable across torch 2.x); None if a torch version lacks it.
-    """
-    try:
-        events = prof.profiler.kineto_results.events()
-        records = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == MEMORY_EVENT)
-    except AttributeError:
-        return None
-    live = peak = 0
-    for _, nbytes in records:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
 
 
 def markdown(records: list[dict], config: dict, env: dict) -> str:
@@ -442,13 +381,15 @@ def _err(r: dict) -> str:
     return f"{r['rel_error']:.4f} ({r['rel_error_min']:.4f}-{r['rel_error_max']:.4f})"
 
 
-# Issue 9's targets for the project's variants, checked on the mean errors of every regime x budget cell.
+# The accuracy targets of the project's variants, checked on the mean errors of every regime x budget cell:
+# smyrf-topkeys at or under smyrf (at most half of it in the peaked regimes); scatterbrain-centred at or under
+# both its halves, smyrf-topkeys and performer-centred-shrunk (and at most half of the best published method in
+# the mixed regimes); performer-centred-shrunk at or under the mean-of-values baseline.
 SMYRF_VARIANT, SCATTERBRAIN_VARIANT, PERFORMER_VARIANT = (
     "smyrf-topkeys",
     "scatterbrain-centred",
     "performer-centred-shrunk",
 )
-PEAKED_STD, DIFFUSE_STD = 6.0, 1.0  # logit std of the peaked / diffuse regimes; "mixed" lies strictly between
 
 
 def _targets_table(records: list[dict], config: dict) -> list[str]:
@@ -461,7 +402,7 @@ def _targets_table(records: list[dict], config: dict) -> list[str]:
     if not needed <= set(config["methods"]):
         return []
     lines = [
-        "\n### Issue 9's targets (mean errors; ratio and whether it holds)\n",
+        "\n### The variants' accuracy targets (mean errors; ratio and whether it holds)\n",
         (
             "| regime | logit std | budget | smyrf-topkeys / smyrf (<= 1; peaked <= 0.5) | "
             "scatterbrain-centred / min(smyrf-topkeys, performer-centred-shrunk) (<= 1) | "
@@ -511,37 +452,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _fraction(text: str) -> Fraction:
-    try:
-        value = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"--budgets takes fractions in (0, 1] like 1/8 or 0.125, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise ValueError(f"--budgets takes fractions in (0, 1] like 1/8 or 0.125, got {text!r}")
-    return value
-
-
-def _positive_int(text: str, option: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{option} takes positive integers, got {text!r}")
-    return int(text)
-
-
-def _count(text: str, option: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{option} takes non-negative integers, got {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

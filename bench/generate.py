@@ -1,61 +1,65 @@
 """Generation throughput: ours vs pytorch-pretrained-biggan on the same random BigGAN-deep checkpoint.
 
     python bench/generate.py                      # full-size biggan-deep-128, fp32 CPU, exact attention, batch 8
+    python bench/generate.py --compile --attn scatterbrain-meanfield   # + our generator under torch.compile
 
 Both models load the same files and see the same latents; timed batches alternate between them so
 load from other processes on a shared CPU hits both alike. Prints a markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 
-
-def _time(fn) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call; CPU time is less disturbed by other processes."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
+from bench.harness import count, wall_and_cpu
+from common.cli import OneLineParser, parse_truncation, report_error
+from common.devices import check_compile_backend
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=3, help="timed batches per model (after one warm-up each)")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", default="8")
+    parser.add_argument("--batches", default="3", help="timed batches per model (after one warm-up each)")
     parser.add_argument("--resolution", type=int, default=128, choices=(128, 256, 512))
-    parser.add_argument("--channel-width", type=int, default=128, help="128 is the published size")
+    parser.add_argument("--channel-width", default="128", help="128 is the published size")
     parser.add_argument("--truncation", type=float, default=0.4)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.batches < 1 or args.threads < 1:
-        print("error: --batch-size, --batches and --threads must be >= 1", file=sys.stderr)
-        return 2
+    parser.add_argument("--threads", default=str(os.cpu_count()), help="torch.set_num_threads")
+    parser.add_argument("--attn", default="exact", help="our generator's attention backend (the reference: exact)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="also time our generator compiled with this torch.compile backend (default inductor)")
+    try:
+        args = parser.parse_args(argv)
+        batch_size, batches = count(args.batch_size, "--batch-size"), count(args.batches, "--batches")
+        width, threads = count(args.channel_width, "--channel-width"), count(args.threads, "--threads")
+        parse_truncation(args.truncation, "--truncation")
+        check_compile_backend(args.compile)
+        from gan.attention import build_attention
+
+        build_attention(args.attn)  # an unknown backend: one line now, not after the checkpoint is written
+    except ValueError as err:
+        return report_error(err)
 
     from pytorch_pretrained_biggan import BigGAN
 
     from gan.sampling import one_hot, per_image_latents
     from weights import load_generator, write_random_checkpoint
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_random_checkpoint(
-            Path(tmp) / "deep", output_dim=args.resolution, channel_width=args.channel_width, seed=0
+            Path(tmp) / "deep", output_dim=args.resolution, channel_width=width, seed=0
         )
-        ours = load_generator(folder, attention="exact", device="cpu")
+        ours = load_generator(folder, attention=args.attn, device="cpu").eval()
         reference = BigGAN.from_pretrained(str(folder)).eval()
+        compiled = load_generator(folder, attention=args.attn, device="cpu").eval() if args.compile else None
 
-    z = per_image_latents(range(args.batch_size), ours.z_dim, args.truncation, seed=0)
-    class_ids = torch.arange(args.batch_size) * 97 % ours.num_classes
+    z = per_image_latents(range(batch_size), ours.z_dim, args.truncation, seed=0)
+    class_ids = torch.arange(batch_size) * 97 % ours.num_classes
     labels = one_hot(class_ids, ours.num_classes)
 
     def run_ours() -> torch.Tensor:
@@ -65,18 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             return reference(z, labels, args.truncation)
 
-    max_diff = (run_ours() - run_reference()).abs().max().item()  # also the warm-up
-    times: dict[str, list[tuple[float, float]]] = {"biggan-attn": [], "pytorch-pretrained-biggan": []}
-    for _ in range(args.batches):
-        times["biggan-attn"].append(_time(run_ours))
-        times["pytorch-pretrained-biggan"].append(_time(run_reference))
+    mine = run_ours()
+    max_diff = (mine - run_reference()).abs().max().item()  # also the warm-up
+    contestants = {f"biggan-attn ({args.attn})": run_ours, "pytorch-pretrained-biggan (exact)": run_reference}
+    compile_note = ""
+    if compiled is not None:
+        compiled.compile(backend=args.compile)
+        seconds, _, first = wall_and_cpu(lambda: compiled.generate(z, class_ids, args.truncation))  # compiles
+        compile_note = (f"; compiled ({args.compile}): first batch {seconds:.1f} s (compilation), "
+                        f"max abs diff to eager {(first - mine).abs().max().item():.2e}")
+        contestants[f"biggan-attn ({args.attn}), torch.compile {args.compile}"] = (
+            lambda: compiled.generate(z, class_ids, args.truncation))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in contestants}
+    for _ in range(batches):  # interleaved: load from other processes hits every contestant alike
+        for name, fn in contestants.items():
+            times[name].append(wall_and_cpu(fn)[:2])
 
     print(
-        f"BigGAN-deep-{args.resolution} (channel_width {args.channel_width}, random weights), "
-        "fp32 CPU, exact attention, "
-        f"batch {args.batch_size}, truncation {args.truncation}, {args.threads} thread(s), torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}; {args.batches} timed batches after 1 warm-up; "
-        f"max abs diff between the two: {max_diff:.2e}\n"
+        f"BigGAN-deep-{args.resolution} (channel_width {width}, random weights), "
+        "fp32 CPU, "
+        f"batch {batch_size}, truncation {args.truncation}, {threads} thread(s), torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}; {batches} timed batches after 1 warm-up; "
+        f"max abs diff ours vs pytorch-pretrained-biggan: {max_diff:.2e}{compile_note}\n"
     )
     print("| implementation | images/s (median batch) | s/batch median | s/batch min | CPU s/batch median |")
     print("|---|---:|---:|---:|---:|")
@@ -84,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = sorted(w for w, _ in samples)
         cpu = sorted(c for _, c in samples)
         median, cpu_median = wall[len(wall) // 2], cpu[len(cpu) // 2]
-        print(f"| {name} | {args.batch_size / median:.2f} | {median:.3f} | {wall[0]:.3f} | {cpu_median:.3f} |")
+        print(f"| {name} | {batch_size / median:.2f} | {median:.3f} | {wall[0]:.3f} | {cpu_median:.3f} |")
     return 0
 
 

@@ -13,7 +13,11 @@ Steps (each recorded with its status in ``gpu_check.json`` and a row of ``gpu_ch
    error against exact fp32 attention at most ``DTYPE_SLACK`` above the fp32 backend's;
 4. ``generator``: BigGAN-deep-128 (random weights) in fp16 and bf16 against fp32 on the same latents;
 5. ``throughput``: BigGAN-deep-128 random weights, batch 64, exact and smyrf: generation images/s,
-   Inception images/s, attention ms per call and peak memory.
+   Inception images/s, attention ms per call and peak memory;
+6. ``backends``: every backend alone at batch 64, 4096 x 1024 (fp32, default budget): GPU ms per forward
+   (after warm-up), the host syncs of one steady-state forward (``torch.cuda.set_sync_debug_mode``), and
+   whether the forward can be captured as a CUDA graph (``torch.cuda.CUDAGraph``, shapes static) and
+   replayed to the eager output, or why not.
 
 With ``--quick`` every shape is tiny (1/16-width generator, 1/16-width Inception, batch 4). Exit code 1
 when a check fails.
@@ -28,9 +32,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 
@@ -207,6 +208,88 @@ def check_throughput(device: torch.device, quick: bool, tmp: Path) -> dict:
             "detail": rows}
 
 
+def _steady_syncs(backend, q, k, v) -> int:
+    """Synchronising CUDA calls made by one forward (torch's sync debug mode warns once per call)."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend(q, k, v, scale=1.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _capture(backend, q, k, v) -> str:
+    """'captured' when one forward is captured as a CUDA graph and its replay gives the eager output; else why not."""
+    eager = backend(q, k, v, scale=1.0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs asks
+        backend(q, k, v, scale=1.0)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            static_out = backend(q, k, v, scale=1.0)
+        graph.replay()
+        torch.cuda.synchronize()
+    except Exception as err:  # noqa: BLE001 - the reason is the finding
+        torch.cuda.synchronize()
+        return f"not captured: {type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
+    diff = _rel(static_out, eager)
+    return "captured" if diff <= 1e-5 else f"captured, but the replay differs from eager by {diff:.1e}"
+
+
+@torch.no_grad()
+def check_backends(device: torch.device, quick: bool) -> dict:
+    """Every backend alone at batch 64 (4096 x 1024): GPU ms per forward, steady-state syncs, CUDA-graph capture."""
+    from gan.attention import available_attentions, build_attention
+
+    b, nq, nk, d, dv = (2, 256, 64, 8, 16) if quick else (64, 4096, 1024, 32, 128)
+    repeats = 2 if quick else 10
+    gen = torch.Generator().manual_seed(0)
+    q = (torch.randn(b, nq, d, generator=gen) * d ** -0.25).to(device)
+    k = (torch.randn(b, nk, d, generator=gen) * d ** -0.25).to(device)
+    v = torch.randn(b, nk, dv, generator=gen).to(device)
+    rows, status, backends = [], "ok", {}
+    for name in available_attentions():
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            backend = backends[name] = build_attention(name, seed=0)
+            backend(q, k, v, scale=1.0)  # plans and draws for this shape
+            backend(q, k, v, scale=1.0)
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                backend(q, k, v, scale=1.0)
+            _sync(device)
+            row = {"backend": name, "batch": b, "ms_per_forward": 1000.0 * (time.perf_counter() - t0) / repeats}
+            if device.type == "cuda":
+                row["syncs"] = _steady_syncs(backend, q, k, v)
+                row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20  # inputs included
+            rows.append(row)
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory at batch 64: a finding
+            status = "FAIL"
+            rows.append({"backend": name, "batch": b, "error": f"{type(err).__name__}: {err}"[:300]})
+    # Captures last: a failed capture can leave the device unusable for the rest of the step.
+    for row in rows:
+        if "error" in row:
+            continue
+        if device.type != "cuda":
+            row["cuda_graph"] = "skipped (needs CUDA)"
+            continue
+        try:
+            row["cuda_graph"] = _capture(backends[row["backend"]], q, k, v)
+        except Exception as err:  # noqa: BLE001
+            row["cuda_graph"] = f"not captured: {type(err).__name__}: {err}"[:200]
+    return {"status": status, "shape": {"B": b, "nq": nq, "nk": nk, "d": d, "dv": dv}, "detail": rows}
+
+
 def markdown(report: dict) -> str:
     lines = [f"# GPU check on {report['device']} ({report['device_name']}){' --quick' if report['quick'] else ''}", "",
              "| step | status | seconds |", "|---|---|---|"]
@@ -236,6 +319,15 @@ def markdown(report: dict) -> str:
             peak = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
             lines.append(f"| {r['backend']} | {r['batch']} | {r['generation_images_per_s']:.1f} | "
                          f"{r['inception_images_per_s']:.1f} | {r['attn_ms']:.2f} | {r['attn_peak_mb']:.1f} | {peak} |")
+    backends = report["steps"].get("backends", {}).get("detail", [])
+    if backends:
+        lines += ["", "| backend | batch | ms per forward | syncs | CUDA graph |", "|---|---|---|---|---|"]
+        for r in backends:
+            if "error" in r:
+                lines.append(f"| {r['backend']} | {r['batch']} | {r['error']} | | |")
+            else:
+                lines.append(f"| {r['backend']} | {r['batch']} | {r['ms_per_forward']:.2f} | {r.get('syncs', '-')} | "
+                             f"{r.get('cuda_graph', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "attention": lambda: check_attention(device, args.quick),
             "generator": lambda: check_generator(device, args.quick, tmp),
             "throughput": lambda: check_throughput(device, args.quick, tmp),
+            "backends": lambda: check_backends(device, args.quick),
         }
         for name, step in steps.items():
             t0 = time.perf_counter()

@@ -1,27 +1,25 @@
-"""The issue's reference configurations at BigGAN-deep-128's shape, against the public implementations' times.
+"""Reference configurations at BigGAN-deep-128's shape, against the public implementations' times.
 
 B=2, Nq=4096, Nk=1024, d=32, dv=128, scale 1, budget-1/8 settings (8 hashes, query clusters 64, key
 clusters 16; 64 features; k=32): time (median of repeats after a warm-up, 2 threads) and relative
 error on the clustered-peaked regime. The reference times were measured on this 2-core machine with
-the public SMYRF / Scatterbrain / Top-k / Performer code; "ratio" is ours over theirs (issue 9 reads its
-speed target off it: BENCHMARKS.md, "Project variants vs published methods").
+the public SMYRF / Scatterbrain / Top-k / Performer code; "ratio" is ours over theirs (the variants' speed
+target, no worse than 0.5x the authors' time, is read off it: BENCHMARKS.md, "Project variants vs published
+methods").
 
     python bench/reference_settings.py [--repeats 20]
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 
-from bench.attention import relative_error, time_calls
+from bench import harness
+from bench.harness import exact_reference, relative_error, time_calls
 from bench.regimes import regime_qkv
+from common.cli import OneLineParser, report_error
 from gan.attention import build_attention
 
 # (method, parameters, public implementation's time in ms on this machine)
@@ -39,22 +37,25 @@ SETTINGS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", default="20", help="timed calls after a warm-up (default: %(default)s)")
+    parser.add_argument("--threads", default="2", help="torch.set_num_threads (default: %(default)s)")
+    try:
+        args = parser.parse_args(argv)
+        repeats, threads = harness.count(args.repeats, "--repeats"), harness.count(args.threads, "--threads")
+    except ValueError as err:
+        return report_error(err)
+    torch.set_num_threads(threads)
     q, k, v = regime_qkv("clustered-peaked")
-    q, k, v = q.float(), k.float(), v.float()
-    reference = torch.softmax(q.double() @ k.double().transpose(1, 2), -1) @ v.double()
-    print(f"B=2, Nq=4096, Nk=1024, d=32, dv=128; {args.threads} threads, torch {torch.__version__}; "
-          f"median (min) of {args.repeats} calls after a warm-up; error on clustered-peaked\n")
+    reference = exact_reference(q, k, v)
+    print(f"B=2, Nq=4096, Nk=1024, d=32, dv=128; {threads} threads, torch {torch.__version__}; "
+          f"median (min) of {repeats} calls after a warm-up; error on clustered-peaked\n")
     print("| method | parameters | ms median (min) | public impl. ms | ratio | rel. error |")
     print("|---|---|---:|---:|---:|---:|")
     for name, params, reference_ms in SETTINGS:
         attn = build_attention(name, seed=0, **params)
         error = relative_error(attn(q, k, v, scale=1.0), reference)
-        times = time_calls(attn, q, k, v, args.repeats)
+        times = time_calls(attn, q, k, v, repeats)
         median = statistics.median(times)
         shown = ", ".join(f"{key}={value}" for key, value in params.items()) or "-"
         print(f"| {name} | {shown} | {median:.1f} ({min(times):.1f}) | {reference_ms:g} | "

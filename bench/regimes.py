@@ -48,6 +48,7 @@ REGIMES: dict[str, Regime] = {
     "featuremap-segments": Regime("segments", 4.0, "objects in the image: queries attend to their own object's keys"),
     "featuremap-relu": Regime("relu", 2.0, "non-negative activations: q and k share a large mean direction"),
 }
+PEAKED_STD, DIFFUSE_STD = 6.0, 1.0  # logit std of the peaked / diffuse regimes; "mixed" lies strictly between
 NUM_CLUSTERS = 32
 CLUSTER_NOISE = 0.5  # noise norm relative to the unit centre
 CALIBRATION_QUERIES = 512
@@ -91,24 +92,35 @@ def _cluster_points(centres: torch.Tensor, batch: int, n: int, generator: torch.
 
 def _feature_map_qkv(geometry: str, batch: int, nq: int, nk: int, d: int, dv: int, generator: torch.Generator):
     """BigGAN's attention inputs from a synthetic (B, C, H, W) map: theta(x), maxpool(phi(x)), maxpool(g(x))."""
-    side = math.isqrt(nq)
-    if side * side != nq or side % 2 or nk != nq // 4:
-        raise ValueError(f"feature-map regimes need Nq = H*W with even H = W and Nk = Nq/4, got Nq={nq}, Nk={nk}")
-    x = _smooth_noise(batch, side, generator)  # (B, C, H, W), unit std per channel
+    side = map_side(nq, nk, "feature-map regimes")
+    x = smooth_noise(batch, side, generator)  # (B, C, H, W), unit std per channel
     if geometry == "segments":
         x = _segments(batch, side, generator) + TEXTURE * x
     elif geometry == "relu":
         x = x.relu()
-    w_theta, w_phi, w_g = (
-        torch.randn(out, MAP_CHANNELS, generator=generator) / MAP_CHANNELS**0.5 for out in (d, d, dv)
-    )
-    q = torch.einsum("bchw,oc->bhwo", x, w_theta).reshape(batch, nq, d)
+    return tuple(t.contiguous() for t in attention_inputs(x, d, dv, generator))
+
+
+def map_side(nq: int, nk: int, what: str) -> int:
+    """H = W of a square map with Nq = H*W pixels and Nk = Nq/4 pooled keys; ValueError naming ``what`` otherwise."""
+    side = math.isqrt(nq)
+    if side * side != nq or side % 2 or nk != nq // 4:
+        raise ValueError(f"{what}: Nq must be H*W with even H = W and Nk = Nq/4, got Nq={nq}, Nk={nk}")
+    return side
+
+
+def attention_inputs(x: torch.Tensor, d: int, dv: int, generator: torch.Generator):
+    """q (B, H*W, d), k and v (B, H*W/4, d / dv) as BigGAN's attention makes them from a map x (B, C, H, W): random
+    1x1 convolutions theta, phi, g (drawn from ``generator`` in that order), phi and g 2x2 max-pooled, row-major."""
+    batch, channels = x.shape[:2]
+    w_theta, w_phi, w_g = (torch.randn(out, channels, generator=generator) / channels**0.5 for out in (d, d, dv))
+    q = torch.einsum("bchw,oc->bhwo", x, w_theta).reshape(batch, -1, d)
     k = F.max_pool2d(torch.einsum("bchw,oc->bohw", x, w_phi), 2).flatten(2).transpose(1, 2)  # (B, Nk, d)
     v = F.max_pool2d(torch.einsum("bchw,oc->bohw", x, w_g), 2).flatten(2).transpose(1, 2)  # (B, Nk, dv)
-    return q.contiguous(), k.contiguous(), v.contiguous()
+    return q, k, v
 
 
-def _smooth_noise(batch: int, side: int, generator: torch.Generator) -> torch.Tensor:
+def smooth_noise(batch: int, side: int, generator: torch.Generator) -> torch.Tensor:
     """(B, C, side, side) Gaussian noise blurred by a separable Gaussian of SMOOTH_SIGMA_PX, unit std per channel."""
     noise = torch.randn(batch * MAP_CHANNELS, 1, side, side, generator=generator)
     radius = int(3 * SMOOTH_SIGMA_PX)

@@ -1,5 +1,5 @@
-"""Issue 9's targets on stress regimes and shapes that bench/regimes.py does not have (the variants were not tuned
-on them): a robustness check, printed as one line per regime x budget.
+"""The variants' accuracy targets (bench/attention.py) on stress regimes and shapes that bench/regimes.py does not
+have (the variants were not tuned on them): a robustness check, printed as one line per regime x budget.
 
 Regimes (NAME-STD: logits rescaled to standard deviation STD, as in bench/regimes.py):
   iso:        q, k ~ N(0, I_d), v ~ N(0, I_dv) (at temperatures outside the benchmark's 1-6).
@@ -18,26 +18,29 @@ Regimes (NAME-STD: logits rescaled to standard deviation STD, as in bench/regime
 """
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from fractions import Fraction
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 import torch.nn.functional as F
 
-from bench.attention import relative_error
-from bench.regimes import CALIBRATION_QUERIES, MAP_CHANNELS, _smooth_noise
+from bench import harness
+from bench.harness import exact_reference, mean_of_values, relative_error
+from bench.regimes import (
+    CALIBRATION_QUERIES,
+    DIFFUSE_STD,
+    MAP_CHANNELS,
+    PEAKED_STD,
+    attention_inputs,
+    map_side,
+    smooth_noise,
+)
+from common.cli import OneLineParser, report_error
 from gan.attention import build_attention
 
 GEOMETRIES = ("iso", "lowrank", "sink", "vmean", "kvclust", "multiscale")
 DEFAULT_REGIMES = "iso-0.5,iso-10,lowrank-2,lowrank-6,sink-2,vmean-3,kvclust-1,kvclust-2,multiscale-2"
 METHODS = ("smyrf", "performer", "scatterbrain", "smyrf-topkeys", "scatterbrain-centred", "performer-centred-shrunk")
-PEAKED_STD, DIFFUSE_STD = 6.0, 1.0  # issue 9: peaked regimes at logit std >= 6, mixed strictly between
 
 
 def stress_qkv(regime: str, seed: int, batch: int = 2, nq: int = 4096, nk: int = 1024, d: int = 32, dv: int = 128):
@@ -83,52 +86,21 @@ def _parse(regime: str) -> tuple[str, float]:
 
 def _multiscale_maps(batch, nq, nk, d, dv, g):
     """theta(x), maxpool(phi(x)), maxpool(g(x)) of x = GELU(smooth map + 0.5 * pixel noise)."""
-    side = math.isqrt(nq)
-    if side * side != nq or side % 2 or nk != nq // 4:
-        raise ValueError(f"multiscale needs Nq = H*W with even H = W and Nk = Nq/4, got Nq={nq}, Nk={nk}")
-    x = F.gelu(_smooth_noise(batch, side, g) + 0.5 * torch.randn(batch, MAP_CHANNELS, side, side, generator=g))
-    w_theta, w_phi, w_g = (torch.randn(o, MAP_CHANNELS, generator=g) / MAP_CHANNELS**0.5 for o in (d, d, dv))
-    q = torch.einsum("bchw,oc->bhwo", x, w_theta).reshape(batch, nq, d)
-    k = F.max_pool2d(torch.einsum("bchw,oc->bohw", x, w_phi), 2).flatten(2).transpose(1, 2)  # (B, Nk, d)
-    v = F.max_pool2d(torch.einsum("bchw,oc->bohw", x, w_g), 2).flatten(2).transpose(1, 2)  # (B, Nk, dv)
-    return q, k, v
+    side = map_side(nq, nk, "multiscale")
+    x = F.gelu(smooth_noise(batch, side, g) + 0.5 * torch.randn(batch, MAP_CHANNELS, side, side, generator=g))
+    return attention_inputs(x, d, dv, g)
 
 
-
-def _budget(text: str) -> float:
-    """A budget like 1/8 or 0.125 in (0, 1], or ValueError saying what is accepted."""
-    try:
-        value = float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        value = -1.0
-    if not 0 < value <= 1:
-        raise ValueError(f"budgets are fractions in (0, 1] such as 1/8 or 0.125, got {text!r}")
-    return value
-
-
-def _ints(text: str, accepted: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise ValueError(f"{accepted}, got {text!r}") from None
-
-def _threads(text: str) -> int:
-    """A positive thread count, or ValueError saying what is accepted."""
-    values = _ints(text, "--threads takes one positive int such as 2")
-    if len(values) != 1 or values[0] < 1:
-        raise ValueError(f"--threads takes one positive int such as 2, got {text!r}")
-    return values[0]
-
-
-def cell(regime: str, budget: float, seeds: list[int], shape: dict) -> str:
-    """One line: mean errors over ``seeds`` and issue 9's ratios, with the targets that fail."""
+def cell(regime: str, budget: Fraction, seeds: list[int], shape: dict) -> str:
+    """One line: mean errors over ``seeds`` and the targets' ratios, with the targets that fail."""
     errors = {name: 0.0 for name in ("mean-of-values", *METHODS)}
     for seed in seeds:
         q, k, v, std = stress_qkv(regime, seed, **shape)
-        reference = torch.softmax(q.double() @ k.double().transpose(1, 2), -1) @ v.double()
-        errors["mean-of-values"] += relative_error(v.mean(1, keepdim=True).expand(-1, q.shape[1], -1), reference)
+        reference = exact_reference(q, k, v)
+        errors["mean-of-values"] += relative_error(mean_of_values(v, q.shape[1]), reference)
         for name in METHODS:
-            errors[name] += relative_error(build_attention(name, budget=budget, seed=seed)(q, k, v), reference)
+            attn = build_attention(name, budget=float(budget), seed=seed)
+            errors[name] += relative_error(attn(q, k, v), reference)
     e = {name: total / len(seeds) for name, total in errors.items()}
     ratios = {
         "1": e["smyrf-topkeys"] / e["smyrf"],
@@ -142,30 +114,25 @@ def cell(regime: str, budget: float, seeds: list[int], shape: dict) -> str:
     shown = " ".join(f"{name}={value:.3f}" for name, value in e.items())
     ratio_text = " ".join(f"{name}:{value:.2f}" for name, value in ratios.items())
     verdict = " ".join(failed) or "all hold"
-    return f"{regime} {Fraction(budget).limit_denominator(1024)}: {shown} | {ratio_text} | {verdict}"
+    return f"{regime} {budget}: {shown} | {ratio_text} | {verdict}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--regimes", default=DEFAULT_REGIMES)
-    parser.add_argument("--budgets", default="1/32,1/8,1/4")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--shape", default="2,4096,1024,32,128", help="B,Nq,Nk,d,dv")
-    parser.add_argument("--threads", default="2")
-    args = parser.parse_args(argv)
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regimes", default=DEFAULT_REGIMES, help="comma-separated NAME-STD (default: %(default)s)")
+    parser.add_argument("--shape", default="2,4096,1024,32,128", help="B,Nq,Nk,d,dv (default: %(default)s)")
+    harness.add_sweep_options(parser)
     try:
-        regimes = args.regimes.split(",")
+        args = parser.parse_args(argv)
+        regimes = harness.split(args.regimes)
         for regime in regimes:
             _parse(regime)
-        budgets = [_budget(b) for b in args.budgets.split(",")]
-        seeds = _ints(args.seeds, "--seeds takes comma-separated ints such as 0,1,2")
-        values = _ints(args.shape, "--shape takes five positive ints B,Nq,Nk,d,dv")
-        if len(values) != 5 or min(values) < 1:
-            raise ValueError(f"--shape takes five positive ints B,Nq,Nk,d,dv, got {args.shape!r}")
-        threads = _threads(args.threads)
-    except ValueError as error:
-        print(f"stress_regimes: {error}", file=sys.stderr)
-        return 2
+        budgets, seeds, threads = harness.sweep(args)
+        values = harness.counts(args.shape, "--shape", least=1)
+        if len(values) != 5:
+            raise ValueError(f"--shape takes five positive integers B,Nq,Nk,d,dv, got {args.shape!r}")
+    except ValueError as err:
+        return report_error(err)
     shape = dict(zip(("batch", "nq", "nk", "d", "dv"), values, strict=True))
     torch.set_num_threads(threads)
     print(f"shape {args.shape} (B,Nq,Nk,d,dv), scale 1, seeds {args.seeds}; mean relative errors; ratios: "

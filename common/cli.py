@@ -1,15 +1,18 @@
-"""Command-line plumbing shared by ``eval/fid.py`` and the ``app/`` programs.
+"""Command-line plumbing shared by ``eval/fid.py``, the ``app/`` programs and ``bench/``.
 
 User mistakes (``ValueError`` / ``FileNotFoundError``, argparse errors included) become one line
 on stderr and exit code 2, never a traceback or argparse's usage dump. ``parse_attention_kwargs``
-is the one ``--attn-kwargs`` grammar of every CLI (documented in docs/eval.md).
+is the one ``--attn-kwargs`` grammar of every CLI (documented in docs/eval.md); ``parse_budget`` and
+``parse_truncation`` read the budget and the truncation wherever a user types them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
+from fractions import Fraction
 from typing import Any
 
 USER_ERRORS = (ValueError, FileNotFoundError)
@@ -26,9 +29,58 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def report_error(err: BaseException) -> int:
-    """Print ``err`` as ``error: <one line>`` on stderr; returns the exit code 2."""
+    """Print ``err`` as ``error: <one line>`` on stderr; returns the exit code 2.
+
+    The one exception: an error with a ``lines`` list (eval/fid.py's first run without downloads) prints
+    those lines, the first after ``error: ``.
+    """
+    lines = getattr(err, "lines", None)
+    if lines:
+        print("error: " + "\n".join(" ".join(line.split()) for line in lines), file=sys.stderr)
+        return 2
     print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
     return 2
+
+
+BUDGET_HELP = "memory budget of the approximate backends: a fraction in (0, 1] of the dense score matrix, e.g. 1/8"
+
+
+def parse_budget(text: Any, what: str = "budget") -> float:
+    """'1/8' or '0.125' -> 0.125: a fraction in (0, 1] of the dense score matrix; ``what`` names the field in errors."""
+    item = str(text if text is not None else "").strip()
+    try:
+        value = float(Fraction(item))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{what} {item!r} is not a fraction; give one in (0, 1] like 1/8 or 0.125") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{what} {item} is outside (0, 1]; a budget is a fraction of the dense score matrix")
+    return value
+
+
+def parse_budgets(text: str, what: str = "--budget") -> list[tuple[str, float]]:
+    """'1/32,0.125' -> [('1/32', 0.03125), ('0.125', 0.125)]: each item read by ``parse_budget``."""
+    return [(item, parse_budget(item, what)) for item in (s.strip() for s in text.split(","))]
+
+
+def with_budget(name: str, kwargs: dict[str, Any], budget: float | None) -> dict[str, Any]:
+    """Backend ``name``'s kwargs with a ``--budget`` value added: exact attention (the baseline) takes none, and
+    a budget given in ``--attn-kwargs`` as well is refused (ValueError) rather than silently replaced."""
+    if budget is None or name == "exact":
+        return kwargs
+    if "budget" in kwargs:
+        raise ValueError(f"{name}: give the budget either in --attn-kwargs or with --budget, not both")
+    return {**kwargs, "budget": budget}
+
+
+def parse_truncation(value: Any, what: str = "truncation") -> float:
+    """Truncation in (0, 1]; ValueError otherwise (0 included: it would collapse every latent to zero)."""
+    try:
+        trunc = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number in (0, 1], got {value!r}") from None
+    if not (math.isfinite(trunc) and 0.0 < trunc <= 1.0):
+        raise ValueError(f"{what} must be in (0, 1], got {value!r}")
+    return trunc
 
 
 def _literal(text: str) -> Any:

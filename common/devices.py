@@ -31,3 +31,15 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"unsupported dtype {dtype!r}; accepted: float32, float16, bfloat16")
     return resolved
+
+
+def check_compile_backend(backend: str | None, option: str = "--compile") -> str | None:
+    """``backend`` if None or a name torch.compile knows (inductor, aot_eager, cudagraphs, ...), else ValueError."""
+    if backend is None:
+        return None
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"{option} {backend!r} is not a torch.compile backend; accepted: {', '.join(sorted(known))}")
+    return backend

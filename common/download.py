@@ -15,8 +15,8 @@ without a published hash is trusted on first use: its digest is written beside i
 the same way to the commit its first download got.
 
 Offline: with ``HF_HUB_OFFLINE=1`` nothing touches the network; when the Hub's host name does not
-resolve, the Hub is only read from its cache. A missing file is then a one-line ``FileNotFoundError``
-naming the files and the directory to put them in.
+resolve, the Hub is only read from its cache. A missing file is then a one-line ``DownloadMissing``
+(a ``FileNotFoundError``) naming the files, their URLs and the directory to put them in.
 """
 from __future__ import annotations
 
@@ -47,6 +47,34 @@ _HEX = set("0123456789abcdef")
 
 class ChecksumError(ValueError):
     """A file's SHA-256 is not the published or recorded one."""
+
+
+class DownloadMissing(FileNotFoundError):
+    """Files that are neither in the cache nor downloadable now; ``str()`` is the one-line message.
+
+    ``what`` names the files ("biggan-deep-128"), ``urls`` are those of the missing files, ``folder`` is where
+    they may be put by hand (under ``names``), ``reason`` says what failed (URL: cause; ...), ``cause`` the last
+    failure in a few words, ``alternative`` ends the remedy ("or pass ...").
+    """
+
+    def __init__(self, what: str, urls: Sequence[str], folder: Path, names: Sequence[str], reason: str,
+                 alternative: str = "", offline: bool = False, cause: str = ""):
+        self.what, self.urls, self.folder, self.names = what, tuple(urls), Path(folder), tuple(names)
+        self.reason, self.alternative, self.offline, self.cause = reason, alternative, offline, cause or reason
+        remedy = f"put {' and '.join(self.names)} in {self.folder}" + (f" {alternative}" if alternative else "")
+        head = f"{what} ({' and '.join(self.urls)}) is {reason}" if offline else f"could not download {what} ({reason})"
+        super().__init__(f"{head}; {remedy}")
+
+    def __reduce__(self):  # picklable with its fields (broadcast between torchrun ranks)
+        return type(self), (self.what, self.urls, self.folder, self.names, self.reason, self.alternative,
+                            self.offline, self.cause)
+
+
+def _reason(err: BaseException) -> str:
+    """An error's cause in a few words, without its class name (``<urlopen error [Errno -2] X>`` -> ``X``)."""
+    cause = getattr(err, "reason", None) or err  # urllib's URLError wraps the socket error
+    text = getattr(cause, "strerror", None) or str(cause)
+    return " ".join(text.split())[:160] or "failed"
 
 
 @dataclass(frozen=True)
@@ -189,10 +217,12 @@ def fetch_files(
         except ChecksumError:
             raise
         except Exception as err:  # any other Hub failure (offline miss, HTTP, connection): fall back to the URLs
-            failures.append(f"Hub {hub.repo}: {type(err).__name__}")
-    remedy = f"put {' and '.join(names)} in {folder}" + (f" {alternative}" if alternative else "")
+            failures.append(_reason(err) if isinstance(err, FileNotFoundError) else f"Hub {hub.repo}: {_reason(err)}")
+    missing = [f for f in files if not (folder / f.name).is_file()]
+    urls = [f.url for f in missing]
     if offline:
-        raise FileNotFoundError(f"{what} is not in the cache and {OFFLINE_ENV}=1 forbids downloading; {remedy}")
+        raise DownloadMissing(what, urls, folder, names, f"not in the cache and {OFFLINE_ENV}=1 forbids downloading",
+                              alternative, offline=True, cause=f"{OFFLINE_ENV}=1 forbids downloading")
     for f in files:
         dest = folder / f.name
         if dest.is_file():
@@ -201,8 +231,9 @@ def fetch_files(
         try:
             download_url(f.url, dest, f.sha256)
         except OSError as err:
-            failures.append(f"{f.url}: {' '.join(str(err).split()) or type(err).__name__}")
-            raise FileNotFoundError(f"could not download {what} ({'; '.join(failures)}); {remedy}") from None
+            failures.append(f"{f.url}: {_reason(err)}")
+            raise DownloadMissing(what, urls, folder, names, "; ".join(failures), alternative,
+                                  cause=_reason(err)) from None
     return folder
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -16,12 +17,25 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, forbidden pickle globals, ...
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason})") from None
+        raise ValueError(_unreadable(path, err)) from None
     if not isinstance(state, Mapping) or not state:
         kind = type(state).__name__
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: it holds a {kind}, not a state dict")
     return dict(state)
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """One whole sentence on why ``torch.load`` refused ``path`` (torch's own text is long and cut mid-way)."""
+    text = str(err)
+    forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if forbidden:
+        return (f"{path} is not a readable PyTorch checkpoint: it holds a pickled Python object "
+                f"({forbidden.group(1)}) besides tensors, and only weights are ever loaded.")
+    size = path.stat().st_size
+    what = "corrupt or truncated" if "zip archive" in text or isinstance(err, EOFError) or not size else (
+        "corrupt or truncated, or not a PyTorch file at all")
+    return (f"{path} is not a readable PyTorch checkpoint: the file ({size:,} bytes) is {what}; "
+            "download or copy it again.")
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:

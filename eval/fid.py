@@ -7,8 +7,9 @@
 
 Bad input prints one line on stderr and exits with code 2. Everything that can fail is checked before
 the first image is generated: the options, every backend against the generator's attention shape,
-the output folder, and the generator, Inception weights and reference statistics (all missing pieces
-reported in one message).
+the output folder (and that no other run uses it: ``common/run_lock.py``), and the generator, Inception weights
+and reference statistics (all missing pieces reported in one message; missing downloads as a short list,
+``eval/missing_pieces.py``).
 """
 from __future__ import annotations
 
@@ -16,30 +17,37 @@ import argparse
 import re
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch
 
-from common.cli import USER_ERRORS, OneLineParser, parse_attention_kwargs, report_error
+from common.cli import (
+    BUDGET_HELP,
+    USER_ERRORS,
+    OneLineParser,
+    parse_attention_kwargs,
+    parse_budgets,
+    parse_truncation,
+    report_error,
+    with_budget,
+)
+from common.devices import DTYPES, resolve_dtype
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_NUM_SAMPLES = 50000
 TINY_BUDGET = 1e-12  # building a backend at this budget gives its smallest possible configuration
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from common.download import cache_root
     from eval.image_plan import CLASS_ORDERS
+    from eval.inception import default_weights_path
     from eval.inception_input import INCEPTION_INPUTS
 
     p = OneLineParser(prog="eval/fid.py", description="Evaluate BigGAN attention backends on identical latents.")
     p.add_argument("--attn", default="exact", help="comma-separated backends, e.g. exact,smyrf,scatterbrain")
     p.add_argument("--attn-kwargs", action="append", default=[], metavar="NAME:key=value,... | NAME='{json}'",
                    help="parameters of one backend (grammar: docs/eval.md); repeatable")
-    p.add_argument("--budget", default=None, help="comma-separated fractions of the dense score matrix, e.g. 1/32,1/8")
+    p.add_argument("--budget", default=None, help=f"{BUDGET_HELP}; comma-separated for a sweep, e.g. 1/32,1/8")
     p.add_argument("--no-baseline", action="store_true", help="do not add exact when it is not listed in --attn")
     p.add_argument("--model", default="biggan-deep-128", help="model name or local checkpoint path")
     p.add_argument("--eps", type=float, default=None,
@@ -59,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--ref-stats", default=None, help="imagenet-128|256|512 or an .npz with mu/sigma "
-                   "(default: imagenet-<resolution>)")
+                   f"(default: imagenet-<resolution>, downloaded once; mu/sigma kept in {cache_root() / 'ref_stats'})")
     p.add_argument("--ref-images", default=None, help="folder of real images: centre-cropped and resized to the "
                    "generator's resolution, statistics cached")
     p.add_argument("--inception-weights", default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                   "(default: torch hub cache)")
+                   f"(default: downloaded once into {default_weights_path().parent}; BIGGAN_ATTN_CACHE moves it)")
     p.add_argument("--inception-input", default=None, choices=INCEPTION_INPUTS,
                    help="resize + normalisation protocol (default: tf for the ADM imagenet-* statistics, "
                    "else pytorch-fid)")
@@ -74,23 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples for 95%% intervals of FID and IS (0: off)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: <out>/features)")
     p.add_argument("--out", default="results/")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the generator with each attention backend (torch.compile backend, default "
+                        "inductor; cached apart from eager runs): the first batch per backend and shape compiles")
+    p.add_argument("--save-attention-inputs", default=None, metavar="FILE",
+                   help="also save the attention layer's q, k, v of the first --save-attention-images images to FILE "
+                        "(a tensor file for bench/pareto.py --inputs and bench/attention.py --inputs)")
+    p.add_argument("--save-attention-images", type=int, default=8, help="images to save q, k, v of (default 8)")
     return p
-
-
-def parse_budgets(text: str | None) -> list[tuple[str, float]]:
-    """'1/32,0.125' -> [('1/32', 0.03125), ('0.125', 0.125)]."""
-    if text is None:
-        return []
-    budgets = []
-    for item in (s.strip() for s in text.split(",")):
-        try:
-            value = float(Fraction(item))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"bad --budget entry {item!r}; give fractions in (0, 1] like 1/32 or 0.125") from None
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"--budget {item} is outside (0, 1]; a budget is a fraction of the dense score matrix")
-        budgets.append((item, value))
-    return budgets
 
 
 def method_specs(args) -> list:
@@ -109,7 +108,7 @@ def method_specs(args) -> list:
     if "exact" not in names and not args.no_baseline:
         names.insert(0, "exact")
     names.sort(key=lambda n: n != "exact")
-    budgets = parse_budgets(args.budget)
+    budgets = [] if args.budget is None else parse_budgets(args.budget)
     specs = []
     for name in names:
         params = dict(kwargs.get(name, {}))
@@ -117,10 +116,8 @@ def method_specs(args) -> list:
             params.setdefault("seed", args.seed)
         if name == "exact" or not budgets:
             variants = [(name, params)]
-        elif "budget" in params:
-            raise ValueError(f"{name}: give the budget either in --attn-kwargs or with --budget, not both")
         else:
-            variants = [(f"{name}@{text}", {**params, "budget": value}) for text, value in budgets]
+            variants = [(f"{name}@{text}", with_budget(name, params, value)) for text, value in budgets]
         for label, p in variants:
             try:
                 backend = build_attention(name, **p)
@@ -158,12 +155,14 @@ def check_against_shape(spec, shape) -> dict:
 
 
 def check_args(args) -> None:
+    from common.devices import check_compile_backend
+
+    check_compile_backend(args.compile)
     if args.num_samples is not None and args.num_samples < 2:
         raise ValueError(f"--num-samples must be >= 2 (a covariance needs two samples), got {args.num_samples}")
     if args.batch_size < 1 or args.shard_size < 1:
         raise ValueError("--batch-size and --shard-size must be >= 1")
-    if not 0.0 < args.truncation <= 1.0:
-        raise ValueError(f"--truncation must be in (0, 1], got {args.truncation}")
+    parse_truncation(args.truncation, "--truncation")
     if args.ref_stats and args.ref_images:
         raise ValueError("pass either --ref-stats or --ref-images, not both")
     if args.per_class is not None and args.per_class < 1:
@@ -176,6 +175,8 @@ def check_args(args) -> None:
         raise ValueError(f"--is-splits must be >= 1, got {args.is_splits}")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.save_attention_images < 1:
+        raise ValueError(f"--save-attention-images must be >= 1, got {args.save_attention_images}")
 
 
 def num_samples(args, classes: list[int]) -> int:
@@ -245,6 +246,7 @@ def _resolution_guess(model: str) -> int | None:
 
 def reference_statistics(args, inception, inception_id: str, resolution: int | None, feature_dim: int | None, ctx):
     """Rank 0 loads / downloads / computes (mu, sigma, source) or an error line; every rank gets the same."""
+    from common.download import DownloadMissing
     from eval.folder_stats import folder_statistics
     from eval.reference_stats import NAMED_STATS, resolve_named_or_file
 
@@ -271,6 +273,8 @@ def reference_statistics(args, inception, inception_id: str, resolution: int | N
                         f"pass --ref-stats FILE.npz (mu, sigma) or --ref-images DIR"
                     )
                 result = resolve_named_or_file(spec, feature_dim or 2048)
+        except DownloadMissing as err:  # kept whole: the first-run message lists its parts
+            result = err
         except FileNotFoundError as err:
             result = f"FileNotFoundError: {err}"
         except ValueError as err:
@@ -283,31 +287,31 @@ def load_everything(args, ctx, input_mode: str, check_generator):
     missing piece. ``check_generator`` runs as soon as the generator is loaded, before reference statistics
     are computed from images (which can take long)."""
     from eval.inception import load_inception
+    from eval.missing_pieces import startup_error
     from weights import load_generator
 
-    errors: list[BaseException] = []
+    errors: list[tuple[str, BaseException]] = []  # (the flag that replaces the piece, its error)
     inception = inception_id = G = None
     try:
         inception, inception_id = load_inception(args.inception_weights, ctx.device, input_mode=input_mode)
     except USER_ERRORS as err:
-        errors.append(err)
+        errors.append(("--inception-weights FILE", err))
     try:
         G = load_generator(args.model, attention="exact", device=ctx.device, dtype=args.dtype, eps=args.eps)
     except USER_ERRORS as err:
-        errors.append(err)
+        errors.append(("--model DIR (a local checkpoint)", err))
     checked = check_generator(G) if G is not None else None
     resolution = G.resolution if G is not None else _resolution_guess(args.model)
     feature_dim = inception.feature_dim if inception is not None else None
     ref = reference_statistics(args, inception, inception_id, resolution, feature_dim, ctx)
-    if isinstance(ref, str) and not ref.startswith("pending"):
+    if isinstance(ref, FileNotFoundError):
+        errors.append(("--ref-stats FILE.npz", ref))
+    elif isinstance(ref, str) and not ref.startswith("pending"):
         kind, _, message = ref.partition(": ")
-        errors.append((FileNotFoundError if kind == "FileNotFoundError" else ValueError)(message))
+        error = (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(message)
+        errors.append(("--ref-stats FILE.npz", error))
     if errors:
-        kind = FileNotFoundError if all(isinstance(e, FileNotFoundError) for e in errors) else ValueError
-        if len(errors) == 1:
-            raise kind(str(errors[0]))
-        listed = "; ".join(f"({i}) {e}" for i, e in enumerate(errors, 1))
-        raise kind(f"{len(errors)} things are missing or wrong: {listed}")
+        raise startup_error(errors)  # one line, or the first-run list when downloads are missing
     return inception, inception_id, G, checked, ref
 
 
@@ -321,6 +325,7 @@ def describe_device(device: torch.device) -> str:
 
 def run(args) -> int:
     from common.distributed import init_distributed, shutdown
+    from common.run_lock import hold_run_lock
     from eval.folder_stats import CROP_PROTOCOL
     from eval.image_plan import ImagePlan
     from eval.metrics import RowInputs, ScoreProtocol, method_row
@@ -341,9 +346,13 @@ def run(args) -> int:
     cache = Path(args.cache) if args.cache else out / "features"
     check_writable(out, "--out")
     check_writable(cache, "--cache")
+    if args.save_attention_inputs:
+        check_writable(Path(args.save_attention_inputs).parent, "--save-attention-inputs")
     input_mode = inception_input_mode(args)
     ctx = init_distributed(args.device)
+    lock = None
     try:
+        lock = hold_run_lock(out, "eval/fid.py", ctx)  # one run per --out; before anything is loaded or written
 
         def check_generator(G) -> dict[str, list[dict]]:
             if max(classes) >= G.num_classes:
@@ -354,8 +363,18 @@ def run(args) -> int:
         inception, inception_id, G, resolved, (ref_mu, ref_sigma, ref_source) = loaded
         plan = ImagePlan(args.truncation, args.seed, tuple(classes), args.latents, args.class_order, args.per_class,
                          n if args.latents == "reference" else None)
+        if args.compile:
+            G.compile(backend=args.compile)
         model = model_id(args.model) + (f"|eps={args.eps}" if args.eps else "")
-        image = ImageSpec(model, plan, args.dtype, inception_id, input_mode)
+        model += f"|compiled={args.compile}" if args.compile else ""  # compiled images: cached apart
+        dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")  # fp16 and half: one cache entry
+        image = ImageSpec(model, plan, dtype, inception_id, input_mode)
+        if args.save_attention_inputs and ctx.is_main:
+            from eval.attention_capture import capture_images, save_capture
+
+            q, k, v = capture_images(G, plan.sample, min(args.save_attention_images, n), args.batch_size)
+            saved = save_capture(Path(args.save_attention_inputs), q, k, v, model=args.model, attention="any")
+            print(f"saved the attention inputs of {q.shape[0]} images to {saved}", flush=True)
         todo = {s.label: missing_images(cache, image, s, n, args.shard_size, ctx) for s in specs}
         if ctx.is_main:
             print(f"device {describe_device(ctx.device)}, {args.dtype}, {ctx.world_size} process(es); "
@@ -414,6 +433,8 @@ def run(args) -> int:
             print(f"warning: {plot_error}", file=sys.stderr)
         return 0
     finally:
+        if lock is not None:
+            lock.release()
         shutdown(ctx)
 
 

@@ -223,7 +223,7 @@ def _fetch_default_weights() -> Path:
     """pytorch-fid's checkpoint from the cache (SHA-256 checked) or downloaded into it."""
     remote = RemoteFile(FID_WEIGHTS_FILE, FID_WEIGHTS_URL, FID_WEIGHTS_SHA256)
     folder = default_weights_path().parent
-    what = f"the FID Inception weights {FID_WEIGHTS_URL}"
+    what = "the FID Inception weights"  # the error adds the URL
     alternative = "(set BIGGAN_ATTN_CACHE to move it), or pass --inception-weights PATH"
     return fetch_files((remote,), folder, what, alternative=alternative) / FID_WEIGHTS_FILE
 

@@ -92,6 +92,10 @@ class Metric:
     value: Callable[[RowInputs], float | int | bool | None]
 
 
+def _speedup(exact_seconds: float, seconds: float) -> float | None:
+    return exact_seconds / seconds if seconds > 0 else None
+
+
 def _ci(key: str, end: int) -> Callable[[RowInputs], float | None]:
     return lambda r: None if r.intervals[key] is None else r.intervals[key][end]
 
@@ -120,6 +124,14 @@ METRICS: tuple[Metric, ...] = (
            lambda r: r.run.features.shape[0] / r.run.gen_seconds),
     Metric("attn_ms", "{:.3f}", "backend time per attention call",
            lambda r: 1000.0 * r.run.attn_seconds / max(r.run.attn_calls, 1)),
+    Metric("attn_share", "{:.3f}", "share of the generator's time spent in attention calls",
+           lambda r: r.run.attn_seconds / r.run.gen_seconds),
+    Metric("attn_speedup", "{:.2f}", "exact attention's time per call / this backend's (> 1: faster than exact)",
+           lambda r: _speedup(r.exact.attn_seconds / max(r.exact.attn_calls, 1),
+                              r.run.attn_seconds / max(r.run.attn_calls, 1)) if r.exact is not None else None),
+    Metric("gen_speedup", "{:.2f}", "exact's generator time per image / this method's: the end-to-end speed-up",
+           lambda r: _speedup(r.exact.gen_seconds / r.exact.features.shape[0],
+                              r.run.gen_seconds / r.run.features.shape[0]) if r.exact is not None else None),
     Metric("attn_peak_mb", "{:.2f}", "peak memory of one backend call (GPU) or its score/feature entries (CPU)",
            lambda r: r.run.attn_peak_bytes / 2**20),
     Metric("n", "{}", "images evaluated", lambda r: int(r.run.features.shape[0])),

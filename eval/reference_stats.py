@@ -83,7 +83,7 @@ def _download_named(name: str, target: Path) -> None:
     url = NAMED_STATS[name]
     remote = RemoteFile(url.rsplit("/", 1)[1], url, NAMED_STATS_SHA256[name])
     alternative = f"(or an .npz with just mu/sigma at {target}), set BIGGAN_ATTN_CACHE, or pass --ref-stats FILE.npz"
-    what = f"reference statistics {name!r} ({url})"
+    what = f"reference statistics {name!r}"  # the error adds the URL
     batch = fetch_files((remote,), cache_dir() / "downloads", what, alternative=alternative) / remote.name
     try:
         with np.load(batch, allow_pickle=False) as data:

@@ -7,9 +7,10 @@ Inception features, logits, per-image attention error and timings are saved atom
     <cache>/<label>-<key>/shard_<start>_<end>.pt
 
 where ``key`` hashes everything that fixes the images and their features (model, the image plan,
-dtype, backend and its parameters, Inception weights and input protocol; not the batch size, which
-changes per-image results only by float round-off). A re-run, a larger N or an added backend reuses the
-shards that exist; a run killed midway loses at most the shard in progress.
+dtype, backend and its parameters, Inception weights and input protocol, and ``SHARD_FORMAT``; not the
+batch size, which changes per-image results only by float round-off). A re-run, a larger N or an added
+backend reuses the shards that exist; a run killed midway loses at most the shard in progress. A shard
+that lacks a field the merge reads, or was written in another format, is computed again, never merged.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ from common.images import quantize
 from .attention_probe import AttentionProbe, probed
 from .features import MethodFeatures
 from .image_plan import ImagePlan
+
+# Bump when a shard's fields or their meaning change: shards of other formats are then computed again.
+SHARD_FORMAT = 2  # 1: the unversioned shards before the format entered the key
+PER_IMAGE_FIELDS = ("features", "logits", "attn_error")  # tensors with one row per image
+TOTAL_FIELDS = ("gen_seconds", "attn_seconds", "attn_calls", "attn_peak_bytes")  # numbers summed or maxed
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,8 @@ class ImageSpec:
 
 def cache_key(image: ImageSpec, method: MethodSpec) -> str:
     fields = {**dataclasses.asdict(image), "plan": dataclasses.asdict(image.plan)}
-    blob = json.dumps({"image": fields, "attention": method.attention, "kwargs": method.kwargs},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"format": SHARD_FORMAT, "image": fields, "attention": method.attention,
+                       "kwargs": method.kwargs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -77,14 +83,20 @@ def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 def _load_shard(path: Path, size: int) -> dict | None:
-    """A finished shard, or None when missing or unreadable (then it is recomputed)."""
+    """A finished shard of ``size`` images in ``SHARD_FORMAT`` with every field the merge reads, or None when
+    it is missing, unreadable, of another format or incomplete (then it is recomputed)."""
     if not path.is_file():
         return None
     try:
         shard = read_checkpoint(path)
     except ValueError:
         return None
-    return shard if shard.get("features") is not None and shard["features"].shape[0] == size else None
+    if not isinstance(shard, dict) or shard.get("format") != SHARD_FORMAT:
+        return None
+    rows = all(isinstance(shard.get(f), torch.Tensor) and shard[f].shape[:1] == (size,) for f in PER_IMAGE_FIELDS)
+    totals = all(isinstance(shard.get(f), int | float) for f in TOTAL_FIELDS)
+    shape = shard.get("attn_shape")
+    return shard if rows and totals and isinstance(shape, list) and all(isinstance(x, int) for x in shape) else None
 
 
 def save_shard(shard: dict, path: Path) -> None:
@@ -162,6 +174,7 @@ def compute_shard(G, inception, image: ImageSpec, method: MethodSpec, start: int
             if bar is not None:
                 bar.update(len(idx))
     return {
+        "format": SHARD_FORMAT,
         "features": torch.cat(feats), "logits": torch.cat(logits), "attn_error": torch.cat(errors),
         "gen_seconds": max(gen_seconds - probe.reference_seconds, 1e-9), "attn_seconds": probe.seconds,
         "attn_calls": probe.calls, "attn_peak_bytes": probe.peak_bytes, "attn_shape": list(probe.shape or ()),

@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 VIEWPORT = {"width": 1400, "height": 900}
 PUBLISHED = [name for name in available_attentions(published=True) if name != "exact"]
 APPROXIMATE = [name for name in available_attentions() if name != "exact"]
+HEADER_H = 2 * 16 + 4  # the grid PNG's settings header: two 16-px lines and padding
 NUMBER_KEYS = {"gen": r"gen \d+\.\d{3} s", "attn": r"attn \d+\.\d{2} ms", "mem": r"mem \d+\.\d{2} MiB",
                "err": r"attn err \d(\.\d+)?(e[-+]?\d+)?", "pix": r"pixel diff \d(\.\d+)?(e[-+]?\d+)?"}
 
@@ -58,7 +59,8 @@ def app_process(tiny_deep_dir, tmp_path_factory):
     (work / "tmp").mkdir()
     log = work / "server.log"
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost",
-                        "GRADIO_TEMP_DIR": str(work / "gradio"), "TMPDIR": str(work / "tmp")}
+                        "GRADIO_TEMP_DIR": str(work / "gradio"), "TMPDIR": str(work / "tmp"),
+                        "BIGGAN_ATTN_CACHE": str(work / "cache")}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "app" / "app.py"), "--model", str(tiny_deep_dir),
                                  "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env, stdout=out,
@@ -153,9 +155,13 @@ def test_generate_gives_one_labelled_row_per_backend(client, tiny_deep_dir):
     assert plot and plot.get("plot"), plot  # the error / pixel-difference figure was sent
     with Image.open(grid_path) as grid:
         pixels = np.asarray(grid.convert("L"))
-    # 3 rows of 128 px (+2 px padding); a label column left of 2 images; fails if a row or the labels are missing
-    assert pixels.shape[0] == 2 + 3 * (RESOLUTION + 2) and pixels.shape[1] > 2 * (RESOLUTION + 2) + 100
-    assert pixels[:, :100].min() < 100  # dark label text in the label column
+    # the settings header (two 16-px lines), then 3 rows of 128 px (+2 px padding); a label column left of 2
+    # images; fails if the header, a row or the labels are missing
+    assert pixels.shape[0] == HEADER_H + 2 + 3 * (RESOLUTION + 2) and pixels.shape[1] > 2 * (RESOLUTION + 2) + 100
+    assert pixels[:HEADER_H].min() < 100 and pixels[HEADER_H:, :100].min() < 100  # header and label text
+    # named after the settings: model, budget 1/8, seed 3, truncation 0.4, class 1 (goldfish), digest
+    assert re.fullmatch(r"grid-biggan-deep-tiny-budget1_8-seed3-trunc0\.4-classes1-[0-9a-f]{8}\.png",
+                        Path(grid_path).name), grid_path
 
 
 def test_render_switches_to_heatmaps_with_a_stated_scale(client, tiny_deep_dir):
@@ -166,7 +172,8 @@ def test_render_switches_to_heatmaps_with_a_stated_scale(client, tiny_deep_dir):
     assert "linear-gradient" in html and "bg-bar" in html  # the colour bar
     assert stated >= table["data"][1][6] > 0  # the maximum difference is at least the mean difference
     with Image.open(grid_path) as grid:
-        assert grid.size[1] == 2 + 2 * (RESOLUTION + 2) + 3 * 16 + 4  # two rows plus the colour bar
+        assert grid.size[1] == HEADER_H + 2 + 2 * (RESOLUTION + 2) + 3 * 16 + 4  # header, two rows, colour bar
+    assert Path(grid_path).name.endswith("-heatmaps.png")
 
 
 def test_backend_parameters_reach_the_backend(client, tiny_deep_dir):
@@ -232,6 +239,48 @@ def _boxes(page, selector: str) -> list[dict]:
     })""")
 
 
+# For each Measurements cell: its text, the positions where a line break falls between two characters of one
+# word or number (letters, digits, '.', '_'), and whether its text runs past the cell's right edge.
+_CELL_BREAKS = """els => els.map(e => {
+    const node = [...e.childNodes].find(n => n.nodeType === Node.TEXT_NODE);
+    const cell = e.closest('[role=gridcell]');
+    const broken = [];
+    if (node) {
+        const range = document.createRange();
+        let top = null;
+        for (let i = 0; i < node.length; i++) {
+            range.setStart(node, i);
+            range.setEnd(node, i + 1);
+            const rects = range.getClientRects();
+            if (!rects.length) continue;
+            const word = c => /[\\w.]/.test(c);
+            if (top !== null && rects[0].top > top + 1 && word(node.data[i - 1]) && word(node.data[i])) broken.push(i);
+            top = rects[0].top;
+        }
+    }
+    return {text: node ? node.data : e.innerText, broken,
+            clipped: e.getBoundingClientRect().right > cell.getBoundingClientRect().right + 1};
+})"""
+
+
+def _assert_no_cell_breaks_a_number(page) -> None:
+    cells = page.locator("#measurements [role=gridcell] span").evaluate_all(_CELL_BREAKS)
+    assert len(cells) >= 8, cells  # one row at least, every column
+    for cell in cells:
+        assert not cell["broken"] and not cell["clipped"], f"table cell breaks a word or number: {cell}"
+
+
+def _save_grid_png(page, server: str, shots: Path) -> Path:
+    """The grid PNG the page offers for download, saved under its own name in ``shots``."""
+    from urllib.parse import urljoin, urlparse
+
+    href = page.locator("#grid a[href]").first.get_attribute("href")
+    path = shots / Path(urlparse(href).path).name
+    with urllib.request.urlopen(urljoin(server, href), timeout=30) as response:
+        path.write_bytes(response.read())
+    return path
+
+
 def _assert_in_viewport(box: dict, what: str) -> None:
     inside = (box["x"] >= 0 and box["y"] >= 0
               and box["right"] <= VIEWPORT["width"] and box["bottom"] <= VIEWPORT["height"])
@@ -258,8 +307,25 @@ def test_browser_rows_are_readable_at_1400x900(server, tmp_path):
         browser = pw.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                                         viewport=VIEWPORT)
         try:
+            # a first run that fails (a named model, offline): its long message replaces the idle hint and
+            # wraps inside the left column (a page of its own: this session then holds no results)
             page = browser.new_page()
             page.goto(server, timeout=60_000)
+            page.locator("#model input").fill("biggan-deep-256")
+            page.locator("#model input").press("Enter")
+            page.locator("#generate").click()
+            expect(page.locator("#status")).to_contain_text("HF_HUB_OFFLINE=1 forbids downloading", timeout=60_000)
+            expect(page.get_by_text("Choose backends and press Generate.")).to_be_hidden()
+            page.screenshot(path=str(shots / "offline_error.png"))
+            (message,) = _boxes(page, "#status .bg-error")
+            (controls,) = _boxes(page, "#controls")
+            assert not message["clipped"] and controls["x"] <= message["x"] and message["right"] <= controls["right"], (
+                message, controls)
+            page.close()
+
+            page = browser.new_page()
+            page.goto(server, timeout=60_000)
+            expect(page.get_by_text("Choose backends and press Generate.")).to_be_visible()
             _check(page, names)
             # the page at rest fits the window: with nothing to scroll, no focus or click can move it
             assert page.evaluate("document.documentElement.scrollHeight") <= VIEWPORT["height"]
@@ -272,6 +338,12 @@ def test_browser_rows_are_readable_at_1400x900(server, tmp_path):
                 timeout=30_000)
             page.screenshot(path=str(shots / "rows.png"))
             assert page.evaluate("window.scrollY") == 0  # nothing scrolled the page to show the results
+            _assert_no_cell_breaks_a_number(page)
+            grid_png = _save_grid_png(page, server, shots)
+            assert re.fullmatch(r"grid-biggan-deep-tiny-budget1_8-seed0-trunc0\.4-classes[0-9_]+-[0-9a-f]{8}\.png",
+                                grid_png.name), grid_png
+            with Image.open(grid_png) as picture:
+                assert np.asarray(picture.convert("L"))[:HEADER_H].min() < 100  # the settings header is drawn
             labels = _boxes(page, "#bg-results .bg-label")
             assert [box["text"].split()[0] for box in labels] == ["exact", *names]
             for box in labels:
@@ -322,3 +394,6 @@ def test_sigterm_removes_the_scratch_folder(app_process, client, tiny_deep_dir):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     assert not scratch[0].exists()
+    log = (work / "server.log").read_text()  # the server's stdout and stderr
+    assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+    assert "--share" in log and "share=True" not in log, log  # the start-up line names our flag, not launch()'s

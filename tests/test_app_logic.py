@@ -184,6 +184,28 @@ def test_heatmap_grid_and_scale():
     assert np.abs(bar[4:].astype(int) - lut[255]).sum(axis=1).min() <= 6  # the bar reaches the brightest colour
 
 
+def test_grid_header_adds_its_lines_above_the_rows():
+    images = np.full((1, 8, 8, 3), 128, np.uint8)
+    rows = [(["exact", "reference"], images)]
+    plain = np.asarray(grid(rows).convert("L"))
+    headed = np.asarray(grid(rows, header=["model: x | budget: 1/8", "classes: 1 goldfish"]).convert("L"))
+    band = 2 * 16 + 4  # two 16-px text lines and their padding
+    assert headed.shape[0] == plain.shape[0] + band and headed[:band].min() < 100  # dark header text
+    np.testing.assert_array_equal(headed[band:, :plain.shape[1]], plain)  # the rows below, unchanged
+
+
+def test_grid_file_name_is_descriptive_and_deterministic():
+    from app.grid_labels import grid_file_name, grid_setting
+
+    setting = grid_setting("/models/biggan-deep-256", "1/8", 3, 0.4, [1, 207, 1], [("smyrf", {"budget": 0.125})])
+    name = grid_file_name(setting, heatmaps=False)
+    assert re.fullmatch(r"grid-biggan-deep-256-budget1_8-seed3-trunc0\.4-classes1_207-[0-9a-f]{8}\.png", name), name
+    assert grid_file_name(dict(setting), heatmaps=False) == name  # the same settings, the same name
+    assert grid_file_name(setting, heatmaps=True) == name.replace(".png", "-heatmaps.png")
+    other = grid_setting("/models/biggan-deep-256", "1/8", 3, 0.4, [1, 207, 1], [("smyrf", {"budget": 0.25})])
+    assert grid_file_name(other, heatmaps=False) != name  # a backend parameter changes the digest
+
+
 def test_rows_html_carries_names_groups_numbers_and_scale():
     from app.ui import rows_html
 
@@ -267,8 +289,8 @@ def test_grid_png_is_written_atomically_and_the_scratch_folder_is_bounded(compar
     from app import ui
 
     monkeypatch.setattr(ui, "MAX_GRIDS", 3)
-    for _ in range(ui.MAX_GRIDS + 3):
-        *_, path, state = comparison.generate(**_form(str(tiny_deep_dir), published=[]))
+    for seed in range(ui.MAX_GRIDS + 3):  # other settings, other file names
+        *_, path, state = comparison.generate(**_form(str(tiny_deep_dir), published=[], seed=seed))
     files = sorted(comparison.scratch.iterdir())
     assert len(files) <= ui.MAX_GRIDS and all(f.name.startswith("grid-") and f.suffix == ".png" for f in files)
     with Image.open(path) as picture:

@@ -14,8 +14,6 @@ from gan.attention.parts.centred_favor import (
     estimate_with_noise,
     fit_noise_factor,
     query_weights,
-    scaled_noise,
-    shrink_towards,
     summarise_keys,
 )
 from gan.attention.parts.random_features import draw_orthogonal_projection
@@ -83,12 +81,24 @@ def test_noise_estimate_is_the_plain_group_spread(num_features):
     assert ((var.double() - plain_var).abs() / plain_var).max() < 1e-3
 
 
+def plain_shrink(estimate, var, base, kappa):
+    """Positive-part James-Stein written out: base + lam (estimate - base), lam = max(0, 1 - kappa var / |gap|^2);
+    kappa = 0 keeps the estimate, kappa = inf gives the base."""
+    gap = estimate - base
+    if kappa == 0:
+        return estimate.clone()
+    if math.isinf(kappa):
+        return base.expand_as(estimate).clone()
+    lam = (1 - kappa * var / gap.square().sum(-1)).clamp(0.0, 1.0)
+    return base + lam.unsqueeze(-1) * gap
+
+
 def test_noise_factor_is_the_best_on_the_probes():
     # The factor chosen (all at once) must have the smallest probe error of the shrinkages one factor at a time.
     g = torch.Generator().manual_seed(0)
     estimate, truth = torch.randn(3, 40, 6, generator=g), torch.randn(3, 40, 6, generator=g)
     var, base = torch.rand(3, 40, generator=g) * torch.rand(3, 1, generator=g) * 40, torch.randn(3, 1, 6, generator=g)
-    shrunk = [shrink_towards(estimate, scaled_noise(var, kappa), base) for kappa in NOISE_FACTORS]
+    shrunk = [plain_shrink(estimate, var, base, kappa) for kappa in NOISE_FACTORS]
     errors = torch.stack([(one - truth).square().sum((1, 2)) for one in shrunk])  # (K, B)
     chosen = fit_noise_factor(estimate, var, base, truth)  # (B, 1)
     picked = errors[[NOISE_FACTORS.index(kappa) for kappa in chosen.flatten().tolist()], range(3)]

@@ -20,7 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 # Every registered backend, in registry order: published algorithms first, then the project's variants with the
 # published method each varies. A backend added, renamed or removed (a deleted module) must be changed here too.
 PUBLISHED = ["exact", "smyrf", "reformer", "performer", "scatterbrain", "sblocal", "topk", "kdeformer", "thinformer"]
-VARIANTS = {"smyrf-topkeys": "smyrf", "scatterbrain-centred": "scatterbrain", "performer-centred-shrunk": "performer"}
+VARIANTS = {
+    "smyrf-topkeys": "smyrf",
+    "scatterbrain-centred": "scatterbrain",
+    "performer-centred-shrunk": "performer",
+    "scatterbrain-meanfield": "scatterbrain",
+}
 
 
 def test_available_attentions_lists_every_backend_published_first():

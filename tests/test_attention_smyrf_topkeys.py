@@ -212,7 +212,7 @@ def test_more_clusters_than_keys_rejected():
 
 @pytest.mark.parametrize("name", ["smyrf-topkeys", "scatterbrain-centred"])
 def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
-    # clustered_attention scores a round in steps of whole clusters (PAIRS_PER_STEP bounds the working
+    # clustered_attention scores the rounds in steps of whole clusters (PAIRS_PER_ELEMENT_STEP bounds the working
     # set); tiny steps (one or two clusters each) must give the one-step result to float round-off (1e-5):
     # fails if a step drops clusters, misses earlier-round duplicates or rescales other queries wrongly.
     from gan.attention.parts import round_attention
@@ -220,7 +220,7 @@ def test_cluster_steps_do_not_change_the_result(name, monkeypatch):
     q, k, v = qkv(nq=250, nk=62)
     attn = build_attention(name, n_hashes=3, seed=1, q_cluster_size=16, k_cluster_size=4)
     whole = attn(q, k, v, scale=0.7)
-    monkeypatch.setattr(round_attention, "PAIRS_PER_STEP", 2 * 16 * 8)
+    monkeypatch.setattr(round_attention, "PAIRS_PER_ELEMENT_STEP", 16 * 8)
     stepped = attn(q, k, v, scale=0.7)
     assert rel_err(stepped, whole.double()) < 1e-5
 

@@ -27,7 +27,7 @@ def test_command_prints_one_line_per_cell(capsys):
 def test_bad_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("stress_regimes: ")
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
 
 
 def test_sparse_part_counts_every_batch_element(capsys, monkeypatch):
@@ -47,4 +47,4 @@ def test_sparse_part_bad_input_is_one_line_and_exit_2(argv, capsys):
 
     assert sparse_part.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("sparse_part: ")
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")

@@ -122,7 +122,8 @@ def test_unreachable_or_offline_is_one_line_naming_files_and_directory(tmp_path,
     assert f"put a.bin and b.json in {cache} or pass a path" in message and "\n" not in message
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     calls.clear()
-    with pytest.raises(FileNotFoundError, match=f"model y is not in the cache and HF_HUB_OFFLINE=1 .* in {cache}"):
+    urls = r"\(https://example.invalid/a.bin and https://example.invalid/b.json\)"  # offline: the URLs are named
+    with pytest.raises(FileNotFoundError, match=f"model y {urls} is not in the cache and HF_HUB_OFFLINE=1 .* {cache}"):
         fetch_files(files, cache, "model y")
     assert calls == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ N = 6
 # every backend's fields in results.json, as the issues list them (not read from the module under test)
 ISSUE_FIELDS = {"published", "fid", "fid_ci_low", "fid_ci_high", "fid_to_exact", "fid_eps", "is_mean", "is_std",
                 "is_ci_low", "is_ci_high", "attn_rel_error", "top1_changed", "images_per_s", "attn_ms",
-                "attn_peak_mb", "n"}
+                "attn_peak_mb", "n", "attn_share", "attn_speedup", "gen_speedup"}
 NUMERIC = ISSUE_FIELDS - {"published", "fid_eps"}
 
 
@@ -93,6 +94,12 @@ def test_several_backends_paired_results_and_cache_reuse(tiny_deep_dir, assets, 
         assert row["fid_ci_low"] <= row["fid_ci_high"] and row["is_ci_low"] <= row["is_ci_high"]
     exact = results["methods"]["exact"]
     assert exact["attn_rel_error"] == 0.0 and exact["top1_changed"] == 0.0
+    # end-to-end honesty: speed-ups against exact agree with the per-image and per-call figures (1e-9 relative)
+    for label in labels:
+        row = results["methods"][label]
+        assert 0 < row["attn_share"] < 1, row
+        assert row["gen_speedup"] == pytest.approx(row["images_per_s"] / exact["images_per_s"], rel=1e-9)
+        assert row["attn_speedup"] == pytest.approx(exact["attn_ms"] / row["attn_ms"], rel=1e-9)
     # FID to exact of exact: the Frechet distance of a Gaussian to itself, 0 up to float64 round-off of tr(sigma)
     assert abs(exact["fid_to_exact"]) < 1e-6
     for label in APPROX:  # an approximation moves the attention output (tiny d=2 maps: clearly > 1e-6)
@@ -173,6 +180,46 @@ def test_resume_after_interruption(tiny_deep_dir, assets, tmp_path, generate_cal
     assert main(_argv(tiny_deep_dir, assets, out, "--attn", f"exact,{CHEAP}")) == 0
     assert {name for name, _, _ in generate_calls} == {CHEAP}
     assert sum(z.shape[0] for _, z, _ in generate_calls) == N
+
+
+def _old_format_shard(size: int) -> dict:
+    """A shard as the runner wrote them before shards carried a format version, holding fake values."""
+    return {"features": torch.full((size, 128), 1e3), "logits": torch.zeros(size, 1008),
+            "attn_error": torch.zeros(size), "gen_seconds": 1.0, "attn_seconds": 1.0, "attn_calls": 1,
+            "attn_peak_bytes": 1, "attn_shape": [16, 4, 2]}
+
+
+@pytest.mark.parametrize("stale", ["older format", "missing field"])
+def test_stale_shards_are_recomputed_never_merged(tiny_deep_dir, assets, tmp_path, generate_calls, stale):
+    out = tmp_path / "out"
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact")) == 0
+    fid = json.loads((out / "results.json").read_text())["methods"]["exact"]["fid"]
+    first = sorted((out / "features").rglob("shard_*.pt"))[0]  # images 0-3
+    assert first.name == "shard_00000000_00000004.pt"
+    if stale == "older format":  # every field the merge reads, but no format version
+        shard = _old_format_shard(4)
+    else:  # the current format (as just written) without the logits
+        shard = {k: v for k, v in runner.read_checkpoint(first).items() if k != "logits"}
+        shard["features"] = torch.full((4, 128), 1e3)
+    torch.save(shard, first)
+    generate_calls.clear()
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact")) == 0
+    regenerated = torch.cat([z for _, z, _ in generate_calls])
+    torch.testing.assert_close(regenerated, per_image_latents(range(4), regenerated.shape[1], 1.0, seed=0))
+    rewritten = runner.read_checkpoint(first)
+    assert "logits" in rewritten and not bool((rewritten["features"] == 1e3).all())  # the fake shard was replaced
+    # the same images again: the FID of the first run, not one moved by the fake features (1e-6 relative)
+    assert json.loads((out / "results.json").read_text())["methods"]["exact"]["fid"] == pytest.approx(fid, rel=1e-6)
+
+
+def test_another_shard_format_is_another_cache_entry(tiny_deep_dir, assets, tmp_path, generate_calls, monkeypatch):
+    out = tmp_path / "out"
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact")) == 0
+    monkeypatch.setattr(runner, "SHARD_FORMAT", runner.SHARD_FORMAT + 1)  # a later format change
+    generate_calls.clear()
+    assert main(_argv(tiny_deep_dir, assets, out, "--attn", "exact")) == 0
+    assert sum(z.shape[0] for _, z, _ in generate_calls) == N  # nothing of the earlier format was reused
+    assert len([d for d in (out / "features").iterdir() if d.is_dir()]) == 2  # kept beside, under its own key
 
 
 def test_full_disk_is_one_line_and_keeps_finished_shards(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
@@ -373,9 +420,25 @@ def test_bad_input_exits_2_with_one_line_before_any_work(case, tiny_deep_dir, as
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_offline_first_run_names_every_missing_piece_at_once(assets, tmp_path, monkeypatch, capfd, generate_calls):
-    # No network, empty caches, named generator, default Inception weights, default reference statistics:
-    # one line naming all three, nothing generated or written.
+# The published URLs, written out here (not read from the code under test)
+INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+S3 = "https://s3.amazonaws.com/models.huggingface.co/biggan/biggan-deep-128"
+ADM_128_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/128/"
+               "VIRTUAL_imagenet128_labeled.npz")
+SMOKE_TAIL = "python eval/smoke_assets.py smoke && python eval/fid.py --model smoke/biggan-deep-128-tiny "
+
+
+def _first_run_message(err: str, pieces: int) -> list[str]:
+    """The missing-downloads message: 'error: <header>', one '- ' line per missing piece, the smoke command."""
+    lines = err.rsplit("\r", 1)[-1].strip("\n").split("\n")
+    assert lines[0].startswith("error: ") and lines[0].endswith(":"), err
+    assert len(lines) == 1 + pieces + 1 and all(line.startswith("- ") for line in lines[1:-1]), err
+    assert SMOKE_TAIL in lines[-1], lines[-1]
+    assert "Traceback" not in err and not re.search(r"[A-Za-z]*(Error|Exception)\b", err), err  # no class names
+    return lines
+
+
+def _no_network(monkeypatch, tmp_path) -> None:
     import socket
     import urllib.request
 
@@ -386,14 +449,31 @@ def test_offline_first_run_names_every_missing_piece_at_once(assets, tmp_path, m
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+
+
+def test_offline_first_run_lists_every_missing_piece_then_the_smoke_run(assets, tmp_path, monkeypatch, capfd,
+                                                                         generate_calls):
+    # No network, empty caches, named generator, default Inception weights, default reference statistics:
+    # one line per missing piece (what, URLs, folder, flag), then the offline smoke command; nothing generated
+    # or written.
+    _no_network(monkeypatch, tmp_path)
     argv = _drop(_drop(_argv("biggan-deep-128", assets, tmp_path / "out"), "--inception-weights"), "--ref-stats")
     assert main(argv) == 2
-    line = _one_line_error(capfd.readouterr().err)
-    assert line.startswith("error: 3 things are missing or wrong: (1) ") and "(2) " in line and "(3) " in line, line
-    assert "pt_inception-2015-12-05-6726825d.pth" in line  # the Inception weights
-    assert "could not download biggan-deep-128" in line  # the generator
-    assert "VIRTUAL_imagenet128_labeled.npz" in line  # the reference statistics
+    _, inception, generator, ref, smoke = _first_run_message(capfd.readouterr().err, 3)
+    cache = tmp_path / "cache"
+    assert INCEPTION_URL in inception and f"{cache / 'inception'}/" in inception and "--inception-weights" in inception
+    assert f"{S3}-config.json" in generator and f"{S3}-pytorch_model.bin" in generator  # the weights' URL too
+    assert f"{cache / 'models' / 'biggan-deep-128'}/" in generator and "--model" in generator
+    assert ADM_128_URL in ref and f"{cache / 'downloads'}/" in ref and "--ref-stats" in ref
     assert generate_calls == [] and not (tmp_path / "out").exists()
+
+
+def test_help_names_the_folder_the_message_names(capsys, tmp_path, monkeypatch):
+    # --inception-weights' help and the offline message agree on where the default weights live
+    monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping inside the path
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert f"(default: downloaded once into {tmp_path / 'cache' / 'inception'};" in capsys.readouterr().out
 
 
 def test_adm_reference_statistics_default_to_the_tf_input(tiny_deep_dir, assets, tmp_path):
@@ -413,13 +493,12 @@ def test_default_reference_stats_offline_say_where_to_put_them(tiny_deep_dir, as
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _argv(tiny_deep_dir, assets, tmp_path / "out", "--ref-stats", "imagenet-128")
     assert main(argv) == 2
-    line = _one_line_error(capsys.readouterr().err)
-    assert "VIRTUAL_imagenet128_labeled.npz" in line
-    assert str(tmp_path / "cache" / "ref_stats" / "imagenet-128.npz") in line
+    _, line, _ = _first_run_message(capsys.readouterr().err, 1)
+    assert ADM_128_URL in line and str(tmp_path / "cache" / "downloads") in line and "--ref-stats" in line, line
     assert not (tmp_path / "out").exists()
 
 
-def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path, monkeypatch, capfd, generate_calls):
+def test_named_model_unavailable_offline_fails_fast(assets, tmp_path, monkeypatch, capfd, generate_calls):
     # No network at all (DNS fails) and an empty Hugging Face cache: the named model cannot be had.
     # Fails if huggingface_hub's retry warnings reach stderr, if the back-off (about 25 s) is waited
     # out, or if anything is generated or written before the error.
@@ -436,14 +515,14 @@ def test_named_model_unavailable_offline_fails_fast_in_one_line(assets, tmp_path
     start = time.monotonic()
     assert main(argv) == 2
     assert time.monotonic() - start < 10
-    line = _one_line_error(capfd.readouterr().err)
-    assert line.startswith("error: could not download biggan-deep-128"), line
+    _, line, _ = _first_run_message(capfd.readouterr().err, 1)
+    assert line.startswith("- biggan-deep-128: download "), line
     assert str(tmp_path / "cache" / "models" / "biggan-deep-128") in line  # where to put the files
     assert generate_calls == [] and not (tmp_path / "out").exists()
 
 
 def test_nan_output_names_the_backend(tiny_deep_dir, assets, tmp_path, monkeypatch, capsys):
-    from gan.attention.exact import ExactAttention
+    from gan.attention.published.exact import ExactAttention
 
     def nan_attend(self, q, k, v, scale):
         return torch.full((*q.shape[:2], v.shape[2]), float("nan"), dtype=q.dtype)
@@ -481,9 +560,9 @@ def test_default_inception_weights_offline_say_where_to_put_them(tiny_deep_dir, 
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     argv = _drop(_argv(tiny_deep_dir, assets, tmp_path / "out", "--attn", "exact"), "--inception-weights")
     assert main(argv) == 2
-    line = _one_line_error(capsys.readouterr().err)
-    assert "pt_inception-2015-12-05-6726825d.pth" in line and str(tmp_path / "cache" / "inception") in line, line
-    assert "BIGGAN_ATTN_CACHE" in line and "--inception-weights" in line, line
+    _, line, _ = _first_run_message(capsys.readouterr().err, 1)
+    assert INCEPTION_URL in line and str(tmp_path / "cache" / "inception") in line, line
+    assert "--inception-weights" in line, line
     assert not (tmp_path / "out").exists()
 
 
@@ -500,8 +579,8 @@ def test_offline_smoke_run_of_the_readme(tmp_path, capsys):
     from eval.smoke_assets import main as smoke_main
 
     assert smoke_main([str(tmp_path / "smoke")]) == 0
-    command = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
-    assert command[:2] == ["python", "eval/fid.py"]
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python eval/fid.py ")]
+    command = shlex.split(line)
     argv = command[2:]
     argv[argv.index("--num-samples") + 1] = "4"  # the README's 20 images, cut to keep the suite fast
     argv[argv.index("--batch-size") + 1] = "4"

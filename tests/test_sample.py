@@ -199,6 +199,9 @@ def test_two_process_gloo_run_is_the_union_of_one_process(reference, tiny_deep_d
         ({"--attn-kwargs": "[1]"}, "--attn-kwargs"),
         ({"--attn-kwargs": '{"k": 1'}, "--attn-kwargs"),
         ({"--truncation": "0"}, "--truncation must be in (0, 1]"),
+        ({"--budget": "2"}, "--budget 2 is outside (0, 1]"),
+        ({"--budget": "lots"}, "--budget 'lots' is not a fraction"),
+        ({"--attn": "topk", "--budget": "1/8", "--attn-kwargs": '{"budget": 0.5}'}, "not both"),
         ({"--out": "FILE/sub"}, "cannot write to --out"),
         ({"--model": "/no/such/dir"}, "no such file or directory"),
     ],
@@ -226,6 +229,7 @@ def test_resume_with_other_settings_is_refused(reference, tiny_deep_dir, capsys)
     [
         ({"--model": "/no/such/dir"}, "no such file or directory"),
         ({"--attn": "topk", "--attn-kwargs": '{"k": 1025}'}, "topk: k=1025 exceeds the number of keys Nk=1024"),
+        ({"--attn": "topk", "--budget": "0"}, "--budget 0 is outside (0, 1]"),  # refused before any work
     ],
 )
 def test_failed_start_leaves_out_untouched_and_the_corrected_command_runs(tiny_deep_dir, tmp_path, capsys, bad,
@@ -289,8 +293,40 @@ def test_manifest_lines_are_written_as_units_finish(tiny_deep_dir, tmp_path, mon
     assert [line["file"] for line in _manifest(tmp_path)] == ["samples.npz"] * 8  # rewritten after the merge
 
 
+def test_budget_sizes_the_backend_as_in_eval(tiny_deep_dir, tmp_path):
+    # topk keeps floor(budget x Nk) keys per query (its documented rule); Nk comes from the generator's config.
+    nk = load_generator(tiny_deep_dir, device="cpu").attention_shape().nk
+    assert main(_args(tiny_deep_dir, tmp_path, "--attn", "topk", "--budget", "1/4", "--per-class", "1")) == 0
+    params = [line["params"] for line in _manifest(tmp_path)]
+    assert len(params) == 2 and all(p["budget"] == 0.25 and p["k"] == nk // 4 and p["seed"] == 5 for p in params)
+    assert json.loads((tmp_path / "run.json").read_text())["attn_kwargs"] == {"budget": 0.25}  # a resume keeps it
+
+
 @pytest.mark.parametrize("name", available_attentions())
 def test_every_registered_backend_is_accepted(tiny_deep_dir, tmp_path, name):
     assert main(_args(tiny_deep_dir, tmp_path, "--attn", name, "--per-class", "1")) == 0
     lines = _manifest(tmp_path)
     assert [line["backend"] for line in lines] == [name, name] and all(line["params"]["seed"] == 5 for line in lines)
+
+
+def test_saves_the_attention_inputs_of_its_first_images(tiny_deep_dir, tmp_path):
+    from eval.attention_capture import load_capture
+
+    file = tmp_path / "inputs" / "qkv.pt"
+    file.parent.mkdir()
+    assert main(_args(tiny_deep_dir, tmp_path / "out", "--save-attention-inputs", str(file),
+                      "--save-attention-images", "3", "--batch-size", "2")) == 0
+    state = load_capture(file)
+    # the oracle: the attention block's own projections on images 0..2 sampled as the documented latents/classes
+    G = load_generator(str(tiny_deep_dir), attention="exact", device="cpu")
+    [block] = G.attention_blocks()
+    seen = []
+    original_qkv = block.qkv
+    block.qkv = lambda x: seen.append(original_qkv(x)) or seen[-1]
+    labels = balanced_class_ids([0, 1, 2], [1, 207])
+    with torch.no_grad():
+        G.generate(per_image_latents([0, 1, 2], G.z_dim, truncation=0.4, seed=5), labels, truncation=0.4)
+    for name, t in zip("qkv", seen[0], strict=True):
+        torch.testing.assert_close(state[name], t, rtol=1e-5, atol=1e-6)
+    assert main(_args(tiny_deep_dir, tmp_path / "out2", "--save-attention-images", "0")) == 2
+    assert not (tmp_path / "out2").exists()  # refused before anything was written

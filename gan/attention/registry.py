@@ -22,6 +22,7 @@ from .published.thinformer import ThinformerAttention
 from .published.topk import TopKAttention
 from .variants.performer_shrunk import PerformerCentredShrunkAttention
 from .variants.scatterbrain_centred import ScatterbrainCentredAttention
+from .variants.scatterbrain_meanfield import ScatterbrainMeanFieldAttention
 from .variants.smyrf_topkeys import SmyrfTopKeysAttention
 
 BACKENDS: tuple[type[AttentionBackend], ...] = (
@@ -39,6 +40,7 @@ BACKENDS: tuple[type[AttentionBackend], ...] = (
     SmyrfTopKeysAttention,
     ScatterbrainCentredAttention,
     PerformerCentredShrunkAttention,
+    ScatterbrainMeanFieldAttention,
 )
 _REGISTRY: dict[str, type[AttentionBackend]] = {cls.name: cls for cls in BACKENDS}
 assert len(_REGISTRY) == len(BACKENDS), "two backends share a name"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .probe_calibration import grid
 from .random_features import favor_log_features
 
 FEATURE_GROUPS = 8  # independent-ish estimates per query for the noise estimate (at least)
@@ -147,7 +148,7 @@ def fit_noise_factor(
 
     With gap = estimate - base, |base + lam gap - truth|^2 = |gap|^2 (lam - best)^2 + a part no factor changes,
     best = gap.(truth - base) / |gap|^2: the factors are compared on the first term, all at once."""
-    factors = torch.tensor(NOISE_FACTORS, device=var.device)  # (K,)
+    factors = grid(NOISE_FACTORS, torch.float32, var.device)  # (K,)
     gap = estimate - base  # (B, p, dv)
     gap_sq = gap.square().sum(-1)  # (B, p)
     best = (gap * (truth - base)).sum(-1) / gap_sq.clamp_min(1e-30)  # (B, p)

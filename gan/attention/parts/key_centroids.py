@@ -72,7 +72,8 @@ def centroid_terms(groups: KeyGroups, q: torch.Tensor, v: torch.Tensor, scale: f
     logits = scale * (q @ groups.centres.transpose(1, 2))  # (B, Nq, G)
     log_offset = logits.amax(-1)  # (B, Nq)
     a = (logits - log_offset.unsqueeze(-1)).exp_().mul_(lam.view(-1, 1, 1))  # (B, Nq, G)
-    member = torch.nn.functional.one_hot(groups.groups, count).to(v.dtype)  # (B, Nk, G)
+    # (B, Nk, G) one-hot by scatter: one_hot would read the largest group id back to the host
+    member = v.new_zeros(*groups.groups.shape, count).scatter_(-1, groups.groups.unsqueeze(-1), 1.0)
     num = a @ (member.transpose(1, 2) @ v)  # (B, Nq, dv): the groups' value sums
     den = (a @ member.sum(1).unsqueeze(-1)).squeeze(-1)  # (B, Nq): the groups' sizes
     return LowRankTerms(log_offset, a, member, num, den)

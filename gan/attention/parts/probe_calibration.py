@@ -23,6 +23,16 @@ EVIDENCE = 3.0
 FAVOR_WEIGHTS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)  # lam for an unbiased residual (1 = unbiased)
 # lam for a residual whose scale is only a model (the Gaussian mean-field): a wide geometric grid.
 MEAN_FIELD_WEIGHTS = (0.0, *(2.0 ** (i / 2) for i in range(-24, 5)))
+_GRIDS: dict[tuple, torch.Tensor] = {}
+
+
+def grid(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.tensor(values)`` made once per (values, dtype, device): a tensor built from Python data is a blocking
+    host-to-device copy on a GPU, so a forward reuses it."""
+    key = (values, dtype, str(device))
+    if key not in _GRIDS:
+        _GRIDS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _GRIDS[key]
 
 
 def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
@@ -40,7 +50,7 @@ def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
     t = truth.double()
     ss, rr, sr = (num_s * num_s).sum(-1), (num_r * num_r).sum(-1), (num_s * num_r).sum(-1)  # (B, p)
     st, rt, tt = (num_s * t).sum(-1), (num_r * t).sum(-1), (t * t).sum(-1)
-    lam = torch.tensor(lams, dtype=torch.float64, device=v.device).view(-1, 1, 1)  # (L, 1, 1)
+    lam = grid(tuple(lams), torch.float64, v.device).view(-1, 1, 1)  # (L, 1, 1)
     c = 1.0 / (den_s + lam * den_r).clamp_min(1e-30)  # (L, B, p)
     errors = c.square() * (ss + 2 * lam * sr + lam.square() * rr) - 2 * c * (st + lam * rt) + tt
     return errors.clamp_min_(0.0).transpose(0, 1)  # (B, L, p)
@@ -52,12 +62,12 @@ def best_weight(errors: torch.Tensor, lams) -> tuple[torch.Tensor, torch.Tensor]
     The cross-fitted error of a probe is its error at the lam chosen on the other half of the probes
     (even / odd positions), so comparing candidates does not reward a lam for fitting its own probes.
     Ties go to the first lam (grids start at 0: the support alone)."""
-    lam_grid = torch.tensor(lams, dtype=errors.dtype, device=errors.device)
+    lam_grid = grid(tuple(lams), errors.dtype, errors.device)
     best = errors.sum(-1).argmin(-1)  # (B,)
     halves = torch.arange(errors.shape[-1], device=errors.device) % 2  # (p,) which half each probe is in
     held_out = torch.empty_like(errors[:, 0])  # (B, p)
     for half in (0, 1):
-        fit = errors[..., halves != half].sum(-1).argmin(-1)  # (B,) chosen on the other half
+        fit = errors[..., 1 - half :: 2].sum(-1).argmin(-1)  # (B,) chosen on the other half (a strided view)
         at_fit = errors.gather(1, fit.view(-1, 1, 1).expand(-1, 1, errors.shape[-1])).squeeze(1)  # (B, p)
         held_out = torch.where(halves == half, at_fit, held_out)
     return lam_grid[best], held_out

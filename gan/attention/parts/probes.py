@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..base import SeededDraws
+
 # Probes a calibration takes even where half the budget's scores would give fewer (small Nq, small budgets): the
 # EVIDENCE test of ``probe_calibration.clearly_better`` needs that many to see a real gain. Their rows are scored
 # in chunks, so the memory stays within the budget (docs/attention.md, "Why these constants").
@@ -19,6 +21,19 @@ def probe_queries(nq: int, n_probe: int, seed: int) -> torch.Tensor:
     """(n_probe,) distinct query indices drawn from ``seed`` (CPU generator), sorted."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(nq, generator=generator)[:n_probe].sort().values
+
+
+class ProbeQueries:
+    """``probes(nq, n_probe, device)``: ``probe_queries(nq, n_probe, seed)`` drawn once per shape and device, so a
+    forward creates no generator (nothing opaque for torch.compile) and copies nothing to the device."""
+
+    def __init__(self, seed: int):
+        self._draws = SeededDraws(seed)
+
+    def __call__(self, nq: int, n_probe: int, device) -> torch.Tensor:
+        return self._draws(
+            ("probes", nq, n_probe), device, lambda g: torch.randperm(nq, generator=g)[:n_probe].sort().values
+        )
 
 
 def probe_plan(fraction: float, nq: int, copies: int, max_probes: int = MAX_PROBES) -> tuple[int, int]:

@@ -107,12 +107,3 @@ def chunk_neighbours(q_key: torch.Tensor, k_key: torch.Tensor, n_chunks: int) ->
     if n_chunks > 1:
         k_rows = torch.cat([k_rows.roll(1, dims=2), k_rows], dim=-1)  # (B, R, C, 2ks): previous and own chunk
     return RoundLayout(q_rows, q_cluster, k_rows)
-
-
-def batch_subset(layout: RoundLayout, members: torch.Tensor, nq: int, nk: int) -> RoundLayout:
-    """The layout of batch elements ``members`` alone: flat row ids re-based to the subset's positions."""
-    position = torch.arange(len(members), device=members.device).view(-1, 1, 1, 1)
-    q_rows, k_rows = layout.q_rows[members], layout.k_rows[members]
-    q_rows = torch.where(q_rows >= 0, q_rows % nq + position * nq, -1)
-    k_rows = torch.where(k_rows >= 0, k_rows % nk + position * nk, -1)
-    return RoundLayout(q_rows, layout.q_cluster[members], k_rows)

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from . import round_attention
 from .hashing import e2lsh_hash, xbox_plus_common_norm
 from .low_rank import LowRankTerms
 from .planning import cuts_evenly, explicit_cluster_count, fewest_clusters_from, search_plan
@@ -37,6 +36,10 @@ from .round_layout import gather_rows
 
 DEFAULT_N_HASHES = 8
 MIN_SORTED_CLUSTER_KEYS = 8  # budget plans with fewer keys per sorted cluster take fewer rounds instead
+# (query, key) pairs scored per batch element per step (times the rounds with ``union``, whose meeting counts
+# compare every round): 2^22 hold 16 MiB of fp32 scores per element. A bound per element, so the number of steps
+# (and ops) depends on the shape, never on the batch; one step covers a round at BigGAN's 4096 x 1024.
+PAIRS_PER_ELEMENT_STEP = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ def sorted_cluster_attention(
         log_offset = low_rank.log_offset.reshape(-1)
         shift, num, den = log_offset.clone(), low_rank.num.view(-1, dv), low_rank.den.view(-1)
     log_norm = torch.full((b * t,), -math.inf, device=q.device)
-    step = max(1, round_attention.PAIRS_PER_STEP // (b * qs * ks * (n_rounds if union else 1)))  # clusters per step
+    step = max(1, PAIRS_PER_ELEMENT_STEP // (qs * ks * (n_rounds if union else 1)))  # clusters per step
     for r in range(n_rounds):
         round_max = torch.full((b * t,), -math.inf, device=q.device)
         for first in range(0, n_clusters, step):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..base import SeededDraws
-from .coverage import COVERING_TABLES, covering_top_keys
+from .coverage import covering_tables, covering_top_keys
 from .hashing import centroid_sort_key, xbox_plus
 from .planning import explicit_cluster_count, fewest_clusters_from, search_plan
 from .round_layout import RoundLayout, cluster_size, query_clusters, top_keys_per_cluster
@@ -122,6 +122,6 @@ class SmyrfHash:
         sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=chunk)
         q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
         select = covering_top_keys if covering else top_keys_per_cluster
-        # covering holds about COVERING_TABLES (clusters, Nk) tables per piece, the plain selection one
-        tables = COVERING_TABLES if covering else 1
+        # covering holds covering_tables() (clusters, Nk) tables per piece, the plain selection one
+        tables = covering_tables() if covering else 1
         return select(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1], tables))

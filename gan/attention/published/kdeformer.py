@@ -222,10 +222,11 @@ def kdeformer_attention(
     numerator = torch.einsum("bjau,bjue->bjae", sparse.sub_(top).exp_(), v_blocks)  # (B, nb, qmax, dv+1)
     if samples:
         numerator += torch.einsum("bjas,bse->bjae", residual.sub_(top).exp_(), vals * weights.unsqueeze(-1))
-    est = rearrange(numerator[..., :-1] / numerator[..., -1:], "b j a e -> b (j a) e")
-    out = est.new_empty(batch, nq, est.shape[-1])
-    keep = q_valid.flatten()
-    return out.scatter_(1, q_idx[:, keep].unsqueeze(-1).expand(-1, -1, est.shape[-1]), est[:, keep])
+    est = rearrange(numerator[..., :-1] / numerator[..., -1:], "b j a e -> b (j a) e")  # (B, nb*qmax, dv)
+    # The real slots, in sorted order, picked by a fixed-shape gather (a boolean mask would sync with the host);
+    # the query at sorted position p is q_order[:, p].
+    est = est[:, _slot_of_position(q_slots, q_valid, nq)]  # (B, Nq, dv) in sorted-query order
+    return est.new_empty(batch, nq, est.shape[-1]).scatter_(1, q_order.unsqueeze(-1).expand_as(est), est)
 
 
 def _residual_samples(
@@ -255,10 +256,17 @@ def _block_starts(n: int, blocks: int, device) -> torch.Tensor:
 def _block_slots(n: int, blocks: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(blocks, width) sorted positions of each block (padding repeats the block's last one) and their validity."""
     starts = _block_starts(n, blocks, device)
-    ends = torch.cat([starts[1:], starts.new_tensor([n])])
+    ends = torch.arange(1, blocks + 1, device=device) * n // blocks  # the next block's start, n for the last
     pos = starts.unsqueeze(1) + torch.arange(width, device=device)
     valid = pos < ends.unsqueeze(1)
     return torch.minimum(pos, ends.unsqueeze(1) - 1), valid
+
+
+def _slot_of_position(slots: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:
+    """slots, valid (blocks, width) from ``_block_slots`` -> (n,) the flat slot holding each sorted position."""
+    real = torch.where(valid, slots, n).flatten()  # padding slots all point past the end
+    flat = torch.arange(real.shape[0], device=slots.device)
+    return torch.empty(n + 1, dtype=flat.dtype, device=slots.device).scatter_(0, real, flat)[:n]
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

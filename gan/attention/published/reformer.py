@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from ..base import AttentionBackend, check_bool, positive_int
 from ..parts.planning import fewest_clusters_from, search_plan
@@ -38,10 +39,10 @@ MODES = ("biggan-shared-qk", "separate-qk")
 SEPARATE_QK_N_HASHES = 4
 SHARED_QK_N_HASHES = 8  # the BigGAN experiments' ReformerAttention(bucket_size=64, n_hashes=8)
 MIN_BUCKET_SIZE = 8  # budget plans with smaller buckets take fewer rounds instead
-# Floats per step of biggan-shared-qk, whole sequences (query chunk x batch element) at a time: a sequence holds
-# its scores and, as the reference, its values gathered per round and again for the look-back (R L (2 bs + 3 dv
-# + 3 d) floats), so steps bound the working set whatever Nq and B (docs/attention.md, "Why these constants").
-FLOATS_PER_STEP = 1 << 21
+# Floats per batch element per step of biggan-shared-qk, in whole query chunks: a chunk's sequence holds its scores
+# and, as the reference, its values gathered per round and again for the look-back (R L (2 bs + 3 dv + 3 d)
+# floats). A bound per element, so the number of steps (and ops) depends on the shape, not on the batch.
+FLOATS_PER_ELEMENT_STEP = 1 << 21
 
 
 def query_chunks(nq: int, nk: int) -> list[tuple[int, int]]:
@@ -142,16 +143,21 @@ class ReformerAttention(AttentionBackend):
         return self._rotations[key]
 
     def _attend_shared(self, q: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        nq, nk = q.shape[1], v.shape[1]
+        nq, nk, d, dv = q.shape[1], v.shape[1], q.shape[2], v.shape[2]
         n_hashes, bucket_size = self.shared_plan(nq, nk)
-        rotations = self.chunk_rotations(n_hashes, bucket_size, nq, nk, q.shape[2], q.device)
-        out = v.new_empty(q.shape[0], nq, v.shape[2], dtype=torch.float32)
+        rotations = self.chunk_rotations(n_hashes, bucket_size, nq, nk, d, q.device)
         full = nq // nk  # chunks of Nk queries, then the shorter rest
-        if full:
-            _attend_chunks(q, v, [c * nk for c in range(full)], nk, rotations[:full], bucket_size, scale, out)
+        per_sequence = n_hashes * padded_length(nk, bucket_size) * (2 * bucket_size + 3 * dv + 3 * d)
+        step = max(1, FLOATS_PER_ELEMENT_STEP // per_sequence)  # full chunks per step
+        steps = [(first, min(first + step, full)) for first in range(0, full, step)]
+        parts = [  # (B, chunks * n, dv) per step
+            _attend_chunks(q[:, first * nk : last * nk], v[:, :nk], rotations[first:last], bucket_size, scale)
+            for first, last in steps
+        ]
         if nq > full * nk:
-            _attend_chunks(q, v, [full * nk], nq - full * nk, rotations[full:], bucket_size, scale, out)
-        return out
+            rest = nq - full * nk
+            parts.append(_attend_chunks(q[:, full * nk :], v[:, :rest], rotations[full:], bucket_size, scale))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, Nq, dv) fp32
 
     # -- separate-qk ------------------------------------------------------------------------------------------------
 
@@ -248,31 +254,16 @@ class ReformerAttention(AttentionBackend):
 
 
 def _attend_chunks(
-    q: torch.Tensor,
-    v: torch.Tensor,
-    starts: list[int],
-    n: int,
-    rotations: list[torch.Tensor],
-    bucket_size: int,
-    scale: float,
-    out: torch.Tensor,
-) -> None:
-    """Query chunks q[:, start:start + n] of q (B,Nq,d), each a shared-QK sequence with the values v[:, :n] (query t
-    pairs with value t) and its own rotation (d,R,h), zero-padded to a multiple of 2 bucket_size (unmasked, as the
-    reference); written into out (B,Nq,dv). Sequences (chunk x batch element) go in steps of FLOATS_PER_STEP."""
-    b, d, dv = q.shape[0], q.shape[2], v.shape[2]
-    length = padded_length(n, bucket_size)
-    pad = (0, 0, 0, length - n)
-    values = F.pad(v[:, :n].float(), pad)  # (B, L, dv), shared by every chunk
-    per_sequence = rotations[0].shape[-2] * length * (2 * bucket_size + 3 * dv + 3 * d)
-    group = max(1, FLOATS_PER_STEP // per_sequence)  # sequences per step: whole chunks, or part of one chunk's batch
-    chunks_per_step, rows_per_step = max(1, group // b), min(b, group)
-    for first in range(0, len(starts), chunks_per_step):
-        chunks = range(first, min(first + chunks_per_step, len(starts)))
-        for row in range(0, b, rows_per_step):
-            rows = slice(row, row + rows_per_step)
-            qk = torch.cat([F.pad(q[rows, starts[c] : starts[c] + n].float(), pad) for c in chunks])  # (c'b', L, d)
-            rotation = torch.stack([rotations[c] for c in chunks]).repeat_interleave(values[rows].shape[0], dim=0)
-            result = shared_qk_attention(qk, values[rows].repeat(len(chunks), 1, 1), rotation, bucket_size, scale)
-            for i, per_chunk in enumerate(result[:, :n].split(values[rows].shape[0])):
-                out[rows, starts[chunks[i]] : starts[chunks[i]] + n] = per_chunk
+    q: torch.Tensor, v: torch.Tensor, rotations: list[torch.Tensor], bucket_size: int, scale: float
+) -> torch.Tensor:
+    """q (B, c*n, d): c consecutive query chunks of n tokens, each a shared-QK sequence with the values v (B,n,dv)
+    (query t of a chunk pairs with value t) and its own rotation (d,R,h) -> (B, c*n, dv) fp32. Every (chunk, batch
+    element) sequence is attended in one call (ops independent of B and c), zero-padded to a multiple of
+    2 bucket_size (unmasked, as the reference)."""
+    b, c, n = q.shape[0], len(rotations), v.shape[1]
+    pad = (0, 0, 0, padded_length(n, bucket_size) - n)
+    qk = F.pad(rearrange(q.float(), "b (c n) d -> (c b) n d", c=c), pad)  # (c*B, L, d)
+    values = F.pad(v.float(), pad).repeat(c, 1, 1)  # (c*B, L, dv): every chunk pairs with the same values
+    rotation = torch.stack(rotations).repeat_interleave(b, dim=0)  # (c*B, d, R, h)
+    out = shared_qk_attention(qk, values, rotation, bucket_size, scale)  # (c*B, L, dv)
+    return rearrange(out[:, :n], "(c b) n e -> b (c n) e", c=c)

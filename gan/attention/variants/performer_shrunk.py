@@ -34,7 +34,7 @@ from ..parts.centred_favor import (
     shrink_towards,
     summarise_keys,
 )
-from ..parts.probes import exact_rows, probe_queries
+from ..parts.probes import ProbeQueries, exact_rows
 from ..parts.random_features import ProjectionCache
 
 QUERY_CHUNKS = 4  # a chunk's three (B, Nq/4, m) temporaries stay within the query features' share
@@ -55,6 +55,7 @@ class PerformerCentredShrunkAttention(AttentionBackend):
         self.num_features = positive_int("num_features", num_features)
         self.shrink = check_bool("shrink", shrink)
         self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once
+        self.probes = ProbeQueries(self.seed)  # the noise factor's probe queries, drawn once per shape
 
     def features_for(self, nq: int, nk: int) -> int:
         if self.num_features is not None:
@@ -68,31 +69,26 @@ class PerformerCentredShrunkAttention(AttentionBackend):
         proj = self.projection(self.features_for(q.shape[1], k.shape[1]), q.shape[2], q.device)  # (m, d)
         keys = summarise_keys(qf, kf, vf, proj, scale)
         base = vf.mean(1, keepdim=True)  # (B, 1, dv): the mean of the values
-        out = vf.new_empty(q.shape[0], q.shape[1], v.shape[2])  # (B, Nq, dv)
         kappa, probes, probe_out = torch.ones(q.shape[0], 1, device=q.device), None, None
         n_probe = self.probe_count(q.shape[1], k.shape[1], proj.shape[0])
         if self.shrink and n_probe:
-            probes = probe_queries(q.shape[1], n_probe, self.seed).to(q.device)  # (p,)
+            probes = self.probes(q.shape[1], n_probe, q.device)  # (p,)
             probe_out = exact_rows(qf[:, probes], kf, vf, scale)  # (B, p, dv)
             estimate, var = estimate_with_noise(query_weights(qf[:, probes], keys), keys)
             kappa = fit_noise_factor(estimate, var, base, probe_out)  # (B, 1)
         chunk = -(-q.shape[1] // QUERY_CHUNKS)
-        for start in range(0, q.shape[1], chunk):
-            self.fill_rows(out[:, start : start + chunk], qf[:, start : start + chunk], keys, kappa, base)
+        out = torch.cat([self.rows(part, keys, kappa, base) for part in qf.split(chunk, dim=1)], 1)  # (B, Nq, dv)
         if probes is not None:
-            out[:, probes] = probe_out  # their exact rows are known
+            out.index_copy_(1, probes, probe_out)  # their exact rows are known
         return out.to(q.dtype)
 
-    def fill_rows(
-        self, rows: torch.Tensor, queries: torch.Tensor, keys: KeySummary, kappa: torch.Tensor, base: torch.Tensor
-    ) -> None:
-        """rows (B,c,dv), a view of the output, <- the queries' (B,c,d) estimates, shrunk by kappa (B,1) var."""
+    def rows(self, queries: torch.Tensor, keys: KeySummary, kappa: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """(B,c,dv) the queries' (B,c,d) estimates, shrunk by kappa (B,1) var."""
         w = query_weights(queries, keys)  # (B, c, G*s)
         if not self.shrink:
-            torch.bmm(w, keys.kv, out=rows)
-            return
-        _, var = estimate_with_noise(w, keys, out=rows)  # (B, c)
-        shrink_towards(rows, scaled_noise(var, kappa), base, out=rows)
+            return torch.bmm(w, keys.kv)
+        estimate, var = estimate_with_noise(w, keys)  # (B, c, dv), (B, c)
+        return shrink_towards(estimate, scaled_noise(var, kappa), base, out=estimate)
 
     def probe_count(self, nq: int, nk: int, num_features: int) -> int:
         """Probe queries whose exact rows (p * Nk scores) fit in the query features' share (Nq * m); 0 below 8."""

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from ..base import AttentionBackend, check_bool, positive_int
-from ..parts.key_centroids import GroupStarts, KeyGroups, centroid_probe_estimate, centroid_terms, key_groups
+from ..parts.key_centroids import GroupStarts, centroid_probe_estimate, centroid_terms, key_groups
 from ..parts.low_rank import LowRankTerms
 from ..parts.planning import clustering
 from ..parts.probe_calibration import (
@@ -57,10 +57,10 @@ from ..parts.probe_calibration import (
     gaussian_log_mean_kernel,
     residual_errors,
 )
-from ..parts.probes import probe_plan, probe_queries, probe_support, probe_truth
+from ..parts.probes import ProbeQueries, probe_plan, probe_support, probe_truth
 from ..parts.random_features import ProjectionCache, favor_log_features
 from ..parts.round_attention import clustered_attention
-from ..parts.round_layout import RoundLayout, batch_subset
+from ..parts.round_layout import RoundLayout
 from ..parts.sampled_rounds import KeyPermutations, mix_chunk_errors, mixed_layout, sampled_half
 from ..parts.topkey_support import ClusterPlan, SmyrfHash, plan_clusters
 
@@ -134,6 +134,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
         self.permutations = KeyPermutations(self.seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
         self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once
         self.group_starts = GroupStarts(self.seed)  # the key-centroid residual's k-means starts
+        self.probes = ProbeQueries(self.seed)  # the calibration's probe queries, drawn once per shape
 
     def plan(self, nq: int, nk: int) -> tuple[ClusterPlan, int]:
         """(sparse support plan, number of random features) of the sparse + FAVOR+ split for these shapes."""
@@ -174,144 +175,193 @@ class ScatterbrainCentredAttention(AttentionBackend):
         if not n_probe:  # the fixed estimator: support + FAVOR+ residual, lam = 1 (unbiased)
             low_rank = None if proj is None else low_rank_terms(qf, kf, vf, proj, scale)
             return clustered_attention(qf * scale, kf, vf, self.layout(qf, kf, scale), low_rank).to(q.dtype)
-        probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
-        out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
-        groups, truth = self.calibrated(qf, kf, vf, scale, probes, clusters, proj)
-        for members, layout, residual, sampled_from in groups:
-            rows = slice(None) if len(members) == q.shape[0] else members  # no copies when the batch agrees
-            out[rows] = clustered_attention(qf[rows] * scale, kf[rows], vf[rows], layout, residual, sampled_from)
-        out[:, probes] = truth  # their exact rows are known
-        return out.to(q.dtype)
+        probes = self.probes(nq, n_probe, q.device)  # (p,)
+        out, truth = self.calibrated(qf, kf, vf, scale, probes)
+        return out.index_copy_(1, probes, truth).to(q.dtype)  # the probes' exact rows are known
 
-    def calibrated(self, q, k, v, scale, probes, clusters, proj):
-        """([(batch elements, their layout, their residual terms or None, sampled_from)], the probes' exact rows
-        (B, p, dv)): per batch element the candidate that lowers the error on the probes' exact rows most, beyond
-        EVIDENCE standard errors, relative to the largest support alone (kept where no candidate clearly helps).
+    def calibration_plan(self, nq: int, nk: int) -> tuple[ClusterPlan, tuple, int]:
+        """(the hashed support, (rounds, keys per cluster) of the two split supports, their number of features).
 
-        Candidates: the all-sparse support with the mean-field residual or as smyrf-topkeys' sampled mix (no
-        residual; ``sampled_rounds``), and the split's support with the mean-field, the FAVOR+ (``proj`` (m, d)
-        its projections, None for no features) or the key-centroid residual (``key_centroids``, m groups); the
-        split is hashed only when FAVOR+ or the centroids clearly help on the larger support's probes. Each
-        residual with its best weight lam (0 = no residual). Only the chosen residuals' terms are built for every
-        query: during calibration FAVOR+ has the probes' rows and the centroids their groups."""
+        With a whole-budget candidate (``sparse_plan``) there are two splits of its support, each the most that fits
+        in the budget beside the fixed split's features: its first rounds (5 of 8 at 1/8) and every cluster's best
+        keys (11 of 16: the selection ranks them, best first); one hash serves every candidate and a batch element's
+        choice is a mask, not another layout. A split with nothing left is (0, 0). Fixed parameters: the fixed
+        split's support, all of it, as the one split, and its features."""
+        clusters, num_features = self.plan(nq, nk)
+        whole = self.sparse_plan(nq, nk)
+        if whole is None:
+            return clusters, ((clusters.n_hashes, clusters.k_cluster_size),), num_features
+        left = self.effective_budget * nq * nk - (nq + nk) * num_features  # what the fixed split's features leave
+        per_key = whole.n_clusters * whole.q_cluster_size  # support entries per round and key of a cluster
+        rounds = min(whole.n_hashes - 1, int(left // (per_key * whole.k_cluster_size)))
+        keys = min(whole.k_cluster_size - 1, int(left // (per_key * whole.n_hashes)))
+        splits = (
+            (rounds, whole.k_cluster_size) if rounds > 0 else (0, 0),
+            (whole.n_hashes, keys) if keys > 0 else (0, 0),
+        )
+        return whole, splits, num_features if any(r for r, _ in splits) else 0
+
+    def calibrated(self, q, k, v, scale, probes):
+        """(output (B, Nq, dv), the probes' exact rows (B, p, dv)): per batch element the candidate that lowers the
+        error on the probes' exact rows most, beyond EVIDENCE standard errors, relative to the whole support alone
+        (kept where no candidate clearly helps).
+
+        Candidates: the whole support with the mean-field residual or as smyrf-topkeys' sampled mix (no residual;
+        ``sampled_rounds``), and either split (first rounds, or each cluster's best keys) with the mean-field, the
+        FAVOR+ or the key-centroid residual (``key_centroids``, m groups). Each residual with its best weight lam
+        (0 = no residual). Every choice is a fixed-shape tensor op (no host sync, no per-element subsets): the chosen
+        keys are a mask of the one layout, and the residual terms of every kind are formed and selected per batch
+        element, weighted by lam (0 where no residual was chosen)."""
+        nq, nk = q.shape[1], k.shape[1]
+        whole, split_sizes, num_features = self.calibration_plan(nq, nk)
+        proj = self.projection(num_features, q.shape[2], q.device) if num_features else None  # (m, d)
         log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
-        size = self.probe_chunk(q.shape[1])
+        size = self.probe_chunk(nq)
         # (query indices, positions among the probes) of each probe chunk
-        chunks = list(zip(probes.split(size), torch.arange(len(probes)).split(size), strict=True))
+        chunks = list(zip(probes.split(size), torch.arange(len(probes), device=q.device).split(size), strict=True))
         residuals = {}
         if proj is not None:  # the features' residuals: FAVOR+ on the probes' rows, and the key groups
             residuals["favor"] = low_rank_terms(q, k, v, proj, scale, rows=probes)
-            residuals["centroids"] = key_groups(k, self.group_starts(k.shape[1], proj.shape[0], k.device))
-        sparse = self.sparse_plan(q.shape[1], k.shape[1])
-        plans = [clusters] if sparse is None else [sparse, clusters]  # the largest support first: the baseline
-        layouts = [self.hash.layout(q * scale, k, plans[0])]
-        keep = 0 if sparse is None else sampled_half(sparse.n_hashes)
-        if keep:  # smyrf-topkeys' sampled mix of the whole-budget support (no residual), as a layout
-            perms = self.permutations(sparse.n_hashes - keep, k.shape[1], q.device)
-            layouts.append(mixed_layout(layouts[0], keep, perms))
-        mix = (layouts[-1], keep) if keep else None
-        first, truth = _probe_errors(layouts[0], chunks, q, k, v, scale, log_mean, residuals, mix)  # kind -> (B,L,p)
-        kinds = [(0, "mean-field"), (0, "mean-field")]  # per candidate: (layout index, residual kind)
-        errors = [first["mean-field"][:, 0]]  # per candidate: (B, p) probe errors; the first is the baseline
-        lams = [torch.zeros(q.shape[0], device=q.device)]  # per candidate: (B,) residual weight
-        lam, error = best_weight(first["mean-field"], WEIGHTS["mean-field"])
-        errors.append(error)
-        lams.append(lam.float())
-        if keep:
-            kinds.append((1, "mix"))
-            errors.append(first["mix"][:, 0])
-            lams.append(torch.zeros(q.shape[0], device=q.device))
-        if sparse is None:  # the split is the only support: its residuals are candidates on it
-            for kind in residuals:
-                lam, error = best_weight(first[kind], WEIGHTS[kind])
-                kinds.append((0, kind))
-                errors.append(error)
-                lams.append(lam.float())
-        elif residuals:
-            # Screen: the split only pays if a feature residual clearly helps; try them on the larger support's
-            # probes first (a proxy) and skip hashing the split when none does.
-            totals = torch.stack(errors).sum(-1)  # (candidates, B)
-            best_so_far = torch.stack(errors).gather(0, totals.argmin(0).view(1, -1, 1).expand(1, *errors[0].shape))[0]
-            proxies = [best_weight(first[kind], WEIGHTS[kind])[1] for kind in residuals]
-            if any(bool(clearly_better(best_so_far, proxy).isfinite().any()) for proxy in proxies):
-                layouts.append(self.hash.layout(q * scale, k, clusters))
-                split = _probe_errors(layouts[-1], chunks, q, k, v, scale, log_mean, residuals)[0]
-                for kind in ("mean-field", *residuals):
-                    lam, error = best_weight(split[kind], WEIGHTS[kind])
-                    kinds.append((len(layouts) - 1, kind))
-                    errors.append(error)
-                    lams.append(lam.float())
-        gains = torch.stack([clearly_better(errors[0], e) for e in errors], -1)  # (B, candidates)
+            residuals["centroids"] = key_groups(k, self.group_starts(nk, proj.shape[0], k.device))
+        layout = self.hash.layout(q * scale, k, whole)
+        keep = sampled_half(whole.n_hashes) if self.sparse_plan(nq, nk) is not None else 0
+        mixed = mixed_layout(layout, keep, self.permutations(whole.n_hashes - keep, nk, q.device)) if keep else None
+        # support id -> the split's layout (1: its first rounds, 2: every cluster's best keys)
+        splits = {
+            i: RoundLayout(layout.q_rows[:, :r], layout.q_cluster[:, :r], layout.k_rows[:, :r, :, :w])
+            for i, (r, w) in enumerate(split_sizes, start=1) if r
+        }
+        errors_of, truth = _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals, mixed, keep)
+        # per candidate: (support: 0 whole, 1, 2 the splits; residual kind), its (B, p) probe errors, (B,) weight lam
+        zero = torch.zeros(q.shape[0], device=q.device)
+        candidates = [(0, "none", errors_of[0, "mean-field"][:, 0], zero)]  # the baseline: the whole support alone
+        for (support, kind), errors in errors_of.items():
+            if support and split_sizes[support - 1] == (whole.n_hashes, whole.k_cluster_size) and kind == "mean-field":
+                continue  # the split is the whole support: its mean-field is the whole support's
+            if kind == "mix":
+                candidates.append((0, kind, errors[:, 0], zero))
+            else:
+                lam, error = best_weight(errors, WEIGHTS[kind])
+                candidates.append((support, kind, error, lam.float()))
+        gains = torch.stack([clearly_better(candidates[0][2], c[2]) for c in candidates], -1)  # (B, candidates)
         gains[:, 0] = 0.0  # the baseline needs no evidence
         chosen = gains.argmax(-1)  # (B,) candidate per batch element
-        lam = torch.stack(lams, -1).gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
-        groups = []
-        for candidate in chosen.unique().tolist():
-            members = (chosen == candidate).nonzero().squeeze(-1)  # (b,)
-            index, kind = kinds[candidate]
-            every = len(members) == q.shape[0]
-            layout = layouts[index] if every else batch_subset(layouts[index], members, q.shape[1], k.shape[1])
-            part = lam[members]
-            if kind == "mix" or not bool((part > 0).any()):
-                residual = None
-            elif kind == "favor":
-                residual = _weighted(low_rank_terms(q[members], k[members], v[members], proj, scale), part)
-            elif kind == "centroids":
-                centroids = residuals["centroids"]
-                residual = centroid_terms(KeyGroups(*(t[members] for t in centroids)), q[members], v[members], scale,
-                                          part)
-            else:
-                residual = _mean_field_terms(log_mean[members], v[members], part)
-            groups.append((members, layout, residual, keep if kind == "mix" else None))
-        return groups, truth
+        lam = torch.stack([c[3] for c in candidates], -1).gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
+
+        def chose(test) -> torch.Tensor:
+            """(B,) bool: the chosen candidate passes ``test(support, kind)``."""
+            passes = torch.zeros_like(chosen, dtype=torch.bool)
+            for index, candidate in enumerate(candidates):  # Python ints only: nothing copied to the device
+                if test(candidate[0], candidate[1]):
+                    passes |= chosen == index
+            return passes
+
+        k_rows = layout.k_rows
+        if keep:
+            k_rows = torch.where(chose(lambda s, kind: kind == "mix").view(-1, 1, 1, 1), mixed.k_rows, k_rows)
+        for support, (r, w) in enumerate(split_sizes, start=1):  # split elements drop the rounds / keys past it
+            if r and (r, w) != (whole.n_hashes, whole.k_cluster_size):
+                rounds_past = torch.arange(whole.n_hashes, device=q.device).view(-1, 1, 1) >= r  # (R, 1, 1)
+                late = rounds_past | (torch.arange(whole.k_cluster_size, device=q.device) >= w)  # (R, 1, W)
+                drop = chose(lambda s, kind, support=support: s == support).view(-1, 1, 1, 1) & late
+                k_rows = torch.where(drop, -1, k_rows)
+        chosen_layout = RoundLayout(layout.q_rows, layout.q_cluster, k_rows)
+        weight = {name: lam * chose(lambda s, kind, name=name: kind == name) for name in ("mean-field", *residuals)}
+        residual = _mean_field_terms(log_mean, v, weight["mean-field"])
+        if residuals:
+            favor = _weighted(low_rank_terms(q, k, v, proj, scale), weight["favor"])
+            centroids = centroid_terms(residuals["centroids"], q, v, scale, weight["centroids"])
+            residual = _combined(residual, favor, centroids, chose(lambda s, kind: kind == "favor"))
+            del favor, centroids  # only the combined terms stay alive during the attention
+        active = lam > 0  # (B,): no residual: the sums start from nothing (as without one)
+        residual.log_offset = torch.where(active.view(-1, 1), residual.log_offset, -1e30)
+        mix = chose(lambda s, kind: kind == "mix") if keep else None
+        out = clustered_attention(q * scale, k, v, chosen_layout, residual, keep or None, sampled=mix)
+        return out, truth
 
     def layout(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> RoundLayout:
         """The fixed split's sparse support: query clusters and their keys for fp32 q (B,Nq,d), k (B,Nk,d)."""
         return self.hash.layout(q * scale, k, self.plan(q.shape[1], k.shape[1])[0])
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
-        """The larger of the attention (either candidate's support, and features) and the calibration before it
-        (features and the probes' tables; the support is not scored yet)."""
+        """The larger of the attention (the fixed split's support and features; calibrated: the whole support, or
+        the split's rounds and their features) and the calibration before it (features and one probe chunk's
+        tables; the support is not scored yet)."""
         clusters, num_features = self.plan(nq, nk)
-        features = (nq + nk) * num_features
         calibration = PROBE_COPIES * min(self.probe_count(nq, nk), self.probe_chunk(nq)) * nk  # one probe chunk
-        entries = max(clusters.score_entries() + features, features + calibration)
-        sparse = self.sparse_plan(nq, nk)
-        return entries if sparse is None else max(entries, sparse.score_entries())
+        if not self.probe_count(nq, nk):
+            return clusters.score_entries() + (nq + nk) * num_features
+        support, split_sizes, num_features = self.calibration_plan(nq, nk)
+        features = (nq + nk) * num_features
+        split = max(r * w for r, w in split_sizes) * support.n_clusters * support.q_cluster_size
+        return max(support.score_entries(), split + features, features + calibration)
 
     def resolve(self, nq: int, nk: int, d: int) -> dict[str, Any]:
         clusters, num_features = self.plan(nq, nk)
         resolved = {**clusters.as_dict(), "num_features": num_features, "calibrate": self.calibrate}
         sparse = self.sparse_plan(nq, nk)
         if sparse is not None:
-            resolved["all_sparse_n_clusters"] = sparse.n_clusters
+            _, split_sizes, split_features = self.calibration_plan(nq, nk)
+            resolved.update(all_sparse_n_clusters=sparse.n_clusters, splits=split_sizes,
+                            split_num_features=split_features)
         return resolved
 
 
-def _probe_errors(layout, chunks, q, k, v, scale, log_mean, residuals, mix=None):
-    """({residual kind: (B, L, p) probe errors per lam of its grid} on ``layout``'s support, the probes' exact rows
-    (B, p, dv)), probe chunk by chunk: the mean-field residual always, "favor" (LowRankTerms of the probes' rows)
-    and "centroids" (KeyGroups) where ``residuals`` has them, and "mix" (L = 1) for mix = (the sampled mixed layout,
-    its top-key rounds). chunks: [((c,) probe query indices, their positions among the probes)]."""
-    errors: dict[str, list] = {kind: [] for kind in ("mean-field", *residuals)}
-    errors.update({"mix": []} if mix is not None else {})
+def _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals, mixed=None, keep=0):
+    """({(support, residual kind): (B, L, p) probe errors per lam of its grid}, the probes' exact rows (B, p, dv)),
+    probe chunk by chunk (each probe's exact row once): on the whole ``layout`` (support 0) the mean-field residual
+    and "mix" (L = 1, the sampled ``mixed`` layout keeping ``keep`` top-key rounds) where given; on each split
+    (``splits``: support id -> its layout) the mean-field, "favor" (LowRankTerms of the probes' rows) and
+    "centroids" (KeyGroups) where ``residuals`` has them. chunks: [((c,) probe query indices, their positions among
+    the probes)]."""
+    errors: dict[tuple, list] = {(0, "mean-field"): []}
+    errors.update({(0, "mix"): []} if mixed is not None else {})
+    for support in splits:
+        errors.update({(support, kind): [] for kind in ("mean-field", *residuals)})
     truths = []
     for chunk, positions in chunks:
         shift, weights, truth = probe_truth(q[:, chunk], k, v, scale)  # (B,c,1), (B,c,Nk), (B,c,dv)
-        support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
         mean_field = (log_mean[:, chunk, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, c, Nk)
-        errors["mean-field"].append(residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"]))
-        for kind, terms in residuals.items():  # one (c, Nk) estimate alive at a time
-            if kind == "favor":
-                estimate = _probe_estimate(terms, positions.to(q.device), shift)
-            else:
-                estimate = centroid_probe_estimate(terms, q[:, chunk], scale, shift, LOG_CAP)
-            errors[kind].append(residual_errors(weights, support, estimate, v, truth, WEIGHTS[kind]))
-            del estimate
-        if mix is not None:
-            errors["mix"].append(mix_chunk_errors(weights, truth, v, *mix, chunk).unsqueeze(1))
+        support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
+        errors[0, "mean-field"].append(residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"]))
+        if mixed is not None:
+            errors[0, "mix"].append(mix_chunk_errors(weights, truth, v, mixed, keep, chunk).unsqueeze(1))
+        for index, split in splits.items():
+            support = probe_support(split, chunk, k.shape[1])
+            errors[index, "mean-field"].append(
+                residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"])
+            )
+            for kind, terms in residuals.items():  # one (c, Nk) estimate alive at a time
+                if kind == "favor":
+                    estimate = _probe_estimate(terms, positions, shift)
+                else:
+                    estimate = centroid_probe_estimate(terms, q[:, chunk], scale, shift, LOG_CAP)
+                errors[index, kind].append(residual_errors(weights, support, estimate, v, truth, WEIGHTS[kind]))
+                del estimate
         truths.append(truth)
-    return {kind: torch.cat(parts, -1) for kind, parts in errors.items()}, torch.cat(truths, 1)
+    return {key: torch.cat(parts, -1) for key, parts in errors.items()}, torch.cat(truths, 1)
+
+
+def _combined(mean_field: LowRankTerms, favor: LowRankTerms, centroids: LowRankTerms, use_favor: torch.Tensor):
+    """One residual of m + 1 columns per batch element: the mean-field column beside FAVOR+ (where ``use_favor``
+    (B,)) or the key centroids, each already weighted by its lam (0 where not chosen, so one kind is active). The
+    log-offset is the active kind's (a kind's ``a`` is in units of its own offset)."""
+    pick = use_favor.view(-1, 1, 1)
+    width = max(favor.a.shape[-1], centroids.a.shape[-1])  # the centroids are min(m, Nk) groups
+
+    def wide(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[-1]))
+
+    mf_active = mean_field.den[:, :1] > 0  # (B, 1)
+    offset = torch.where(use_favor.view(-1, 1), favor.log_offset, centroids.log_offset)
+    offset = torch.where(mf_active, mean_field.log_offset, offset)  # (B, Nq)
+    return LowRankTerms(
+        offset,
+        torch.cat([mean_field.a, torch.where(pick, wide(favor.a), wide(centroids.a))], -1),  # (B, Nq, m + 1)
+        torch.cat([mean_field.b, torch.where(pick, wide(favor.b), wide(centroids.b))], -1),  # (B, Nk, m + 1)
+        mean_field.num + torch.where(pick, favor.num, centroids.num),
+        mean_field.den + torch.where(use_favor.view(-1, 1), favor.den, centroids.den),
+    )
 
 
 def _probe_estimate(low_rank: LowRankTerms, positions: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -47,9 +47,9 @@ import torch
 from ..base import AttentionBackend, check_bool
 from ..parts.planning import clustering
 from ..parts.probe_calibration import clearly_better
-from ..parts.probes import probe_plan, probe_queries
+from ..parts.probes import ProbeQueries, probe_plan
 from ..parts.round_attention import clustered_attention
-from ..parts.round_layout import RoundLayout, batch_subset
+from ..parts.round_layout import RoundLayout
 from ..parts.sampled_rounds import KeyPermutations, mix_probe_errors, mixed_layout, sampled_half
 from ..parts.topkey_support import ClusterPlan, SmyrfHash, plan_clusters
 
@@ -84,6 +84,7 @@ class SmyrfTopKeysAttention(AttentionBackend):
         self.permutations = KeyPermutations(self.seed)  # the mixed candidate's key draws
         self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
         self.hash = SmyrfHash(self.seed)
+        self.probes = ProbeQueries(self.seed)  # the mix's probe queries, drawn once per shape
 
     def plan(self, nq: int, nk: int) -> ClusterPlan:
         return plan_clusters(nq, nk, self.n_hashes, self.q_cluster_size, self.k_cluster_size, self.effective_budget)
@@ -96,20 +97,16 @@ class SmyrfTopKeysAttention(AttentionBackend):
         if not n_probe:
             return clustered_attention(qf, kf, vf, layout).to(q.dtype)  # (B, Nq, dv)
         mixed = mixed_layout(layout, keep, self.permutations(layout.k_rows.shape[1] - keep, nk, q.device))
-        probes = probe_queries(nq, n_probe, self.seed).to(q.device)  # (p,)
+        probes = self.probes(nq, n_probe, q.device)  # (p,)
         chunks = probes.split(self.probe_chunk(nq))
         base_errors, mix_errors, truth = mix_probe_errors(qf, kf, vf, layout, mixed, keep, chunks)
         use_mix = clearly_better(base_errors, mix_errors).isfinite()  # (B,)
-        out = vf.new_empty(q.shape[0], nq, v.shape[2])  # (B, Nq, dv)
-        for members, candidate, sampled_from in ((~use_mix, layout, None), (use_mix, mixed, keep)):
-            members = members.nonzero().squeeze(-1)  # (b,)
-            if len(members) == q.shape[0]:
-                out = clustered_attention(qf, kf, vf, candidate, None, sampled_from)
-            elif len(members):
-                part = batch_subset(candidate, members, nq, nk)
-                out[members] = clustered_attention(qf[members], kf[members], vf[members], part, None, sampled_from)
-        out[:, probes] = truth  # their exact rows are known
-        return out.to(q.dtype)
+        # One layout for the whole batch: the mix's drawn rounds where an element chose it, its top keys elsewhere
+        # (their rounds keep..R then count as ordinary rounds), so no element's output depends on the others.
+        k_rows = torch.where(use_mix.view(-1, 1, 1, 1), mixed.k_rows, layout.k_rows)
+        chosen = RoundLayout(layout.q_rows, layout.q_cluster, k_rows)
+        out = clustered_attention(qf, kf, vf, chosen, None, keep, sampled=use_mix)  # (B, Nq, dv)
+        return out.index_copy_(1, probes, truth).to(q.dtype)  # the probes' exact rows are known
 
     def probe_count(self, nq: int, nk: int) -> int:
         """Probe queries choosing the mix (``probes.probe_plan``); 0 (no mix) with mix=False, explicit

@@ -1,0 +1,1 @@
+"""Benchmarks (speed, memory, approximation error) over the library; results in BENCHMARKS.md."""
