@@ -35,7 +35,7 @@ def test_capture_keeps_the_first_images_of_the_attention_layer_and_round_trips(t
     with torch.no_grad():
         plain = G.generate(z, classes, truncation=0.5)
         block.probe = None
-        G.generate(z, classes, truncation=0.5)  # no capture: the images below must equal these
+        G.generate(z, classes, truncation=0.5)  # without the probe (seen[1]): nothing may be captured
         block.probe = capture
         G.generate(z, classes, truncation=0.5)  # a second batch: only 2 more images are wanted
     assert capture.captured == 5
