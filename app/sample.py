@@ -33,6 +33,7 @@ from common.cli import (
     BUDGET_HELP,
     USER_ERRORS,
     OneLineParser,
+    check_at_least,
     parse_attention_kwargs,
     parse_budget,
     parse_truncation,
@@ -95,16 +96,12 @@ def check_out_folder(out: Path) -> None:
 
 def validate(args: argparse.Namespace) -> tuple[list[int], dict[str, Any]]:
     """Check the arguments before any model is loaded; returns (class ids, the backend's own kwargs)."""
-    if args.per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.npz_chunk < 1:
-        raise ValueError(f"--npz-chunk must be >= 1, got {args.npz_chunk}")
+    check_at_least("--per-class", args.per_class)
+    check_at_least("--batch-size", args.batch_size)
+    check_at_least("--npz-chunk", args.npz_chunk)
+    check_at_least("--save-attention-images", args.save_attention_images)
     parse_truncation(args.truncation, "--truncation")
     check_compile_backend(args.compile)
-    if args.save_attention_images < 1:
-        raise ValueError(f"--save-attention-images must be >= 1, got {args.save_attention_images}")
     if args.save_attention_inputs:
         check_out_folder(Path(args.save_attention_inputs).parent)
     classes = class_ids_from(args.classes)

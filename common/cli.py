@@ -72,6 +72,12 @@ def with_budget(name: str, kwargs: dict[str, Any], budget: float | None) -> dict
     return {**kwargs, "budget": budget}
 
 
+def check_at_least(what: str, value: int, least: int = 1) -> None:
+    """ValueError ``{what} must be >= {least}, got {value}`` when a count is below its least value."""
+    if value < least:
+        raise ValueError(f"{what} must be >= {least}, got {value}")
+
+
 def parse_truncation(value: Any, what: str = "truncation") -> float:
     """Truncation in (0, 1]; ValueError otherwise (0 included: it would collapse every latent to zero)."""
     try:

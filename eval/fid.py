@@ -25,6 +25,7 @@ from common.cli import (
     BUDGET_HELP,
     USER_ERRORS,
     OneLineParser,
+    check_at_least,
     parse_attention_kwargs,
     parse_budgets,
     parse_truncation,
@@ -165,18 +166,15 @@ def check_args(args) -> None:
     parse_truncation(args.truncation, "--truncation")
     if args.ref_stats and args.ref_images:
         raise ValueError("pass either --ref-stats or --ref-images, not both")
-    if args.per_class is not None and args.per_class < 1:
-        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+    if args.per_class is not None:
+        check_at_least("--per-class", args.per_class)
     if args.class_order == "repeat" and args.per_class is None:
         raise ValueError("--class-order repeat needs --per-class N (images per class)")
     if args.class_order != "repeat" and args.per_class is not None:
         raise ValueError("--per-class is only used with --class-order repeat")
-    if args.is_splits < 1:
-        raise ValueError(f"--is-splits must be >= 1, got {args.is_splits}")
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if args.save_attention_images < 1:
-        raise ValueError(f"--save-attention-images must be >= 1, got {args.save_attention_images}")
+    check_at_least("--is-splits", args.is_splits)
+    check_at_least("--bootstrap", args.bootstrap, least=0)
+    check_at_least("--save-attention-images", args.save_attention_images)
 
 
 def num_samples(args, classes: list[int]) -> int:

@@ -5,15 +5,27 @@ import math
 import torch
 import torch.nn.functional as F
 
+BIGGAN = (1, 4096, 1024, 32, 128)  # (B, Nq, Nk, d, dv) of BigGAN-128's attention layer, one image
+ODD = (2, 300, 77, 16, 8)  # (B, Nq, Nk, d, dv) that no cluster, bucket, chunk or window size divides
+
+# (Nq, Nk, budget) the clustered backends' budget plans are checked at: BigGAN's 4096 x 1024, a size the clusters
+# do not divide and a 4x larger map, from a tight budget to the full matrix
+BUDGET_GRID = [
+    (nq, nk, budget)
+    for nq, nk in [(4096, 1024), (1000, 250), (16384, 4096)]
+    for budget in (1 / 32, 1 / 8, 1 / 4, 1.0)
+]
+
+
+def gaussian_qkv(b, nq, nk, d, dv, seed=0):
+    """Standard normal q (B, Nq, d), k (B, Nk, d), v (B, Nk, dv), drawn in that order from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, nq, d, generator=g), torch.randn(b, nk, d, generator=g), torch.randn(b, nk, dv, generator=g)
+
 
 def qkv(b=2, nq=256, nk=64, d=16, dv=8, logit_std=1.0, seed=0):
     """Isotropic Gaussian q, k (logit std ~ ``logit_std``) and v."""
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (
-        torch.randn(b, nq, d, generator=g),
-        torch.randn(b, nk, d, generator=g),
-        torch.randn(b, nk, dv, generator=g),
-    )
+    q, k, v = gaussian_qkv(b, nq, nk, d, dv, seed)
     gain = math.sqrt(logit_std / math.sqrt(d))
     return q * gain, k * gain, v
 
@@ -44,6 +56,18 @@ def cluster_valued_qkv(b=2, nq=2048, nk=512, d=32, dv=16, logit_std=1.0, seed=0)
     return q * gain, k * gain, values[k_of] + 0.5 * torch.randn(b, nk, dv, generator=g)
 
 
+def block_inputs(G, run):
+    """The (q, k, v) the one attention block of generator ``G`` computes on its first call while ``run()`` runs
+    (the block's own projections, recorded; no gradients)."""
+    [block] = G.attention_blocks()
+    seen = []
+    original_qkv = block.qkv
+    block.qkv = lambda x: seen.append(original_qkv(x)) or seen[-1]
+    with torch.no_grad():
+        run()
+    return seen[0]
+
+
 def exact(q, k, v, scale=1.0, mask=None):
     """float64 softmax(scale q k^T) v, restricted to ``mask`` (B,Nq,Nk) when given."""
     s = (q.double() @ k.double().transpose(1, 2)) * scale
@@ -54,6 +78,15 @@ def exact(q, k, v, scale=1.0, mask=None):
 
 def rel_err(out, ref):
     return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def errors_over_seeds(name, params, q, k, v, seeds=range(5)):
+    """Relative error against exact attention of backend ``name`` built with ``params`` and each seed (the
+    measure the backends' means are compared with their authors' code by)."""
+    from gan.attention import build_attention
+
+    ref = exact(q, k, v)
+    return [rel_err(build_attention(name, seed=seed, **params)(q, k, v), ref) for seed in seeds]
 
 
 def support_mask(layout, nq, nk):

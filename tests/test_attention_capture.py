@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from attention_inputs import block_inputs, gaussian_qkv
 
 from bench import pareto
 from eval.attention_capture import AttentionCapture, load_capture, save_capture
@@ -75,9 +76,7 @@ def test_pareto_front_by_definition():
 
 
 def test_pareto_replays_captured_inputs(tmp_path, capsys):
-    g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(3, 64, 8, generator=g), torch.randn(3, 16, 8, generator=g)
-    v = torch.randn(3, 16, 12, generator=g)
+    q, k, v = gaussian_qkv(3, 64, 16, 8, 12, seed=0)
     path = save_capture(tmp_path / "inputs.pt", q, k, v, model="synthetic", attention="exact")
     out = tmp_path / "front"
     code = pareto.main(["--inputs", str(path), "--methods", "performer,topk", "--budgets", "1/4,1/2",
@@ -133,14 +132,8 @@ def test_fid_saves_the_attention_inputs_of_its_first_images(tiny_deep_dir, tmp_p
     state = load_capture(file)
     # the oracle: the block's own q, k, v projections on a fresh generator run for images 0..2 (latent seed 0)
     G = load_generator(str(tiny_deep_dir), attention="exact", device="cpu")
-    [block] = G.attention_blocks()
-    inputs = []
-    original_qkv = block.qkv
-    block.qkv = lambda x: inputs.append(original_qkv(x)) or inputs[-1]
     plan = ImagePlan(0.5, 0, tuple(range(G.num_classes)), "per-image", "balanced", None, None)
-    with torch.no_grad():
-        plan.sample(G, torch.arange(3))
-    for name, t in zip("qkv", inputs[0], strict=True):
+    for name, t in zip("qkv", block_inputs(G, lambda: plan.sample(G, torch.arange(3))), strict=True):
         torch.testing.assert_close(state[name], t, rtol=1e-6, atol=1e-6)
     assert fid_main(argv("out2", "--save-attention-images", "0")) == 2
 
@@ -148,9 +141,7 @@ def test_fid_saves_the_attention_inputs_of_its_first_images(tiny_deep_dir, tmp_p
 def test_attention_bench_replays_captured_inputs(tmp_path, capsys):
     from bench import attention as attention_bench
 
-    g = torch.Generator().manual_seed(1)
-    q, k = torch.randn(2, 64, 8, generator=g), torch.randn(2, 16, 8, generator=g)
-    v = torch.randn(2, 16, 12, generator=g)
+    q, k, v = gaussian_qkv(2, 64, 16, 8, 12, seed=1)
     path = save_capture(tmp_path / "inputs.pt", q, k, v, model="synthetic", attention="exact")
     out = tmp_path / "bench.json"
     assert attention_bench.main(["--inputs", str(path), "--methods", "exact,performer", "--budgets", "1/2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attention_inputs import gaussian_qkv
 
 from gan.attention import build_attention
 from gan.attention.published import exact
@@ -20,12 +21,7 @@ def test_exact_equals_naive_softmax(shape, scale):
     # Tolerance 1e-5: fp32 SDPA vs float64 reference on O(1) outputs; fails if the scale is
     # ignored or replaced by 1/sqrt(d), or keys/values are misaligned when Nq != Nk or dv != d.
     b, nq, nk, d, dv = shape
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (
-        torch.randn(b, nq, d, generator=gen),
-        torch.randn(b, nk, d, generator=gen),
-        torch.randn(b, nk, dv, generator=gen),
-    )
+    q, k, v = gaussian_qkv(*shape)
     out = build_attention("exact")(q, k, v, scale=scale)
     assert out.shape == (b, nq, dv) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), naive_attention(q, k, v, scale), atol=1e-5, rtol=1e-5)
@@ -34,12 +30,7 @@ def test_exact_equals_naive_softmax(shape, scale):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_exact_low_precision_and_large_logits_finite(dtype):
     # Logits up to 100 in reduced precision: SDPA must not overflow (it subtracts the row max).
-    gen = torch.Generator().manual_seed(1)
-    q, k, v = (
-        torch.randn(2, 64, 16, generator=gen),
-        torch.randn(2, 16, 16, generator=gen),
-        torch.randn(2, 16, 8, generator=gen),
-    )
+    q, k, v = gaussian_qkv(2, 64, 16, 16, 8, seed=1)
     q = q * 100 / (q @ k.transpose(1, 2)).abs().max()
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     out = build_attention("exact")(q, k, v, scale=1.0)
@@ -53,12 +44,7 @@ def test_query_chunks_for_large_inputs_give_the_same_result(monkeypatch):
     # Beyond CHUNK_SCORES scores per batch element the queries go in chunks (memory bound at Nq=65536); with a
     # cap of 16*25 scores, 100 queries run as 6 full chunks and a tail of 4, and score_entries says so.
     # Same 1e-5 against float64 as above: a wrong slice or a lost tail row gives O(1) errors.
-    gen = torch.Generator().manual_seed(3)
-    q, k, v = (
-        torch.randn(2, 100, 8, generator=gen),
-        torch.randn(2, 25, 8, generator=gen),
-        torch.randn(2, 25, 12, generator=gen),
-    )
+    q, k, v = gaussian_qkv(2, 100, 25, 8, 12, seed=3)
     monkeypatch.setattr(exact, "CHUNK_SCORES", 16 * 25)
     attn = build_attention("exact")
     assert attn.score_entries(100, 25, 8) == 16 * 25

@@ -172,30 +172,3 @@ def test_peak_memory_within_the_score_entries():
     assert peak - 4 * b * nq * dv <= bound < 4 * b * nq * nk / 4, (peak, bound)
 
 
-def test_deterministic_by_seed_and_exact_on_probes():
-    q, k, v = qkv(nq=1024, nk=256, logit_std=2.0)
-    a = build_attention(NAME, budget=1 / 4, seed=1)(q, k, v)
-    assert torch.equal(a, build_attention(NAME, budget=1 / 4, seed=1)(q, k, v))
-    assert not torch.equal(a, build_attention(NAME, budget=1 / 4, seed=2)(q, k, v))
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_and_large_logits_finite(dtype):
-    q, k, v = qkv(nq=1024, nk=256, logit_std=30.0)
-    assert (q @ k.transpose(1, 2)).abs().max() > 90
-    out = build_attention(NAME, budget=1 / 8)(q.to(dtype), k.to(dtype), v.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize(
-    "params,name", [({"num_features": 0}, "num_features"), ({"shrink": 1}, "shrink"), ({"budget": 0}, "budget")]
-)
-def test_bad_params_name_the_parameter(params, name):
-    with pytest.raises(ValueError, match=name):
-        build_attention(NAME, **params)
-
-
-def test_non_positive_scale_rejected():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="scale"):
-        build_attention(NAME)(q, k, v, scale=0.0)

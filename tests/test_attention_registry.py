@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -10,9 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from attention_inputs import gaussian_qkv
 
 from bench import attention as attention_bench
-from gan.attention import AttentionBackend, attention_info, available_attentions, backend_parameters, build_attention
+from gan.attention import (
+    AttentionBackend,
+    attention_info,
+    available_attentions,
+    backend_class,
+    backend_parameters,
+    build_attention,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,6 +129,21 @@ def test_unknown_param_error_lists_accepted_params():
         build_attention("topk", n_hashes=4)
     message = str(err.value)
     assert "n_hashes" in message and all(p in message for p in ("k", "chunk_size", "budget", "seed"))
+    with pytest.raises(ValueError, match="topk attention does not take n_hashes"):  # built without the registry
+        backend_class("topk")(n_hashes=4)
+
+
+def test_signature_and_repr_show_the_declared_parameters():
+    # What a reader sees of a backend class (inspect.signature, help()) and of a built one (repr): its keyword
+    # parameters in declaration order with their defaults, budget and seed last; positional arguments refused.
+    assert str(inspect.signature(backend_class("topk"))) == "(*, k=None, chunk_size=256, budget=None, seed=0)"
+    assert repr(build_attention("topk", k=3, seed=2)) == "TopKAttention(k=3, chunk_size=256, budget=None, seed=2)"
+    for name in available_attentions():
+        signature = inspect.signature(backend_class(name))
+        assert {p.name: p.default for p in signature.parameters.values()} == backend_parameters(name)
+        assert all(p.kind is p.KEYWORD_ONLY for p in signature.parameters.values())
+    with pytest.raises(TypeError):
+        backend_class("topk")(3)
 
 
 @pytest.mark.parametrize("name", available_attentions())
@@ -130,12 +154,7 @@ def test_every_backend_takes_budget_and_seed_and_keeps_shapes(name):
     b, nq, nk, d, dv, budget = 2, 256, 64, 16, 8, 0.25
     attn = build_attention(name, budget=budget, seed=3)
     assert isinstance(attn, AttentionBackend)
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (
-        torch.randn(b, nq, d, generator=gen),
-        torch.randn(b, nk, d, generator=gen),
-        torch.randn(b, nk, dv, generator=gen),
-    )
+    q, k, v = gaussian_qkv(b, nq, nk, d, dv)
     out = attn(q, k, v, scale=1.0)
     assert out.shape == (b, nq, dv) and out.dtype == torch.float32 and torch.isfinite(out).all()
     json.dumps(attn.resolve(nq, nk, d))

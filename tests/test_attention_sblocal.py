@@ -21,14 +21,11 @@ import math
 
 import pytest
 import torch
-from attention_inputs import clustered_qkv, exact, qkv, rel_err
+from attention_inputs import BIGGAN, ODD, clustered_qkv, errors_over_seeds, exact, qkv, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
 from gan.attention.parts.sb_features import default_num_features, sb_key_features, sb_projection, sb_query_features
-
-BIGGAN = (1, 4096, 1024, 32, 128)
-ODD = (2, 300, 77, 16, 8)
 
 
 def plain_projection(n_features, d, seed):
@@ -166,44 +163,6 @@ def test_budget_one_does_not_collapse_but_a_full_window_is_exact():
     assert at_one.parameters_for(ODD[1], ODD[2])[0] < 2 * ODD[2] - 1
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_and_large_logits_stay_finite(dtype):
-    q, k, v = clustered_qkv(*ODD, logit_std=30.0, seed=0)
-    q = q * (100 / (q @ k.transpose(1, 2)).abs().max())  # logits up to 100
-    attn = build_attention("sblocal", local_context=8, num_features=16)
-    out32 = attn(q, k, v, scale=1.0)
-    assert torch.isfinite(out32).all()
-    out = attn(q.to(dtype), k.to(dtype), v.to(dtype), scale=1.0)
-    assert out.dtype == dtype and torch.isfinite(out).all()
-
-
-def test_seeds_and_redraw():
-    q, k, v = qkv(*ODD, seed=5)
-    first = build_attention("sblocal", seed=1)(q, k, v)
-    assert torch.equal(first, build_attention("sblocal", seed=1)(q, k, v))
-    assert not torch.equal(first, build_attention("sblocal", seed=2)(q, k, v))
-    attn = build_attention("sblocal", seed=1)
-    assert torch.equal(attn(q, k, v), attn(q, k, v))  # features kept, as the reference
-    fresh = build_attention("sblocal", seed=1, redraw=True)
-    assert torch.equal(fresh(q, k, v), first)  # first draw of the generator = the cached draw
-    assert not torch.equal(fresh(q, k, v), first)
-
-
-def test_bad_parameters_are_rejected():
-    for params in (
-        {"local_context": 0},
-        {"num_features": 1},
-        {"ortho_scaling": 2},
-        {"softmax_eps": -1.0},
-        {"redraw": 1},
-    ):
-        with pytest.raises(ValueError):
-            build_attention("sblocal", **params)
-    q, k, v = qkv(*ODD)
-    with pytest.raises(ValueError, match="scale > 0"):
-        build_attention("sblocal")(q, k, v, scale=0.0)
-
-
 # Mean relative error vs exact over seeds 0-4 of the authors' SBLocalAttention (run as model_sblocal.py does:
 # local_context=32, nb_features=128, after torch.manual_seed(seed)) on bench.regimes.regime_qkv("featuremap-smooth",
 # batch=1); measured as BENCHMARKS.md says.
@@ -211,10 +170,7 @@ REFERENCE_MEAN_ERROR = 1.0355
 
 
 def test_mean_error_matches_the_authors_code():
-    q, k, v = regime_qkv("featuremap-smooth", batch=1)  # BigGAN's shape: 4096 queries, 1024 keys, d 32, dv 128
-    ref = exact(q, k, v)
-    errors = [
-        rel_err(build_attention("sblocal", seed=seed, local_context=32, num_features=128)(q, k, v, scale=1.0), ref)
-        for seed in range(5)
-    ]
+    # BigGAN's shape: 4096 queries, 1024 keys, d 32, dv 128
+    params = {"local_context": 32, "num_features": 128}
+    errors = errors_over_seeds("sblocal", params, *regime_qkv("featuremap-smooth", batch=1))
     assert abs(sum(errors) / 5 - REFERENCE_MEAN_ERROR) <= 0.1 * REFERENCE_MEAN_ERROR, errors

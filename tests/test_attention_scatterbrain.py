@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from attention_inputs import exact, qkv, rel_err
+from attention_inputs import BIGGAN, BUDGET_GRID, ODD, errors_over_seeds, qkv, rel_err
 
 from bench.regimes import regime_qkv
 from gan.attention import build_attention
@@ -97,16 +97,9 @@ def reference_sbsmyrf(q, k, v, alpha, beta, proj, q_size, k_size, temp=1.0):
 @pytest.mark.parametrize(
     "b,nq,nk,d,dv,params",
     [
-        (
-            1,
-            4096,
-            1024,
-            32,
-            128,
-            {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16, "num_features": 64},
-        ),  # BigGAN
-        (2, 300, 77, 16, 8, {"budget": 0.25}),  # odd, budget-resolved: padded key clusters
-        (2, 300, 77, 16, 8, {"n_hashes": 3, "q_cluster_size": 32, "num_features": 20}),  # padded queries and keys
+        (*BIGGAN, {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16, "num_features": 64}),
+        (*ODD, {"budget": 0.25}),  # budget-resolved: padded key clusters
+        (*ODD, {"n_hashes": 3, "q_cluster_size": 32, "num_features": 20}),  # padded queries and keys
     ],
 )
 def test_equals_the_reference_reading_with_the_same_draws(b, nq, nk, d, dv, params):
@@ -136,37 +129,10 @@ def test_scale_is_the_softmax_temperature_and_the_hash_sees_raw_inputs():
     assert torch.equal(out, attn(q, k, v, scale=0.4))  # redraw=False: the same draws every call
 
 
-@pytest.mark.parametrize("params", [{"budget": 1.0}, {"n_hashes": 3, "q_cluster_size": 256, "num_features": 16}])
-def test_complete_support_is_exact(params):
-    # One cluster: every pair is on the support (counted once over the rounds), so the features cancel (1e-4).
-    q, k, v = qkv()
-    assert rel_err(build_attention("scatterbrain", **params)(q, k, v, scale=0.8), exact(q, k, v, 0.8)) < 1e-4
-
-
-def test_seeds_and_redraw():
-    q, k, v = qkv(nq=250, nk=62)
-    a, b = (build_attention("scatterbrain", budget=0.25, seed=1, redraw=True) for _ in range(2))
-    first, second = a(q, k, v), a(q, k, v)
-    assert not torch.equal(first, second)  # fresh hashes per call, as the reference
-    assert torch.equal(first, b(q, k, v)) and torch.equal(second, b(q, k, v))
-    assert not torch.equal(first, build_attention("scatterbrain", budget=0.25, seed=2)(q, k, v))
-    fixed = build_attention("scatterbrain", budget=0.25, seed=1)  # default: drawn once, as the first call
-    assert torch.equal(fixed(q, k, v), first) and torch.equal(fixed(q, k, v), first)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_and_large_logits_finite(dtype):
-    q, k, v = qkv(logit_std=30.0)
-    assert (q @ k.transpose(1, 2)).abs().max() > 90
-    out = build_attention("scatterbrain", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    assert torch.isfinite(build_attention("scatterbrain", budget=0.125)(q, k, v)).all()
-
-
 @pytest.mark.parametrize(
     "nq,nk,budget",
     [
-        *((nq, nk, b) for nq, nk in [(4096, 1024), (1000, 250), (16384, 4096)] for b in (1 / 32, 1 / 8, 1 / 4, 1.0)),
+        *BUDGET_GRID,
         (300, 77, 1 / 4),
         (300, 77, 1.0),
     ],
@@ -186,28 +152,6 @@ def test_budget_splits_half_and_half_within_budget(nq, nk, budget):
         assert plan["num_features"] == 0 and plan["n_clusters"] == 1
 
 
-@pytest.mark.parametrize(
-    "params,name",
-    [
-        ({"num_features": 1}, "num_features"),
-        ({"n_hashes": 0}, "n_hashes"),
-        ({"ortho_scaling": 2}, "ortho_scaling"),
-        ({"softmax_eps": -1.0}, "softmax_eps"),
-        ({"redraw": 1}, "redraw"),
-        ({"r": -1}, "r"),
-    ],
-)
-def test_bad_params_name_the_parameter(params, name):
-    with pytest.raises(ValueError, match=name):
-        build_attention("scatterbrain", **params)
-
-
-def test_non_positive_scale_rejected():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="scale"):
-        build_attention("scatterbrain")(q, k, v, scale=0.0)
-
-
 # Mean relative error over seeds 0-4 of HazyResearch SBSmyrfAttention(8, 64, 16, d_head=32, nb_features=64,
 # softmax_temp=1) after torch.manual_seed(s), on bench.regimes at B=1, 4096 x 1024, d=32, dv=128, regime seed 0;
 # how they were measured: BENCHMARKS.md, "Published backends vs the authors' code".
@@ -216,15 +160,6 @@ REFERENCE_MEAN_ERROR = {"featuremap-smooth": 0.6388}
 
 @pytest.mark.parametrize("regime", sorted(REFERENCE_MEAN_ERROR))
 def test_mean_error_matches_the_authors_code(regime):
-    q, k, v = regime_qkv(regime, batch=1)
-    ref = exact(q, k, v)
-    errors = [
-        rel_err(
-            build_attention("scatterbrain", n_hashes=8, q_cluster_size=64, k_cluster_size=16, num_features=64, seed=s)(
-                q, k, v
-            ),
-            ref,
-        )
-        for s in range(5)
-    ]
+    params = {"n_hashes": 8, "q_cluster_size": 64, "k_cluster_size": 16, "num_features": 64}
+    errors = errors_over_seeds("scatterbrain", params, *regime_qkv(regime, batch=1))
     assert abs(sum(errors) / 5 / REFERENCE_MEAN_ERROR[regime] - 1) < 0.10, errors

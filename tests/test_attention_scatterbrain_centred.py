@@ -115,23 +115,6 @@ def test_never_much_worse_than_performer_with_same_features(regime):
     assert errors["scatterbrain-centred"] <= 1.05 * errors["performer"] + 0.03
 
 
-def test_deterministic_by_seed():
-    q, k, v = qkv()
-    a = build_attention("scatterbrain-centred", budget=0.25, seed=1)(q, k, v)
-    assert torch.equal(a, build_attention("scatterbrain-centred", budget=0.25, seed=1)(q, k, v))
-    assert not torch.equal(a, build_attention("scatterbrain-centred", budget=0.25, seed=2)(q, k, v))
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_and_large_logits_finite(dtype):
-    # Logits up to ~100: features and scores share one log-shift per query, so nothing overflows.
-    q, k, v = qkv(logit_std=30.0)
-    assert (q @ k.transpose(1, 2)).abs().max() > 90
-    out = build_attention("scatterbrain-centred", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    assert rel_err(build_attention("scatterbrain-centred", budget=1.0)(q, k, v), exact(q, k, v)) < 1e-4
-
-
 @pytest.mark.parametrize("nq,nk", [(4096, 1024), (2048, 512), (16384, 4096)])
 @pytest.mark.parametrize("budget", [1 / 32, 1 / 8, 1 / 4])
 def test_budget_split_within_budget(nq, nk, budget):
@@ -149,26 +132,6 @@ def test_full_budget_holds_the_dense_matrix_and_no_more(nq, nk):
     attn = build_attention("scatterbrain-centred", budget=1.0)
     assert attn.resolve(nq, nk, 32)["num_features"] == 0
     assert attn.score_entries(nq, nk, 32) <= nq * nk
-
-
-@pytest.mark.parametrize(
-    "params,name",
-    [
-        ({"num_features": 0}, "num_features"),
-        ({"n_hashes": -2}, "n_hashes"),
-        ({"q_cluster_size": 0}, "q_cluster_size"),
-        ({"seed": 1.5}, "seed"),
-    ],
-)
-def test_bad_params_name_the_parameter(params, name):
-    with pytest.raises(ValueError, match=name):
-        build_attention("scatterbrain-centred", **params)
-
-
-def test_non_positive_scale_rejected():
-    q, k, v = qkv()
-    with pytest.raises(ValueError, match="scale"):
-        build_attention("scatterbrain-centred")(q, k, v, scale=-1.0)
 
 
 def test_budget_features_capped_where_the_correction_would_cost_as_much_as_exact():

@@ -127,27 +127,6 @@ def test_covering_meets_more_distinct_keys_where_attention_is_diffuse():
     assert counts[True] >= 1.4 * counts[False]
 
 
-def test_deterministic_by_seed():
-    # Same seed -> bit-identical output; another seed hashes differently (randomness really from seed).
-    q, k, v = qkv()
-    a = build_attention("smyrf-topkeys", budget=0.25, seed=1)(q, k, v)
-    b = build_attention("smyrf-topkeys", budget=0.25, seed=1)(q, k, v)
-    c = build_attention("smyrf-topkeys", budget=0.25, seed=2)(q, k, v)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_and_large_logits_finite(dtype):
-    # Logits up to ~100 and half-precision inputs: scores are fp32 with max subtraction, so finite.
-    q, k, v = qkv(logit_std=30.0)
-    assert (q @ k.transpose(1, 2)).abs().max() > 90
-    out = build_attention("smyrf-topkeys", budget=0.125)(q.to(dtype), k.to(dtype), v.to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    full = build_attention("smyrf-topkeys", budget=1.0)(q, k, v)
-    assert rel_err(full, exact(q, k, v)) < 1e-4
-
-
 def test_clustered_peaked_error_far_below_reference():
     # The issue's hard regime at budget 1/8: the public SMYRF's error was 1.3-3.0. Ours must stay
     # under a quarter of the lower end (0.3) at this small size; fails if the hash stops putting
@@ -187,21 +166,6 @@ def test_default_rounds_keep_at_least_4_keys_per_cluster(budget, expected):
 def test_reference_setting_resolves_to_the_issue_parameters():
     plan = build_attention("smyrf-topkeys", n_hashes=8, q_cluster_size=64, k_cluster_size=16).resolve(4096, 1024, 32)
     assert plan == {"n_hashes": 8, "n_clusters": 64, "q_cluster_size": 64, "k_cluster_size": 16, "mix": False}
-
-
-@pytest.mark.parametrize(
-    "params,name",
-    [
-        ({"n_hashes": 0}, "n_hashes"),
-        ({"q_cluster_size": -1}, "q_cluster_size"),
-        ({"k_cluster_size": 1.5}, "k_cluster_size"),
-        ({"budget": 2.0}, "budget"),
-        ({"n_buckets": 4}, "n_buckets"),
-    ],
-)
-def test_bad_params_name_the_parameter(params, name):
-    with pytest.raises(ValueError, match=name):
-        build_attention("smyrf-topkeys", **params)
 
 
 def test_more_clusters_than_keys_rejected():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from attention_inputs import block_inputs
 from PIL import Image
 
 from app.sample import main
@@ -319,14 +320,9 @@ def test_saves_the_attention_inputs_of_its_first_images(tiny_deep_dir, tmp_path)
     state = load_capture(file)
     # the oracle: the attention block's own projections on images 0..2 sampled as the documented latents/classes
     G = load_generator(str(tiny_deep_dir), attention="exact", device="cpu")
-    [block] = G.attention_blocks()
-    seen = []
-    original_qkv = block.qkv
-    block.qkv = lambda x: seen.append(original_qkv(x)) or seen[-1]
     labels = balanced_class_ids([0, 1, 2], [1, 207])
-    with torch.no_grad():
-        G.generate(per_image_latents([0, 1, 2], G.z_dim, truncation=0.4, seed=5), labels, truncation=0.4)
-    for name, t in zip("qkv", seen[0], strict=True):
+    latents = per_image_latents([0, 1, 2], G.z_dim, truncation=0.4, seed=5)
+    for name, t in zip("qkv", block_inputs(G, lambda: G.generate(latents, labels, truncation=0.4)), strict=True):
         torch.testing.assert_close(state[name], t, rtol=1e-5, atol=1e-6)
     assert main(_args(tiny_deep_dir, tmp_path / "out2", "--save-attention-images", "0")) == 2
     assert not (tmp_path / "out2").exists()  # refused before anything was written

@@ -1,5 +1,6 @@
 """What the attention methods are built from; no module here imports a method module.
 
+- parameter_groups: parameters several backends declare alike (the cluster trio, Scatterbrain's feature options)
 - hashing: XBOX+ transforms, E2LSH draws and hashes, centroid sort keys
 - planning: the budget search over hash rounds and cluster counts, explicit cluster sizes
 - sorted_clusters: SMYRF's rank-cut clusters and their attention (smyrf, scatterbrain)

@@ -5,15 +5,12 @@ size: for a budget it tries round counts in a preferred order and, for each, clu
 the fewest (largest clusters, most accurate) upwards, and takes the first plan that fits. A plan
 that fits but is ``enough``-rejected (e.g. clusters too small to be worth the extra rounds) moves
 the search on to the next round count; the last round count takes whatever fits first. Explicit
-cluster sizes are checked here once for every clustered backend (``clustering``, ``explicit_cluster_count``).
+cluster sizes are checked against the shapes here once for every clustered backend (``explicit_cluster_count``).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-
-from ..base import positive_int
 
 
 def search_plan(
@@ -62,8 +59,3 @@ def explicit_cluster_count(nq: int, nk: int, q_cluster_size: int | None, k_clust
         )
     return q_clusters or k_clusters
 
-
-def clustering(n_hashes: Any, q_cluster_size: Any, k_cluster_size: Any) -> tuple[int | None, int | None, int | None]:
-    """The clustered backends' explicit (n_hashes, q_cluster_size, k_cluster_size), each None or an int >= 1."""
-    given = {"n_hashes": n_hashes, "q_cluster_size": q_cluster_size, "k_cluster_size": k_cluster_size}
-    return tuple(positive_int(name, value) for name, value in given.items())

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..base import AttentionBackend, SeededDraws, check_bool, nonnegative_int, positive_int
+from ..base import REDRAW, AttentionBackend, Parameter, nonnegative_int, positive_int
 
 POWER_ITERATIONS = 20  # the reference's power_method itr_num
 DEFAULT_NUM_PROJS = 7  # the BigGAN setting (and the reference default)
@@ -72,21 +72,10 @@ class KDEformerAttention(AttentionBackend):
     paper = "Zandieh et al., ICML 2023"
     variant_of = None
 
-    def __init__(
-        self,
-        *,
-        bucket_size: int | None = None,
-        sample_size: int | None = None,
-        num_projs: int | None = None,
-        redraw: bool = False,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.bucket_size = positive_int("bucket_size", bucket_size)
-        self.sample_size = nonnegative_int("sample_size", sample_size, "0: no residual")
-        self.num_projs = positive_int("num_projs", num_projs, most=MAX_NUM_PROJS)
-        self.redraw = check_bool("redraw", redraw)
-        self._draws = SeededDraws(self.seed, self.redraw)
+    bucket_size = Parameter(positive_int)
+    sample_size = Parameter(nonnegative_int, meaning="0: no residual")
+    num_projs = Parameter(positive_int, most=MAX_NUM_PROJS)
+    redraw = REDRAW
 
     def projs_for(self, nq: int, nk: int) -> int:
         """Hyperplanes per hash: ``num_projs``, else 7 (fewer when hashing would take over half the budget)."""
@@ -136,7 +125,7 @@ class KDEformerAttention(AttentionBackend):
                 torch.rand(batch, samples, generator=generator, dtype=torch.float64),
             )
 
-        return KDEformerDraws(*self._draws(("kde", batch, d, dv, projs, samples), device, draw))
+        return KDEformerDraws(*self.seeded_draws(("kde", batch, d, dv, projs, samples), device, draw))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         bucket, samples = self.parameters_for(q.shape[1], k.shape[1])

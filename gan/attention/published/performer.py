@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from ..base import AttentionBackend, check_bool, nonnegative_number, positive_int
+from ..base import REDRAW, AttentionBackend, Parameter, nonnegative_number, positive_int
 from ..parts.random_features import ProjectionCache, favor_log_features
 
 # Queries per chunk: bounds the (B, chunk, m) query-side logits and weights independently of Nq.
@@ -47,20 +47,13 @@ class PerformerAttention(AttentionBackend):
     name = "performer"
     paper = "Choromanski et al., ICLR 2021"
 
-    def __init__(
-        self,
-        *,
-        num_features: int | None = None,
-        redraw: bool = False,
-        eps: float = EPS,
-        normalization_eps: float = NORMALIZATION_EPS,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.eps = nonnegative_number("eps", eps)
-        self.normalization_eps = nonnegative_number("normalization_eps", normalization_eps)
-        self.num_features = positive_int("num_features", num_features)
-        self.redraw = check_bool("redraw", redraw)
+    num_features = Parameter(positive_int)
+    redraw = REDRAW
+    eps = Parameter(nonnegative_number, default=EPS)
+    normalization_eps = Parameter(nonnegative_number, default=NORMALIZATION_EPS)
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._projections = ProjectionCache(self.seed, self.redraw)
 
     def features_for(self, nq: int, nk: int) -> int:

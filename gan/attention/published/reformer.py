@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..base import AttentionBackend, check_bool, positive_int
+from ..base import REDRAW, AttentionBackend, Parameter, one_of, positive_int
 from ..parts.planning import fewest_clusters_from, search_plan
 from ..parts.round_attention import clustered_attention
 from ..parts.round_layout import RoundLayout, chunk_neighbours
@@ -85,28 +85,19 @@ class ReformerAttention(AttentionBackend):
     name = "reformer"
     paper = "Kitaev et al., ICLR 2020"
 
-    def __init__(
-        self,
-        *,
-        mode: str = "biggan-shared-qk",
-        n_hashes: int | None = None,
-        bucket_size: int | None = None,
-        n_buckets: int | None = None,
-        redraw: bool = False,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        self.mode = mode
-        self.n_hashes = positive_int("n_hashes", n_hashes)
-        self.bucket_size = positive_int("bucket_size", bucket_size)
-        self.n_buckets = positive_int("n_buckets", n_buckets)
-        if mode == MODES[0] and n_buckets is not None:
+    mode = Parameter(one_of, default=MODES[0], choices=MODES)
+    n_hashes = Parameter(positive_int)
+    bucket_size = Parameter(positive_int)
+    n_buckets = Parameter(positive_int)
+    redraw = REDRAW
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        mode = self.mode
+        if mode == MODES[0] and self.n_buckets is not None:
             raise ValueError(f"n_buckets is a separate-qk parameter; mode {mode} takes bucket_size (tokens per bucket)")
-        if mode == MODES[1] and bucket_size is not None:
+        if mode == MODES[1] and self.bucket_size is not None:
             raise ValueError(f"bucket_size is a biggan-shared-qk parameter; mode {mode} takes n_buckets")
-        self.redraw = check_bool("redraw", redraw)
         self._generator = torch.Generator().manual_seed(self.seed)
         self._rotations: dict[tuple, Any] = {}
 

@@ -37,14 +37,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..base import AttentionBackend, SeededDraws, check_bool, nonnegative_number, positive_int
-from ..parts.sb_features import (
-    check_num_features,
-    check_ortho_scaling,
-    sb_key_features,
-    sb_projection,
-    sb_query_features,
-)
+from ..base import REDRAW, AttentionBackend, Parameter, positive_int
+from ..parts.parameter_groups import SB_FEATURE_OPTIONS, SB_NUM_FEATURES
+from ..parts.sb_features import sb_key_features, sb_projection, sb_query_features
 
 FEATURES_PER_WINDOW_KEY = 4  # the BigGAN experiments' ratio of features to local_context: 128 / 32
 
@@ -64,23 +59,10 @@ class SBLocalAttention(AttentionBackend):
     paper = "Chen et al., NeurIPS 2021"
     variant_of = None
 
-    def __init__(
-        self,
-        *,
-        local_context: int | None = None,
-        num_features: int | None = None,
-        ortho_scaling: int = 0,
-        softmax_eps: float = 0.0,
-        redraw: bool = False,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.local_context = positive_int("local_context", local_context)
-        self.num_features = check_num_features(num_features)
-        self.ortho_scaling = check_ortho_scaling(ortho_scaling)
-        self.softmax_eps = nonnegative_number("softmax_eps", softmax_eps)
-        self.redraw = check_bool("redraw", redraw)
-        self._draws = SeededDraws(self.seed, self.redraw)
+    local_context = Parameter(positive_int)
+    num_features = SB_NUM_FEATURES
+    ortho_scaling, softmax_eps = SB_FEATURE_OPTIONS
+    redraw = REDRAW
 
     def parameters_for(self, nq: int, nk: int) -> tuple[int, int]:
         """(local_context, num_features) used for these shapes."""
@@ -101,7 +83,7 @@ class SBLocalAttention(AttentionBackend):
         def draw(generator):
             return sb_projection(num_features, d, generator, scaling=self.ortho_scaling)
 
-        return self._draws(("sb", num_features, d, self.ortho_scaling), device, draw)
+        return self.seeded_draws(("sb", num_features, d, self.ortho_scaling), device, draw)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:

@@ -28,17 +28,11 @@ from typing import Any
 
 import torch
 
-from ..base import AttentionBackend, check_bool, nonnegative_number, positive_number
+from ..base import REDRAW, AttentionBackend, Parameter, positive_number
 from ..parts.hashing import draw_e2lsh
 from ..parts.low_rank import LowRankTerms
-from ..parts.planning import clustering
-from ..parts.sb_features import (
-    check_num_features,
-    check_ortho_scaling,
-    sb_key_features,
-    sb_projection,
-    sb_query_features,
-)
+from ..parts.parameter_groups import CLUSTERS, SB_FEATURE_OPTIONS, SB_NUM_FEATURES
+from ..parts.sb_features import sb_key_features, sb_projection, sb_query_features
 from ..parts.sorted_clusters import (
     SortedClusterPlan,
     pad_tokens,
@@ -75,26 +69,14 @@ class ScatterbrainAttention(AttentionBackend):
     name = "scatterbrain"
     paper = "Chen et al., NeurIPS 2021"
 
-    def __init__(
-        self,
-        *,
-        num_features: int | None = None,
-        n_hashes: int | None = None,
-        q_cluster_size: int | None = None,
-        k_cluster_size: int | None = None,
-        r: float = 1.0,
-        ortho_scaling: int = 0,
-        softmax_eps: float = 0.0,
-        redraw: bool = False,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.num_features = check_num_features(num_features)
-        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
-        self.r = positive_number("r", r)
-        self.ortho_scaling = check_ortho_scaling(ortho_scaling)
-        self.softmax_eps = nonnegative_number("softmax_eps", softmax_eps)
-        self.redraw = check_bool("redraw", redraw)
+    num_features = SB_NUM_FEATURES
+    n_hashes, q_cluster_size, k_cluster_size = CLUSTERS
+    r = Parameter(positive_number, default=1.0)
+    ortho_scaling, softmax_eps = SB_FEATURE_OPTIONS
+    redraw = REDRAW
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._generator = torch.Generator().manual_seed(self.seed)  # the redraw stream: hashes per call, features once
         self._features: dict[tuple, torch.Tensor] = {}
         self._fixed: dict[tuple, tuple] = {}  # redraw=False: hashes and features once per shape, from seed

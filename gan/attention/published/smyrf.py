@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from ..base import AttentionBackend, SeededDraws, check_bool, positive_number
+from ..base import REDRAW, AttentionBackend, Parameter, check_bool, positive_number
 from ..parts.hashing import draw_e2lsh
-from ..parts.planning import clustering
+from ..parts.parameter_groups import CLUSTERS
 from ..parts.sorted_clusters import (
     SortedClusterPlan,
     pad_tokens,
@@ -45,23 +45,10 @@ class SmyrfAttention(AttentionBackend):
     name = "smyrf"
     paper = "Daras et al., NeurIPS 2020"
 
-    def __init__(
-        self,
-        *,
-        n_hashes: int | None = None,
-        q_cluster_size: int | None = None,
-        k_cluster_size: int | None = None,
-        r: float = 1.0,
-        count_duplicates: bool = True,
-        redraw: bool = False,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
-        self.r = positive_number("r", r)
-        self.count_duplicates = check_bool("count_duplicates", count_duplicates)
-        self.redraw = check_bool("redraw", redraw)
-        self.hash_draws = SeededDraws(self.seed, self.redraw)  # E2LSH: per call with redraw, else once per shape
+    n_hashes, q_cluster_size, k_cluster_size = CLUSTERS
+    r = Parameter(positive_number, default=1.0)
+    count_duplicates = Parameter(check_bool, default=True)
+    redraw = REDRAW
 
     def plan(self, nq: int, nk: int) -> SortedClusterPlan:
         return plan_sorted_clusters(
@@ -70,7 +57,7 @@ class SmyrfAttention(AttentionBackend):
 
     def e2lsh(self, n_hashes: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha (dim, R), beta (1, R) on ``device``."""
-        return self.hash_draws(("e2lsh", n_hashes, dim), device, lambda g: draw_e2lsh(g, n_hashes, dim, self.r))
+        return self.seeded_draws(("e2lsh", n_hashes, dim), device, lambda g: draw_e2lsh(g, n_hashes, dim, self.r))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         nq, nk = q.shape[1], k.shape[1]

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from einops import rearrange
 
-from ..base import AttentionBackend, SeededDraws, check_bool, nonnegative_int, unit_fraction
+from ..base import REDRAW, AttentionBackend, Parameter, nonnegative_int, unit_fraction
 
 
 class HalvingDraws(NamedTuple):
@@ -59,19 +59,9 @@ class ThinformerAttention(AttentionBackend):
     paper = 'Carrell et al., ICML 2025 ("Low-Rank Thinning")'
     variant_of = None
 
-    def __init__(
-        self,
-        *,
-        g: int | None = None,
-        delta: float = 0.5,
-        redraw: bool = False,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.g = nonnegative_int("g", g, "the oversampling parameter")
-        self.delta = unit_fraction("delta", delta)
-        self.redraw = check_bool("redraw", redraw)
-        self._draws = SeededDraws(self.seed, self.redraw)
+    g = Parameter(nonnegative_int, meaning="the oversampling parameter")
+    delta = Parameter(unit_fraction, default=0.5)
+    redraw = REDRAW
 
     def g_for(self, nq: int, nk: int) -> int:
         """The oversampling parameter g used for these shapes."""
@@ -95,7 +85,7 @@ class ThinformerAttention(AttentionBackend):
                 out += [uniforms.transpose(0, 1), torch.empty(1, dtype=torch.bool).bernoulli_(generator=generator)]
             return tuple(out)
 
-        flat = self._draws(("thin", batch, nk, g), "cpu", draw)
+        flat = self.seeded_draws(("thin", batch, nk, g), "cpu", draw)
         return [HalvingDraws(flat[i].to(device), flat[i + 1].to(device)) for i in range(0, len(flat), 2)]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..base import AttentionBackend, positive_int
+from ..base import AttentionBackend, Parameter, positive_int
 
 DEFAULT_CHUNK_SIZE = 256  # cache-sized score chunks (docs/attention.md, "Why these constants")
 # Keys per group in the group-max prefilter (see top_k_scores).
@@ -33,12 +33,8 @@ class TopKAttention(AttentionBackend):
     name = "topk"
     paper = "Gupta et al., 2021 (arXiv:2106.06899)"
 
-    def __init__(
-        self, *, k: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE, **base: Any
-    ):
-        super().__init__(**base)
-        self.k = positive_int("k", k)  # keys kept per query, 1..Nk
-        self.chunk_size = positive_int("chunk_size", chunk_size, optional=False)  # queries per chunk
+    k = Parameter(positive_int)  # keys kept per query, 1..Nk
+    chunk_size = Parameter(positive_int, default=DEFAULT_CHUNK_SIZE, optional=False)  # queries per chunk
 
     def k_for(self, nk: int) -> int:
         """Keys kept per query when there are ``nk`` keys."""

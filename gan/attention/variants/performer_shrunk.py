@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..base import AttentionBackend, check_bool, positive_int
+from ..base import AttentionBackend, Parameter, check_bool, positive_int
 from ..parts.centred_favor import (
     NOISE_PROBES,
     KeySummary,
@@ -48,12 +48,11 @@ class PerformerCentredShrunkAttention(AttentionBackend):
     paper = "Choromanski et al., ICLR 2021 (Performer), varied by this project"
     variant_of = "performer"
 
-    def __init__(
-        self, *, num_features: int | None = None, shrink: bool = True, **base: Any
-    ):
-        super().__init__(**base)
-        self.num_features = positive_int("num_features", num_features)
-        self.shrink = check_bool("shrink", shrink)
+    num_features = Parameter(positive_int)
+    shrink = Parameter(check_bool, default=True)
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once
         self.probes = ProbeQueries(self.seed)  # the noise factor's probe queries, drawn once per shape
 

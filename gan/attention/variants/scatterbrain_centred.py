@@ -45,10 +45,10 @@ from typing import Any
 
 import torch
 
-from ..base import AttentionBackend, check_bool, positive_int
+from ..base import AttentionBackend, Parameter, check_bool, positive_int
 from ..parts.key_centroids import GroupStarts, centroid_probe_estimate, centroid_terms, key_groups
 from ..parts.low_rank import LowRankTerms
-from ..parts.planning import clustering
+from ..parts.parameter_groups import CLUSTERS
 from ..parts.probe_calibration import (
     FAVOR_WEIGHTS,
     MEAN_FIELD_WEIGHTS,
@@ -116,20 +116,12 @@ class ScatterbrainCentredAttention(AttentionBackend):
     paper = "Chen et al., NeurIPS 2021 (Scatterbrain), varied by this project"
     variant_of = "scatterbrain"
 
-    def __init__(
-        self,
-        *,
-        num_features: int | None = None,
-        n_hashes: int | None = None,
-        q_cluster_size: int | None = None,
-        k_cluster_size: int | None = None,
-        calibrate: bool = True,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.num_features = positive_int("num_features", num_features)
-        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
-        self.calibrate = check_bool("calibrate", calibrate)
+    num_features = Parameter(positive_int)
+    n_hashes, q_cluster_size, k_cluster_size = CLUSTERS
+    calibrate = Parameter(check_bool, default=True)
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.hash = SmyrfHash(self.seed)
         self.permutations = KeyPermutations(self.seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
         self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once

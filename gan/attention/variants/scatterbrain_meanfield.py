@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..base import AttentionBackend, positive_int
+from ..base import AttentionBackend, Parameter, positive_int
 
 PILOTS = 64  # query groups: more than the clusters a generator map shows (objects, regions), so few are left
 # without a pilot, and few enough that a group spans a chunk or more, so most chunk cuts fall inside groups
@@ -85,21 +85,14 @@ class ScatterbrainMeanFieldAttention(AttentionBackend):
     paper = "Chen et al., NeurIPS 2021 (Scatterbrain), varied by this project"
     variant_of = "scatterbrain"
 
-    def __init__(
-        self,
-        *,
-        chunk_size: int | None = None,
-        support: int | None = None,
-        pilots: int = PILOTS,
-        probes: int | None = None,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.chunk_size = positive_int("chunk_size", chunk_size)
-        self.support = positive_int("support", support)
-        self.pilots = positive_int("pilots", pilots, optional=False)
+    chunk_size = Parameter(positive_int)
+    support = Parameter(positive_int)
+    pilots = Parameter(positive_int, default=PILOTS, optional=False)
+    probes = Parameter(positive_int)
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self._rows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (pilot rows, probe rows) per shape
-        self.probes = positive_int("probes", probes)
 
     def plan(self, nq: int, nk: int) -> MeanFieldPlan:
         budget = self.effective_budget

@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from ..base import AttentionBackend, check_bool
-from ..parts.planning import clustering
+from ..base import AttentionBackend, Parameter, check_bool
+from ..parts.parameter_groups import CLUSTERS
 from ..parts.probe_calibration import clearly_better
 from ..parts.probes import ProbeQueries, probe_plan
 from ..parts.round_attention import clustered_attention
@@ -68,21 +68,13 @@ class SmyrfTopKeysAttention(AttentionBackend):
     paper = "Daras et al., NeurIPS 2020 (SMYRF), varied by this project"
     variant_of = "smyrf"
 
-    def __init__(
-        self,
-        *,
-        n_hashes: int | None = None,
-        q_cluster_size: int | None = None,
-        k_cluster_size: int | None = None,
-        covering: bool = True,
-        mix: bool = True,
-        **base: Any,
-    ):
-        super().__init__(**base)
-        self.covering = check_bool("covering", covering)
-        self.mix = check_bool("mix", mix)
+    n_hashes, q_cluster_size, k_cluster_size = CLUSTERS
+    covering = Parameter(check_bool, default=True)
+    mix = Parameter(check_bool, default=True)
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
         self.permutations = KeyPermutations(self.seed)  # the mixed candidate's key draws
-        self.n_hashes, self.q_cluster_size, self.k_cluster_size = clustering(n_hashes, q_cluster_size, k_cluster_size)
         self.hash = SmyrfHash(self.seed)
         self.probes = ProbeQueries(self.seed)  # the mix's probe queries, drawn once per shape
 
