@@ -24,7 +24,7 @@ budget wherever attention is peaked. So probe queries (drawn from the seed; 64 t
 of the queries allows, ``probes.probe_plan``; their rows scored in chunks that hold at most
 half the budget before the attention runs) score, per batch element, these candidates with the best
 residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
-  - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual, or as its sampled mix,
+  - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual,
   - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
   - the 3/4 support + lam * mean-field residual,
   - the 3/4 support + lam * key-centroid residual (``key_centroids``: as many key groups as features).
@@ -61,7 +61,6 @@ from ..parts.probes import ProbeQueries, probe_plan, probe_support, probe_truth
 from ..parts.random_features import ProjectionCache, favor_log_features
 from ..parts.round_attention import clustered_attention
 from ..parts.round_layout import RoundLayout
-from ..parts.sampled_rounds import KeyPermutations, mix_chunk_errors, mixed_layout, sampled_half
 from ..parts.topkey_support import ClusterPlan, SmyrfHash, plan_clusters
 
 SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the rest on features
@@ -123,7 +122,6 @@ class ScatterbrainCentredAttention(AttentionBackend):
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.hash = SmyrfHash(self.seed)
-        self.permutations = KeyPermutations(self.seed)  # the sampled mix's key draws, as smyrf-topkeys draws them
         self.projection = ProjectionCache(self.seed)  # (num_features, d, device) -> (m, d), drawn once
         self.group_starts = GroupStarts(self.seed)  # the key-centroid residual's k-means starts
         self.probes = ProbeQueries(self.seed)  # the calibration's probe queries, drawn once per shape
@@ -198,8 +196,8 @@ class ScatterbrainCentredAttention(AttentionBackend):
         error on the probes' exact rows most, beyond EVIDENCE standard errors, relative to the whole support alone
         (kept where no candidate clearly helps).
 
-        Candidates: the whole support with the mean-field residual or as smyrf-topkeys' sampled mix (no residual;
-        ``sampled_rounds``), and either split (first rounds, or each cluster's best keys) with the mean-field, the
+        Candidates: the whole support with the mean-field residual, and either split (first rounds, or each
+        cluster's best keys) with the mean-field, the
         FAVOR+ or the key-centroid residual (``key_centroids``, m groups). Each residual with its best weight lam
         (0 = no residual). Every choice is a fixed-shape tensor op (no host sync, no per-element subsets): the chosen
         keys are a mask of the one layout, and the residual terms of every kind are formed and selected per batch
@@ -216,25 +214,20 @@ class ScatterbrainCentredAttention(AttentionBackend):
             residuals["favor"] = low_rank_terms(q, k, v, proj, scale, rows=probes)
             residuals["centroids"] = key_groups(k, self.group_starts(nk, proj.shape[0], k.device))
         layout = self.hash.layout(q * scale, k, whole)
-        keep = sampled_half(whole.n_hashes) if self.sparse_plan(nq, nk) is not None else 0
-        mixed = mixed_layout(layout, keep, self.permutations(whole.n_hashes - keep, nk, q.device)) if keep else None
         # support id -> the split's layout (1: its first rounds, 2: every cluster's best keys)
         splits = {
             i: RoundLayout(layout.q_rows[:, :r], layout.q_cluster[:, :r], layout.k_rows[:, :r, :, :w])
             for i, (r, w) in enumerate(split_sizes, start=1) if r
         }
-        errors_of, truth = _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals, mixed, keep)
+        errors_of, truth = _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals)
         # per candidate: (support: 0 whole, 1, 2 the splits; residual kind), its (B, p) probe errors, (B,) weight lam
         zero = torch.zeros(q.shape[0], device=q.device)
         candidates = [(0, "none", errors_of[0, "mean-field"][:, 0], zero)]  # the baseline: the whole support alone
         for (support, kind), errors in errors_of.items():
             if support and split_sizes[support - 1] == (whole.n_hashes, whole.k_cluster_size) and kind == "mean-field":
                 continue  # the split is the whole support: its mean-field is the whole support's
-            if kind == "mix":
-                candidates.append((0, kind, errors[:, 0], zero))
-            else:
-                lam, error = best_weight(errors, WEIGHTS[kind])
-                candidates.append((support, kind, error, lam.float()))
+            lam, error = best_weight(errors, WEIGHTS[kind])
+            candidates.append((support, kind, error, lam.float()))
         gains = torch.stack([clearly_better(candidates[0][2], c[2]) for c in candidates], -1)  # (B, candidates)
         gains[:, 0] = 0.0  # the baseline needs no evidence
         chosen = gains.argmax(-1)  # (B,) candidate per batch element
@@ -249,8 +242,6 @@ class ScatterbrainCentredAttention(AttentionBackend):
             return passes
 
         k_rows = layout.k_rows
-        if keep:
-            k_rows = torch.where(chose(lambda s, kind: kind == "mix").view(-1, 1, 1, 1), mixed.k_rows, k_rows)
         for support, (r, w) in enumerate(split_sizes, start=1):  # split elements drop the rounds / keys past it
             if r and (r, w) != (whole.n_hashes, whole.k_cluster_size):
                 rounds_past = torch.arange(whole.n_hashes, device=q.device).view(-1, 1, 1) >= r  # (R, 1, 1)
@@ -267,8 +258,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
             del favor, centroids  # only the combined terms stay alive during the attention
         active = lam > 0  # (B,): no residual: the sums start from nothing (as without one)
         residual.log_offset = torch.where(active.view(-1, 1), residual.log_offset, -1e30)
-        mix = chose(lambda s, kind: kind == "mix") if keep else None
-        out = clustered_attention(q * scale, k, v, chosen_layout, residual, keep or None, sampled=mix)
+        out = clustered_attention(q * scale, k, v, chosen_layout, residual)
         return out, truth
 
     def layout(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> RoundLayout:
@@ -299,15 +289,13 @@ class ScatterbrainCentredAttention(AttentionBackend):
         return resolved
 
 
-def _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals, mixed=None, keep=0):
+def _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals):
     """({(support, residual kind): (B, L, p) probe errors per lam of its grid}, the probes' exact rows (B, p, dv)),
-    probe chunk by chunk (each probe's exact row once): on the whole ``layout`` (support 0) the mean-field residual
-    and "mix" (L = 1, the sampled ``mixed`` layout keeping ``keep`` top-key rounds) where given; on each split
-    (``splits``: support id -> its layout) the mean-field, "favor" (LowRankTerms of the probes' rows) and
+    probe chunk by chunk (each probe's exact row once): on the whole ``layout`` (support 0) the mean-field residual;
+    on each split (``splits``: support id -> its layout) the mean-field, "favor" (LowRankTerms of the probes' rows) and
     "centroids" (KeyGroups) where ``residuals`` has them. chunks: [((c,) probe query indices, their positions among
     the probes)]."""
     errors: dict[tuple, list] = {(0, "mean-field"): []}
-    errors.update({(0, "mix"): []} if mixed is not None else {})
     for support in splits:
         errors.update({(support, kind): [] for kind in ("mean-field", *residuals)})
     truths = []
@@ -316,8 +304,6 @@ def _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals, m
         mean_field = (log_mean[:, chunk, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, c, Nk)
         support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
         errors[0, "mean-field"].append(residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"]))
-        if mixed is not None:
-            errors[0, "mix"].append(mix_chunk_errors(weights, truth, v, mixed, keep, chunk).unsqueeze(1))
         for index, split in splits.items():
             support = probe_support(split, chunk, k.shape[1])
             errors[index, "mean-field"].append(
