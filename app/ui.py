@@ -24,7 +24,7 @@ from common.files import write_atomic
 from gan.attention import attention_info, available_attentions
 from weights import available_models
 
-from .compare import REFERENCE, BackendRun, compare_backends
+from .compare import REFERENCE, SPEED_METRICS, BackendRun, compare_backends
 from .grid_labels import grid_file_name, grid_header, grid_setting
 from .imaging import colormap_css, grid, heatmap, thumbnail_uri
 from .inputs import (
@@ -40,15 +40,22 @@ from .model_cache import GeneratorCache
 from .params import checked_backend, describe, tunable_parameters
 from .plots import error_plot
 
-TABLE_HEADERS = ["backend", "group", "gen (s)", "attn (ms)", "attn mem (MiB)", "attn err", "pixel diff",
-                 "parameters (resolved for this generator)"]
+TABLE_HEADERS = ["backend", "group", "gen (s)", "gen x", "attn (ms)", "attn x", "attn share", "attn mem (MiB)",
+                 "attn err", "pixel diff", "parameters (resolved for this generator)"]
+# at 1400 px (13 px monospace): names, groups and parameters wrap at spaces and hyphens ("scatterbrain-",
+# "all_sparse_n_clusters=64,"); each number column fits its widest value (gen 12.345, gen x 12.34, attn 1234.56,
+# attn x 123.45, share 0.123, mem 2048.5, err and diff 0.00000123: the browser writes no exponent above 1e-6)
+COLUMN_WIDTHS = ["12%", "11%", "6%", "5.5%", "7%", "6%", "5.5%", "6%", "9.5%", "9.5%", "22%"]
 GRID_MAX_AGE_S = 600  # grid PNGs older than this are removed from the app's scratch folder
 MAX_GRIDS = 16  # and at most this many are kept
 GRADIO_CACHE = (300, 900)  # Gradio's own file cache: every 5 min, files older than 15 min are deleted
 THUMB_MAX = 128  # pixels; row images are shown at most this wide (the grid PNG keeps full resolution)
 DIFF_TITLE = "|x - x_exact|, mean over RGB, pixels in [0, 1]"
-NUMBERS_LEGEND = ("gen: generation time; attn: attention time; mem: attention memory; attn err: "
+NUMBERS_LEGEND = ("gen, attn: generation and attention time; gen x, attn x: exact's time / this one's (> 1: faster "
+                  "than exact); attn share: attention's share of gen; mem: attention memory; attn err: "
                   "||o - o_exact|| / ||o_exact|| on the same q, k, v; pixel diff: mean |x - x_exact|")
+# the row label's lines of numbers (BackendRun.numbers keys), in the page and in the grid PNG
+NUMBER_LINES = (("gen", "gen_speedup"), ("attn", "attn_speedup"), ("attn_share", "mem"), ("err", "pix"))
 
 CSS = """
 .gradio-container footer { margin-top: 0 !important; }  /* the page at rest fits 900 px: nothing left to scroll */
@@ -60,8 +67,11 @@ CSS = """
 #status .bg-error { color: #b00020; font-weight: 600; margin: 0; overflow-wrap: anywhere; }  /* long paths, URLs */
 .gradio-container:has(#status .bg-error) .bg-idle { display: none; }  /* an error replaces the idle hint */
 #measurements [role=gridcell] span { word-break: normal; overflow-wrap: normal; }  /* break at spaces, hyphens */
-#measurements [role=gridcell]:is([data-col="2"], [data-col="3"], [data-col="4"], [data-col="5"], [data-col="6"]) span {
-  white-space: nowrap; }  /* numbers are never broken; the column widths fit 8 digits */
+#measurements [role=gridcell]:is([data-col="2"], [data-col="3"], [data-col="4"], [data-col="5"], [data-col="6"],
+  [data-col="7"], [data-col="8"], [data-col="9"]) span { white-space: nowrap; }  /* numbers are never broken */
+#measurements :is([role=gridcell], [role=columnheader]) > div { padding-left: 4px; padding-right: 4px; }
+#measurements [role=gridcell] span { font-size: 13px; }  /* 11 columns fit 1400 px */
+#measurements [role=columnheader] span { font-size: 12px; }  /* headers break at spaces only */
 #bg-results { --label-w: 232px; }
 #bg-results .bg-legend { font-size: 12px; color: #555; margin: 0 0 4px 0; white-space: normal; }
 #bg-results .bg-row { display: flex; align-items: flex-start; gap: 6px; margin-bottom: 4px; }
@@ -116,8 +126,8 @@ def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
     for run in state:
         images = heatmap(run["diff"], vmax) if show_diff else run["images"]
         group_class = {"published": "bg-published", "reference": "bg-reference"}.get(run["group"], "bg-variant")
-        numbers = "".join(f"<span class='bg-num' data-key='{key}'>{html.escape(text)}</span>"
-                          + ("<br>" if key in ("attn", "mem") else " ") for key, text in run["numbers"].items())
+        numbers = "<br>".join(" ".join(_number_span(key, run["numbers"][key]) for key in line)
+                              for line in _line_keys(run["numbers"]))
         thumbs = "".join(f"<img class='bg-img' alt='{html.escape(run['name'])} image {i + 1}' "
                          f"src='{thumbnail_uri(im, THUMB_MAX)}'>" for i, im in enumerate(images))
         parts.append(
@@ -128,6 +138,23 @@ def rows_html(state: Sequence[dict[str, Any]], show_diff: bool) -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def _number_span(key: str, text: str) -> str:
+    tip = f" title='{html.escape(SPEED_METRICS[key].doc)}'" if key in SPEED_METRICS else ""
+    return f"<span class='bg-num' data-key='{key}'{tip}>{html.escape(text)}</span>"
+
+
+def _line_keys(numbers: dict[str, str]) -> list[list[str]]:
+    """The keys of ``numbers`` by label line: NUMBER_LINES' order, any other key on a last line."""
+    lines = [[key for key in line if key in numbers] for line in NUMBER_LINES]
+    lines.append([key for key in numbers if not any(key in line for line in NUMBER_LINES)])
+    return [line for line in lines if line]
+
+
+def number_lines(numbers: dict[str, str]) -> list[str]:
+    """A row's numbers (``BackendRun.numbers``) as the label's lines of text, two numbers a line."""
+    return ["  ".join(numbers[key] for key in line) for line in _line_keys(numbers)]
 
 
 def status_html(message: str) -> str:
@@ -156,8 +183,10 @@ class ComparisonApp:
         for name, kwargs in request.backends:
             checked_backend(name, kwargs, shape)  # e.g. topk's k > Nk: refused before any image is generated
         class_ids = torch.tensor(request.class_ids)
+        # a compiled generator compiles again for a new batch size: its warm-up runs the whole batch
+        warmup = request.num_images if self.cache.compile_backend is not None else 1
         runs = compare_backends(G, range(request.num_images), class_ids, request.truncation, request.seed,
-                                request.backends)
+                                request.backends, warmup=warmup)
         setting = grid_setting(request.model, request.budget, request.seed, request.truncation, request.class_ids,
                                request.backends)
         return [_run_state(run, request.budget) | {"setting": setting} for run in runs]
@@ -186,7 +215,7 @@ class ComparisonApp:
     def _write_grid(self, state, show_diff: bool) -> Path:
         self._prune_grids()
         vmax = max(float(run["diff"].max()) for run in state)
-        rows = [([run["name"], run["group"], *run["numbers"].values()],
+        rows = [([run["name"], run["group"], *number_lines(run["numbers"])],
                  heatmap(run["diff"], vmax) if show_diff else run["images"]) for run in state]
         setting = state[0].get("setting")
         picture = grid(rows, scale=(f"heatmap {DIFF_TITLE}", vmax) if show_diff else None,
@@ -243,7 +272,7 @@ class ComparisonApp:
                         grid_file = gr.File(label="Grid PNG (row labels and numbers)", elem_id="grid", scale=1)
                     table = gr.Dataframe(headers=TABLE_HEADERS, label="Measurements", interactive=False, wrap=True,
                                          max_height=900, elem_id="measurements",
-                                         column_widths=["15%", "12%", "9%", "9%", "9%", "9%", "9%", "28%"])
+                                         column_widths=COLUMN_WIDTHS)
             state = gr.State([])
             run.click(self.generate,
                       [model, class_choice, seed, truncation, num_images, chosen_published, chosen_variants, budget,
@@ -268,7 +297,9 @@ class _gpu_memory_reported:
 
 
 def _run_state(run: BackendRun, budget: str) -> dict[str, Any]:
-    values = [round(run.gen_seconds, 3), round(run.attn_seconds * 1e3, 2), round(run.attn_bytes / 2**20, 2),
+    speed = {name: None if getattr(run, name) is None else float(run.speed_text(name)) for name in SPEED_METRICS}
+    values = [round(run.gen_seconds, 3), speed["gen_speedup"], round(run.attn_seconds * 1e3, 2),
+              speed["attn_speedup"], speed["attn_share"], round(run.attn_bytes / 2**20, 2),
               float(f"{run.attn_rel_error:.3g}"), float(f"{run.pixel_diff:.3g}")]  # as the row labels print them
     return {"name": run.name, "group": run.group, "budget": budget, "numbers": run.numbers(), "values": values,
             "params": describe(run.params), "images": run.images, "diff": run.diff,

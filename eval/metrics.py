@@ -76,6 +76,11 @@ class RowInputs:
         return {"fid": ci(fids), "is": ci(scores)}
 
     @cached_property
+    def speed(self) -> dict[str, float | None]:
+        """attn_share, attn_speedup and gen_speedup of this method (speed-ups against the exact run)."""
+        return speed_metrics(_timing(self.run), None if self.exact is None else _timing(self.exact))
+
+    @cached_property
     def top1_changed(self) -> float | None:
         if self.is_exact:
             return 0.0
@@ -90,6 +95,36 @@ class Metric:
     fmt: str  # str.format pattern of the reports; None values print as "-"
     doc: str
     value: Callable[[RowInputs], float | int | bool | None]
+
+
+@dataclass(frozen=True)
+class GeneratorTiming:
+    """A method's timed generator forward passes: what the speed metrics are computed from."""
+
+    images: int
+    gen_seconds: float  # the forward passes, the probe's exact reference excluded
+    attn_seconds: float  # the backend's attention calls, timed within those passes
+    attn_calls: int
+
+
+def speed_metrics(run: GeneratorTiming, exact: GeneratorTiming | None) -> dict[str, float | None]:
+    """{"attn_share", "attn_speedup", "gen_speedup"} of ``run``; the speed-ups are None without ``exact``
+    (> 1: faster than exact)."""
+    def per_call(t: GeneratorTiming) -> float:
+        return t.attn_seconds / max(t.attn_calls, 1)
+
+    def per_image(t: GeneratorTiming) -> float:
+        return t.gen_seconds / max(t.images, 1)
+
+    return {
+        "attn_share": run.attn_seconds / run.gen_seconds if run.gen_seconds > 0 else None,
+        "attn_speedup": None if exact is None else _speedup(per_call(exact), per_call(run)),
+        "gen_speedup": None if exact is None else _speedup(per_image(exact), per_image(run)),
+    }
+
+
+def _timing(run: MethodFeatures) -> GeneratorTiming:
+    return GeneratorTiming(int(run.features.shape[0]), run.gen_seconds, run.attn_seconds, run.attn_calls)
 
 
 def _speedup(exact_seconds: float, seconds: float) -> float | None:
@@ -125,13 +160,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("attn_ms", "{:.3f}", "backend time per attention call",
            lambda r: 1000.0 * r.run.attn_seconds / max(r.run.attn_calls, 1)),
     Metric("attn_share", "{:.3f}", "share of the generator's time spent in attention calls",
-           lambda r: r.run.attn_seconds / r.run.gen_seconds),
+           lambda r: r.speed["attn_share"]),
     Metric("attn_speedup", "{:.2f}", "exact attention's time per call / this backend's (> 1: faster than exact)",
-           lambda r: _speedup(r.exact.attn_seconds / max(r.exact.attn_calls, 1),
-                              r.run.attn_seconds / max(r.run.attn_calls, 1)) if r.exact is not None else None),
+           lambda r: r.speed["attn_speedup"]),
     Metric("gen_speedup", "{:.2f}", "exact's generator time per image / this method's: the end-to-end speed-up",
-           lambda r: _speedup(r.exact.gen_seconds / r.exact.features.shape[0],
-                              r.run.gen_seconds / r.run.features.shape[0]) if r.exact is not None else None),
+           lambda r: r.speed["gen_speedup"]),
     Metric("attn_peak_mb", "{:.2f}", "peak memory of one backend call (GPU) or its score/feature entries (CPU)",
            lambda r: r.run.attn_peak_bytes / 2**20),
     Metric("n", "{}", "images evaluated", lambda r: int(r.run.features.shape[0])),

@@ -36,7 +36,9 @@ PUBLISHED = [name for name in available_attentions(published=True) if name != "e
 APPROXIMATE = [name for name in available_attentions() if name != "exact"]
 HEADER_H = 2 * 16 + 4  # the grid PNG's settings header: two 16-px lines and padding
 NUMBER_KEYS = {"gen": r"gen \d+\.\d{3} s", "attn": r"attn \d+\.\d{2} ms", "mem": r"mem \d+\.\d{2} MiB",
-               "err": r"attn err \d(\.\d+)?(e[-+]?\d+)?", "pix": r"pixel diff \d(\.\d+)?(e[-+]?\d+)?"}
+               "err": r"attn err \d(\.\d+)?(e[-+]?\d+)?", "pix": r"pixel diff \d(\.\d+)?(e[-+]?\d+)?",
+               "attn_share": r"attn share [01]\.\d{3}", "attn_speedup": r"attn x \d+\.\d{2}",
+               "gen_speedup": r"gen x \d+\.\d{2}"}
 
 
 def _unchanged(output) -> bool:
@@ -111,6 +113,11 @@ def _request(**overrides):
     return values | overrides
 
 
+def _columns(table: dict) -> dict[str, int]:
+    """The Measurements table's column index by header."""
+    return {header: i for i, header in enumerate(table["headers"])}
+
+
 def _rows(html: str) -> list[dict]:
     """The rows of the results HTML: backend name, group and the label's numbers by key, image count."""
     rows = []
@@ -118,7 +125,7 @@ def _rows(html: str) -> list[dict]:
         rows.append({
             "name": re.search(r"data-backend='([^']+)'", block).group(1),
             "group": re.search(r"class='bg-group [^']+'>([^<]+)<", block).group(1),
-            "numbers": dict(re.findall(r"data-key='(\w+)'>([^<]+)<", block)),
+            "numbers": dict(re.findall(r"data-key='(\w+)'[^>]*>([^<]+)<", block)),  # a title may come between
             "images": block.count("<img "),
         })
     return rows
@@ -147,11 +154,16 @@ def test_generate_gives_one_labelled_row_per_backend(client, tiny_deep_dir):
         assert set(row["numbers"]) == set(NUMBER_KEYS)  # every number in the row's own label
         for key, pattern in NUMBER_KEYS.items():
             assert re.fullmatch(pattern, row["numbers"][key]), (key, row["numbers"][key])
-    data = table["data"]
+    # exact is the reference of the speed-ups: its own are its time over itself, and attention is part of its time
+    assert rows[0]["numbers"]["attn_speedup"] == "attn x 1.00" and rows[0]["numbers"]["gen_speedup"] == "gen x 1.00"
+    data, col = table["data"], _columns(table)
     assert [row[0] for row in data] == names and [row[1] for row in data] == ["reference", "published", "published"]
-    assert data[0][5] == 0 and data[0][6] == 0  # exact vs itself: error and pixel diff exactly 0
+    assert data[0][col["attn err"]] == 0 and data[0][col["pixel diff"]] == 0  # exact vs itself: exactly 0
+    assert data[0][col["gen x"]] == 1 and data[0][col["attn x"]] == 1 and 0 < data[0][col["attn share"]] <= 1
     for row in data[1:]:
-        assert 0 < row[5] < 1.0 and row[4] > 0 and row[2] > 0 and row[3] > 0, row
+        assert 0 < row[col["attn err"]] < 1.0 and row[col["attn mem (MiB)"]] > 0, row
+        assert row[col["gen (s)"]] > 0 and row[col["attn (ms)"]] > 0, row
+        assert row[col["gen x"]] > 0 and row[col["attn x"]] > 0 and 0 < row[col["attn share"]] <= 1, row
     assert plot and plot.get("plot"), plot  # the error / pixel-difference figure was sent
     with Image.open(grid_path) as grid:
         pixels = np.asarray(grid.convert("L"))
@@ -170,7 +182,7 @@ def test_render_switches_to_heatmaps_with_a_stated_scale(client, tiny_deep_dir):
     assert [row["name"] for row in _rows(html)] == ["exact", PUBLISHED[0]]  # the stored run, not regenerated
     stated = float(re.search(r"class='bg-max'>max ([0-9.e+-]+)<", html).group(1))
     assert "linear-gradient" in html and "bg-bar" in html  # the colour bar
-    assert stated >= table["data"][1][6] > 0  # the maximum difference is at least the mean difference
+    assert stated >= table["data"][1][_columns(table)["pixel diff"]] > 0  # the maximum is at least the mean
     with Image.open(grid_path) as grid:
         assert grid.size[1] == HEADER_H + 2 + 2 * (RESOLUTION + 2) + 3 * 16 + 4  # header, two rows, colour bar
     assert Path(grid_path).name.endswith("-heatmaps.png")
@@ -179,7 +191,7 @@ def test_render_switches_to_heatmaps_with_a_stated_scale(client, tiny_deep_dir):
 def test_backend_parameters_reach_the_backend(client, tiny_deep_dir):
     _, _, _, table, _ = client.predict(**_request(model=str(tiny_deep_dir), published=["topk"], num_images=1,
                                                   parameters='topk={"k": 7}'), api_name="/generate")
-    assert "k=7" in table["data"][1][7]  # the resolved parameters include the override
+    assert "k=7" in table["data"][1][-1]  # the resolved parameters (last column) include the override
 
 
 def test_error_keeps_previous_results_and_next_success_clears_it(client, tiny_deep_dir):
@@ -239,11 +251,12 @@ def _boxes(page, selector: str) -> list[dict]:
     })""")
 
 
-# For each Measurements cell: its text, the positions where a line break falls between two characters of one
-# word or number (letters, digits, '.', '_'), and whether its text runs past the cell's right edge.
+# For each Measurements cell or header: its text, the positions where a line break falls between two characters
+# of one word or number (letters, digits, '.', '_'), and whether its text runs past the cell's right edge or its
+# own box (the cell hides what overflows).
 _CELL_BREAKS = """els => els.map(e => {
     const node = [...e.childNodes].find(n => n.nodeType === Node.TEXT_NODE);
-    const cell = e.closest('[role=gridcell]');
+    const cell = e.closest('[role=gridcell], [role=columnheader]');
     const broken = [];
     if (node) {
         const range = document.createRange();
@@ -259,13 +272,17 @@ _CELL_BREAKS = """els => els.map(e => {
         }
     }
     return {text: node ? node.data : e.innerText, broken,
-            clipped: e.getBoundingClientRect().right > cell.getBoundingClientRect().right + 1};
+            clipped: e.getBoundingClientRect().right > cell.getBoundingClientRect().right + 1
+                     || e.scrollWidth > e.clientWidth + 1};  // the text runs past its own box, hidden by the cell
 })"""
 
 
 def _assert_no_cell_breaks_a_number(page) -> None:
     cells = page.locator("#measurements [role=gridcell] span").evaluate_all(_CELL_BREAKS)
-    assert len(cells) >= 8, cells  # one row at least, every column
+    assert len(cells) >= 11, cells  # one row at least, every column
+    headers = page.locator("#measurements [role=columnheader] span.header").evaluate_all(_CELL_BREAKS)
+    assert len(headers) == 11, headers
+    cells += headers
     for cell in cells:
         assert not cell["broken"] and not cell["clipped"], f"table cell breaks a word or number: {cell}"
 

@@ -7,8 +7,8 @@ support, or a split of it: its first rounds, or each cluster's best keys) and on
 
     out_i = (sum_{j in S_i} e_ij v_j + lam sum_{j not in S_i} R_ij v_j) / (the same with v_j = 1),
 
-or the sampled mix (the top keys of the first half of the rounds plus uniformly drawn keys of the others, the
-drawn ones weighted by (Nk - m_i) / n_i), and the probes' exact rows. The residuals, written out here:
+and the probes' exact rows. (smyrf-topkeys' sampled mix: the top keys of the first half of the rounds plus uniformly
+drawn keys of the others, the drawn ones weighted by (Nk - m_i) / n_i.) The residuals, written out here:
 
 - mean-field: R_ij = exp(s q_i.mu + s^2 q_i^T Sigma q_i / 2), mu and Sigma the keys' mean and (population)
   covariance;
@@ -18,7 +18,7 @@ drawn ones weighted by (Nk - m_i) / n_i), and the probes' exact rows. The residu
   mean of its keys, an empty group keeps its centre) from the seeded start keys.
 
 From the backend this reads only its plan and draws: the hash layout of its support, the split sizes, the random
-projection, the k-means start keys, the mix's key permutations; the probe queries are drawn here (the first
+projection, the k-means start keys, smyrf-topkeys' key permutations; the probe queries are drawn here (the first
 ``probe_count`` of randperm(Nq) from ``seed``, sorted). lam is not read either: for each candidate (support,
 residual) the one lam that fits the output best (least squares over the non-probe rows) is solved for, and the
 candidate must then reproduce the output to 2e-5 (fp32 against fp64). A residual weighted in the numerator but
@@ -115,7 +115,7 @@ def probe_rows(attn, nq, nk):
 
 def identify(attn, q, k, v, scale, out):
     """Per batch element: (support, residual, lam, error) of the candidate that reproduces ``out`` best, trying the
-    supports in order whole, splits, and for each the support alone, then each residual; and the mix."""
+    supports in order whole, splits, and for each the support alone, then each residual."""
     b, nq, nk = q.shape[0], q.shape[1], k.shape[1]
     whole, splits, num_features = attn.calibration_plan(nq, nk)  # the plan: support, split sizes, feature count
     layout = attn.hash.layout(q.float() * scale, k.float(), whole)  # the hash's clusters and keys
@@ -146,9 +146,6 @@ def identify(attn, q, k, v, scale, out):
                 outside = (log_estimate - shift).exp() * ~mask
                 lam, plain = fitted(o, s_num, s_den, outside @ values, outside.sum(-1), rows)
                 candidates.append((name, kind, lam, plain))
-        keep = n_rounds // 2 if attn.sparse_plan(nq, nk) is not None and n_rounds >= 2 else 0
-        if keep:
-            candidates.append(("whole", "mix", None, mix_reading(attn, layout, keep, e, nk, weights, values)))
         scored = [(name, kind, lam, rel(o[rows], plain[rows])) for name, kind, lam, plain in candidates]
         found.append(next((c for c in scored if c[3] < TOLERANCE), min(scored, key=lambda c: c[3])))
     return found
