@@ -279,8 +279,8 @@ def test_small_shapes_are_calibrated_in_chunks_within_budget():
     assert calibrated <= _errors("performer-centred-shrunk", inputs, budget)
 
 
-def test_sampled_mix_is_a_candidate_too():
-    # Where smyrf-topkeys takes its sampled mix (keys carrying their cluster's value, logit std 1), the calibrated
-    # estimator has the same candidate on the same probes, so over 2 seeds it must be no worse than smyrf-topkeys.
+def test_no_worse_than_smyrf_topkeys_where_it_takes_its_sampled_mix():
+    # Keys carrying their cluster's value, logit std 1: smyrf-topkeys takes its sampled mix there, and the mean-field
+    # residual on the same whole support (scatterbrain-centred's candidate) must do no worse over 2 seeds.
     inputs = [cluster_valued_qkv(seed=s) for s in range(2)]
     assert _errors("scatterbrain-centred", inputs) <= _errors("smyrf-topkeys", inputs)
