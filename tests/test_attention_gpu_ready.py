@@ -12,8 +12,8 @@ from gan.attention import attention_info, available_attentions, build_attention
 # Backends still over a target (docs/attention.md, "GPU readiness"): name -> why; the test is xfail(strict) for them.
 OVER_TARGET: dict[str, str] = {}
 OVER_OPS_TARGET: dict[str, str] = {  # the same for the ops at BigGAN's shape
-    "smyrf-topkeys": "about 2,100 ops at 4096 x 1024: covering rounds and probes not vectorised yet",
-    "scatterbrain-centred": "about 3,700 ops at 4096 x 1024: covering rounds and calibration not vectorised yet",
+    "scatterbrain-centred": "about 1,300 ops at 4096 x 1024: per round covering pieces and attention steps (8 rounds),"
+                            " 8 Lloyd steps, two probe chunks (docs/attention.md, GPU readiness)",
 }
 OVER_COMPILE_TARGET: dict[str, str] = {}  # the same for torch.compile (graph breaks, eager parity)
 MAX_OPS = 1000  # ops per forward at 4096 x 1024, budget 1/8 (issue 19)

@@ -96,17 +96,21 @@ def plain_covering_keys(q, k, q_cluster, width):
     return picked
 
 
-@pytest.mark.parametrize("by_query", [False, True])
-def test_covering_selection_matches_its_plain_reading(by_query):
+@pytest.mark.parametrize("by_query,entries", [(False, 900), (True, 900), (True, 1040)])
+def test_covering_selection_matches_its_plain_reading(by_query, entries):
     # Same clusters in, the same key sets out, round by round (ties are impossible at random inputs),
-    # whether earlier rounds' met counts are spread cluster to cluster or query to query.
+    # whether earlier rounds' met counts are spread cluster to cluster or query to query. 45 queries in 7 clusters
+    # of 7 slots: 4 padding slots per round. With 900 working entries round 1 takes its clusters in pieces of 4, 3
+    # (from cluster to cluster) or 2, 2, 2, 1 (query to query), round 2 one at a time; with 1040 (query to query)
+    # round 1 holds its slots' earlier clusters for the whole round, in pieces of 3, 3, 1.
     from gan.attention.parts.coverage import covering_top_keys
     from gan.attention.parts.round_layout import query_clusters
 
-    q, k, _ = qkv(b=1, nq=48, nk=24, d=8, logit_std=2.0, seed=4)
-    sort_key = torch.rand(1, 3, 48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    q_rows, q_cluster = query_clusters(sort_key, 6)
-    layout = covering_top_keys(q, k, q_rows, q_cluster, width=5, chunk=2, by_query=by_query)
+    q, k, _ = qkv(b=1, nq=45, nk=24, d=8, logit_std=2.0, seed=4)
+    sort_key = torch.rand(1, 3, 45, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q_rows, q_cluster = query_clusters(sort_key, 7)
+    assert (q_rows < 0).sum() == 3 * 4
+    layout = covering_top_keys(q, k, q_rows, q_cluster, width=5, entries=entries, by_query=by_query)
     expected = plain_covering_keys(q[0], k[0], q_cluster[0], 5)
     for r in range(3):
         assert [set(row.tolist()) for row in layout.k_rows[0, r]] == expected[r]
@@ -199,6 +203,45 @@ def test_explicit_cluster_sizes_must_make_the_same_number_of_clusters():
         build_attention("smyrf-topkeys", q_cluster_size=32, k_cluster_size=8).resolve(4096, 1024, 8)["n_clusters"]
         == 128
     )
+
+
+def plain_first_meetings(layout, nq, nk):
+    """Plain reading of round_attention.first_meetings: walk the rounds in order, slot by slot, keeping each query's
+    set of keys met so far; a pair counts if its query slot and key are not padding and the key is new to it."""
+    b, n_rounds, n_clusters, qs = layout.q_rows.shape
+    width = layout.k_rows.shape[-1]
+    out = torch.zeros(b, n_rounds, n_clusters, qs, width, dtype=torch.bool)
+    for e in range(b):
+        met = {}
+        for r in range(n_rounds):
+            seen_before = {query: set(keys) for query, keys in met.items()}
+            for c in range(n_clusters):
+                for i in range(qs):
+                    query = int(layout.q_rows[e, r, c, i])
+                    if query < 0:
+                        continue
+                    for w in range(width):
+                        key = int(layout.k_rows[e, r, c, w])
+                        if key >= 0 and key not in seen_before.get(query, set()):
+                            out[e, r, c, i, w] = True
+                            met.setdefault(query, set()).add(key)
+    return out
+
+
+def test_first_meetings_match_their_plain_reading():
+    # Padding on both sides (250 queries, 62 keys do not fill 16 x 4 clusters: the sampled rounds of the mixed layout
+    # have padding keys), covering rounds that meet keys again.
+    from gan.attention.parts import round_attention
+    from gan.attention.parts.sampled_rounds import mixed_layout
+
+    q, k, _ = qkv(nq=250, nk=62, logit_std=2.0)
+    attn = build_attention("smyrf-topkeys", n_hashes=4, q_cluster_size=16, k_cluster_size=4, seed=2)
+    layout = mixed_layout(attn.layout(q, k), 2, attn.permutations(2, 62, q.device))
+    assert (layout.k_rows < 0).any()
+    expected = plain_first_meetings(layout, 250, 62)
+    got = round_attention.first_meetings(layout, 62)
+    assert expected.sum() < (layout.q_rows >= 0).sum() * 4  # some keys are met again in later rounds
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("nq,nk", [(256, 64), (250, 62)])

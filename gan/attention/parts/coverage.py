@@ -10,13 +10,14 @@ distinct pairs. Here round r's cluster c picks its W keys greedily by estimated 
 so the selection score is mean_i s_ij + log(1 - f_cj), with f_cj the fraction of the cluster's
 queries that already met key j in some earlier round. Where attention is peaked a key far above the rest is picked
 again for the few queries still missing it; where it is diffuse the rounds spread over new keys.
-f is counted without forming any (query, key) table: round e's key lists are spread over round r's
-clusters, through the cluster-to-cluster contingency counts n(c, c') of rounds r and e or through each
-member query's round-e cluster (whichever moves fewer entries), giving per earlier round the fraction
-f_e that met j then; 1 - f = prod_e (1 - f_e) treats the rounds as independent
+f is counted without forming any (query, key) table: the earlier rounds' key lists are spread over round r's
+clusters, all earlier rounds e at once, through the cluster-to-cluster contingency counts n_e(c, c') of rounds r
+and e or through each member query's round-e cluster (whichever moves fewer entries), giving per earlier round the
+fraction f_e that met j then; 1 - f = prod_e (1 - f_e) treats the rounds as independent
 (exact for one earlier round; with more it slightly overstates coverage when the same queries keep
 meeting the same key, which the rounds' shared geometry makes likely).
-Working set: ``chunk`` clusters at a time, ``covering_tables(R)`` (chunk, Nk) tables per batch element.
+Working set: round r takes its clusters in pieces whose (r, clusters, Nk) met counts and spread entries fit in
+``entries`` per batch element, so later rounds (more earlier rounds to count) take smaller pieces.
 """
 
 from __future__ import annotations
@@ -28,109 +29,175 @@ from .round_layout import RoundLayout
 COVERED_FLOOR = 1e-6  # log(1 - f) floor: keys every query already met rank last, still by score
 
 
-def covering_tables() -> int:
-    """(chunk, Nk) tables alive per piece of ``n_rounds`` rounds: the scores, the missing fraction, one earlier
-    round's met counts and its cluster-key incidence as floats (from cluster to cluster) or its source (from query to
-    query)."""
-    return 4
-
-
 def covering_top_keys(
     q: torch.Tensor,
     k: torch.Tensor,
     q_rows: torch.Tensor,
     q_cluster: torch.Tensor,
     width: int,
-    chunk: int,
+    entries: int,
     by_query: bool | None = None,
 ) -> RoundLayout:
     """q (B,Nq,d) scaled, k (B,Nk,d) fp32; q_rows (B,R,C,qs), q_cluster (B,R,Nq) -> the layout with W keys per
-    cluster.
+    cluster, holding at most about ``entries`` working entries per batch element (``piece_clusters``).
 
     The met counts of every earlier round are spread at once, from cluster to cluster (C * C * W entries per round
     pair) or from query to query (Nq * W), whichever is fewer (``by_query`` None); both give the same counts. The
-    rounds are sequential (round r ranks by what rounds < r picked); nothing else loops in Python."""
-    b, n_rounds, n_clusters, _ = q_rows.shape
+    rounds are sequential (round r ranks by what rounds < r picked), and so are a round's pieces of clusters."""
+    b, n_rounds, n_clusters, qs = q_rows.shape
     nq, nk, d = q.shape[1], k.shape[1], q.shape[-1]
     if by_query is None:
         by_query = n_clusters * n_clusters > nq
-    flat_q = q.reshape(-1, d)  # (B*Nq, d)
-    first_cluster = (torch.arange(b, device=q.device) * n_clusters).view(b, 1)  # (B, 1)
-    sizes = q.new_zeros(b, n_rounds * n_clusters).scatter_add_(
-        1, (q_cluster + torch.arange(n_rounds, device=q.device).view(1, -1, 1) * n_clusters).reshape(b, -1),
-        q.new_ones(1, 1).expand(b, n_rounds * nq),
-    )
-    size = sizes.view(b, n_rounds, n_clusters).clamp_min_(1.0)  # (B, R, C) queries per cluster
-    k_ids = q_rows.new_zeros(b, n_rounds, n_clusters, width)  # (B, R, C, W) local key ids
-    # (B, R, C, Nk) 1 where round r's cluster c meets key j: the met counts are contingency tables times it
-    meets = None if by_query else torch.zeros(b, n_rounds, n_clusters, nk, dtype=torch.bool, device=q.device)
-    for r in range(n_rounds):
-        met_counts = None
-        if r:
-            met_counts = _by_query(q_rows[:, r], q_cluster, k_ids, r, nk) if by_query else _by_cluster(
-                q_cluster, meets, r
-            )
-        clusters = (q_cluster[:, r] + first_cluster).reshape(-1)  # (B*Nq,) flat cluster id
-        centre = q.new_zeros(b * n_clusters, d).index_add_(0, clusters, flat_q).view(b, n_clusters, d)
-        centre = centre / size[:, r].unsqueeze(-1)  # (B, C, d): mean query of each cluster
-        for start in range(0, n_clusters, chunk):
-            part = slice(start, start + chunk)
-            score = torch.einsum("bcd,bnd->bcn", centre[:, part], k)  # (B, c, Nk) mean score of the cluster
-            if met_counts is not None:
-                # fraction of the cluster's queries that met none of the earlier rounds' keys (rounds taken as
-                # independent), one earlier round's (B, c, Nk) counts at a time
-                missing = None
-                for met in met_counts(part):
-                    met = met.div_(size[:, r, part].unsqueeze(-1)).neg_().add_(1.0).clamp_(min=0.0)
-                    missing = met if missing is None else missing.mul_(met)
-                score += missing.clamp_(min=COVERED_FLOOR).log_()
-            k_ids[:, r, part] = score.topk(width, dim=-1).indices  # (B, c, W)
-        if meets is not None:
-            meets[:, r].scatter_(-1, k_ids[:, r], True)
-    k_rows = k_ids + (torch.arange(b, device=k.device) * nk).view(-1, 1, 1, 1)  # (B, R, C, W)
+    spread = _ByQuery(q_rows, q_cluster, nk, width) if by_query else _ByCluster(q_cluster, n_clusters, nk, width)
+    # (B, R, C, 1) queries per cluster (empty clusters count 1: they meet nothing)
+    size = (q_rows >= 0).sum(-1, keepdim=True, dtype=q.dtype).clamp_min_(1.0)
+    cluster_of = q_cluster.unsqueeze(-1).expand(-1, -1, -1, d).unbind(1)  # (B, Nq, d) per round: each query's cluster
+    no_sums = spread.zero.expand(b, n_clusters, d)
+    k_t = k.transpose(1, 2)  # (B, d, Nk)
+    # Each round's chosen keys are (B, C + 1, W): row C is a dummy cluster, which the padding slots join
+    dummy = q_rows.new_full((b, 1, width), spread.dummy_key)
+    picked: list[torch.Tensor] = []
+    # room for the pieces: entries less a round's centres, the sizes and the chosen keys (listed and stacked, int64)
+    room = entries - n_clusters * (d + n_rounds) - 4 * n_rounds * (n_clusters + 1) * width
+    for r, (size_r, size_rows) in enumerate(zip(size.unsqueeze(1).unbind(2), size.unbind(1), strict=True)):
+        centre = no_sums.scatter_add(1, cluster_of[r], q).div_(size_rows)  # (B, C, d) mean query of each cluster
+        piece = piece_clusters(room, n_clusters, r, spread.met_width, *spread.entries(r, room))
+        met_of = spread.round(torch.stack(picked, 1), piece) if r else None
+        parts = zip(_pieces(centre, piece, 1), _pieces(size_r, piece, 2), strict=True)
+        keys = [_piece_keys(part, k_t, width, sizes, spread.one, met_of, i) for i, (part, sizes) in enumerate(parts)]
+        picked.append(torch.cat([*keys, dummy], dim=1))  # (B, C + 1, W)
+    k_ids = torch.stack(picked, 1)[:, :, :n_clusters]  # (B, R, C, W) local key ids
+    k_rows = k_ids + (torch.arange(b, device=k.device) * nk).view(-1, 1, 1, 1)
     return RoundLayout(q_rows, q_cluster, k_rows)
 
 
-def _by_cluster(q_cluster: torch.Tensor, meets: torch.Tensor, r: int):
-    """met counts of round r's clusters from the contingency n_e(c, c') of clusters now and in each earlier round e,
-    times round e's cluster-key incidence ``meets`` (B,R,C,Nk) bool: ``met(part)`` yields (B, c, Nk) per earlier
-    round (the contingency tables of every e at once)."""
-    b, _, nq = q_cluster.shape
-    n_clusters = meets.shape[2]
-    device = q_cluster.device
-    earlier = torch.arange(r, device=device).view(1, r, 1)  # (1, r, 1)
-    # (B, r, Nq) flat index of (b, e, cluster now, cluster then)
-    pair = ((torch.arange(b, device=device).view(b, 1, 1) * r + earlier) * n_clusters + q_cluster[:, r : r + 1])
-    pair = pair * n_clusters + q_cluster[:, :r]
-    overlap = torch.zeros(b * r * n_clusters * n_clusters, device=device).index_add_(
-        0, pair.reshape(-1), torch.ones(pair.numel(), device=device)
-    ).view(b, r, n_clusters, n_clusters)  # (B, r, C, C): queries in cluster c now and in c' in round e
-
-    def met(part: slice):
-        for e in range(r):  # (B, c, Nk) per earlier round
-            yield overlap[:, e, part] @ meets[:, e].float()
-
-    return met
+def _piece_keys(
+    centre: torch.Tensor, k_t: torch.Tensor, width: int, size: torch.Tensor, one: torch.Tensor, met_of, i: int
+) -> torch.Tensor:
+    """centre (B,c,d) a piece's mean queries, k_t (B,d,Nk), size (B,1,c,1) its clusters' queries -> (B, c, W) key ids,
+    the best by mean score plus log(missing); ``met_of(i)`` gives the piece's (B, r, c, met_width) met counts (None in
+    round 0). A function, so that nothing of one piece is alive in the next."""
+    if met_of is None:
+        return torch.bmm(centre, k_t).topk(width, dim=-1).indices
+    met = met_of(i)  # (B, r, c, met_width): queries of each cluster that met the key in each round e < r
+    # fraction of the cluster's queries that met none of the earlier rounds' keys (rounds taken as independent):
+    # prod_e (1 - met_e / size)
+    missing = torch.addcdiv(one, met, size, value=-1.0, out=met).prod(1)
+    del met
+    missing = missing.clamp_(min=COVERED_FLOOR).log_()  # (B, c, met_width)
+    nk = k_t.shape[-1]
+    return torch.baddbmm(missing[..., :nk] if missing.shape[-1] > nk else missing, centre, k_t).topk(width, -1).indices
 
 
-def _by_query(q_rows: torch.Tensor, q_cluster: torch.Tensor, k_ids: torch.Tensor, r: int, nk: int):
-    """met counts of round r's clusters (q_rows (B,C,qs) flat ids) from each member query's keys in earlier rounds:
-    ``met(part)`` yields (B, c, Nk) per earlier round."""
-    b, _, nq = q_cluster.shape
-    width = k_ids.shape[-1]
-    local = torch.where(q_rows >= 0, q_rows % nq, 0)  # (B, C, qs) local query ids, padding -> query 0
-    present = (q_rows >= 0).float()  # (B, C, qs)
+def piece_clusters(entries: int, n_clusters: int, n_earlier: int, met_width: int, spread: int, per_round: int) -> int:
+    """Clusters per piece (the C clusters in equal pieces) in a round after ``n_earlier`` rounds, such that what the
+    round holds fits in ``entries``: its spreading bookkeeping (``per_round`` entries) and per cluster its
+    (n_earlier, met_width) met counts with either the ``spread`` entries being spread into them or the missing
+    fractions (in round 0 only the scores); int64 entries count twice."""
+    held = n_earlier * met_width + max(spread, met_width)
+    most = max(1, (entries - per_round) // held)
+    return -(-n_clusters // -(-n_clusters // most))
 
-    def met(part: slice):
-        c, qs = local[:, part].shape[1:]
-        members = local[:, part].reshape(b, -1)  # (B, c*qs)
-        src = present[:, part].unsqueeze(-1).expand(-1, -1, -1, width).reshape(b, c, -1)  # (B, c, qs*W)
-        for e in range(r):
-            then = q_cluster[:, e].gather(1, members)  # (B, c*qs): each member's cluster in round e
-            met_keys = k_ids[:, e].gather(1, then.unsqueeze(-1).expand(-1, -1, width))  # (B, c*qs, W)
-            yield torch.zeros(b, c, nk, device=q_rows.device).scatter_add_(-1, met_keys.view(b, c, -1), src)
 
-    return met
+def _pieces(x: torch.Tensor, piece: int, dim: int) -> tuple[torch.Tensor, ...]:
+    """x in pieces of ``piece`` along ``dim`` (x itself when it fits in one)."""
+    return (x,) if x.shape[dim] <= piece else x.split(piece, dim)
+
+
+class _ByCluster:
+    """Met counts from cluster to cluster: n_e(c, c'), the queries in round r's cluster c and round e's cluster c',
+    spread over round e's key lists (each key slot of c' adds n_e(c, c') to its key; the dummy cluster has nobody
+    and its slots name key 0)."""
+
+    dummy_key = 0
+
+    def __init__(self, q_cluster: torch.Tensor, n_clusters: int, nk: int, width: int):
+        self.n_clusters, self.width, self.met_width = n_clusters, width, nk
+        self.zero = torch.zeros((), device=q_cluster.device)
+        self.one = self.zero + 1
+        self.then = q_cluster  # (B, R, Nq)
+        self.ones = self.one.expand_as(q_cluster)  # scatter_add reads its source only where the index is
+        # (B, 1, Nq) per round: each query's row in a round pair's (C, C + 1) contingency table
+        self.now = q_cluster.split(1, dim=1)
+        # ((C + 1) W,) the cluster of each of a round's key slots
+        self.slot_cluster = torch.arange(n_clusters + 1, device=q_cluster.device).repeat_interleave(width)
+
+    def entries(self, n_earlier: int, room: int) -> tuple[int, int]:
+        """(per cluster: the spread counts, per round: the contingency tables)."""
+        return n_earlier * (self.n_clusters + 1) * self.width, n_earlier * self.n_clusters * (self.n_clusters + 1)
+
+    def round(self, picked: torch.Tensor, piece: int):
+        """picked (B,r,C+1,W): the earlier rounds' keys -> ``met(i)``: piece i's (B, r, c, Nk) met counts."""
+        b, r = picked.shape[:2]
+        n_clusters = self.n_clusters
+        pair = torch.add(self.then[:, :r], self.now[r], alpha=n_clusters + 1)  # (B, r, Nq) (cluster now, then)
+        overlap = self.zero.expand(b, r, n_clusters * (n_clusters + 1)).scatter_add(2, pair, self.ones)
+        overlap = overlap.view(b, r, n_clusters, n_clusters + 1)  # (B, r, C, C + 1): in cluster c now, c' in round e
+        parts = _pieces(overlap, piece, 2)
+        keys = picked.view(b, r, 1, -1)  # (B, r, 1, (C + 1) W)
+        shaped = {}  # piece size -> (zero counts, key ids) views
+
+        def met(i: int) -> torch.Tensor:
+            c = parts[i].shape[2]
+            if c not in shaped:
+                shaped[c] = self.zero.expand(b, r, c, self.met_width), keys.expand(-1, -1, c, -1)
+            counts, ids = shaped[c]
+            return counts.scatter_add(-1, ids, parts[i].index_select(-1, self.slot_cluster))
+
+        return met
+
+
+class _ByQuery:
+    """Met counts from query to query: each member of round r's cluster adds 1 to every key of its round-e cluster
+    (padding slots join the dummy cluster, whose slots name the spare column Nk)."""
+
+    def __init__(self, q_rows: torch.Tensor, q_cluster: torch.Tensor, nk: int, width: int):
+        b, n_rounds, self.n_clusters, self.qs = q_rows.shape
+        self.width, self.met_width, self.dummy_key = width, nk + 1, nk
+        self.zero = torch.zeros((), device=q_cluster.device)
+        self.one = self.zero + 1
+        self.q_cluster = q_cluster  # (B, R, Nq)
+        self.slots = q_rows.view(b, n_rounds, -1).split(1, dim=1)  # (B, 1, C*qs) per round: flat query ids, -1 padding
+        # scatter_add reads its source only where the index is: one view of ones serves every piece
+        self.ones = self.one.expand(b, n_rounds, self.n_clusters, self.qs * width)
+
+    def entries(self, n_earlier: int, room: int) -> tuple[int, int]:
+        """(per cluster: its members' int64 key ids, per round: every slot's int64 query id and, if that leaves most
+        of ``room``, its earlier clusters (else they are gathered per piece, a few ops more, per cluster))."""
+        slots = 2 * self.n_clusters * self.qs
+        self.whole = 4 * n_earlier * slots <= room
+        if self.whole:
+            return 2 * n_earlier * self.qs * self.width, (n_earlier + 1) * slots
+        return 2 * n_earlier * self.qs * (self.width + 1), slots
+
+    def round(self, picked: torch.Tensor, piece: int):
+        """picked (B,r,C+1,W): the earlier rounds' keys -> ``met(i)``: piece i's (B, r, c, Nk + 1) met counts."""
+        b, r = picked.shape[:2]
+        qs, width, n_clusters = self.qs, self.width, self.n_clusters
+        slots = self.slots[r]
+        members = slots % self.q_cluster.shape[-1]  # (B, 1, C*qs) local query ids (padding: a real one, masked below)
+        earlier = self.q_cluster[:, :r]  # (B, r, Nq)
+
+        def clusters_then(members: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+            """(B, 1, n) slots' queries -> (B, r, n, W) their clusters in each earlier round, once per key slot."""
+            then = earlier.gather(2, members.expand(-1, r, -1)).masked_fill_(padding, n_clusters)
+            return then.unsqueeze(-1).expand(-1, -1, -1, width)
+
+        if self.whole:
+            parts = _pieces(clusters_then(members, slots < 0), piece * qs, 2)
+        else:
+            parts = tuple(zip(_pieces(members, piece * qs, 2), _pieces(slots < 0, piece * qs, 2), strict=True))
+        counts = {}  # piece size -> (B, r, c, Nk + 1) zeros (a view)
+
+        def met(i: int) -> torch.Tensor:
+            then = parts[i] if self.whole else clusters_then(*parts[i])  # (B, r, c*qs, W)
+            c = then.shape[2] // qs
+            keys = picked.gather(2, then).view(b, r, c, qs * width)  # (B, r, c, qs*W) the members' earlier keys
+            if c not in counts:
+                counts[c] = self.zero.expand(b, r, c, self.met_width)
+            return counts[c].scatter_add(-1, keys, self.ones)
+
+        return met
 
 
 def distinct_pairs(layout: RoundLayout, nk: int) -> torch.Tensor:

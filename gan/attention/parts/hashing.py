@@ -61,7 +61,8 @@ def centroid_sort_key(x: torch.Tensor, centroids: torch.Tensor, directions: torc
     b, n_rounds, n_centroids, dim = centroids.shape
     every_round = centroids.reshape(b, n_rounds * n_centroids, dim).transpose(1, 2)  # (B, D, R*c)
     nearest = torch.cat(
-        [(part @ every_round).view(b, -1, n_rounds, n_centroids).argmax(-1) for part in x.split(chunk, dim=1)], dim=1
+        [torch.bmm(part, every_round).view(b, -1, n_rounds, n_centroids).argmax(-1) for part in x.split(chunk, dim=1)],
+        dim=1,
     ).transpose(1, 2)  # (B, R, N)
-    fraction = torch.sigmoid(torch.einsum("bnd,rd->brn", x, directions))  # (B, R, N) in (0, 1)
+    fraction = torch.sigmoid(torch.matmul(x, directions.t())).transpose(1, 2)  # (B, R, N) in (0, 1)
     return nearest.double() + fraction.double()

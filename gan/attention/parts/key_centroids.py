@@ -42,26 +42,29 @@ class GroupStarts:
 def key_groups(k: torch.Tensor, start: torch.Tensor) -> KeyGroups:
     """k (B,Nk,d) fp32 -> len(start) groups by LLOYD_STEPS k-means steps from the keys ``start`` (G,) (distinct)."""
     b, nk, d = k.shape
-    count = len(start)
+    k1 = torch.cat([k, k.new_ones(b, nk, 1)], -1)  # (B, Nk, d + 1): one scatter sums a group's keys and counts them
+    double_k = 2 * k  # the nearest-centre scores times 2, exactly (see ``_nearest``)
     centres = k[:, start]  # (B, G, d)
     for _ in range(LLOYD_STEPS):
-        groups = _nearest(k, centres)  # (B, Nk)
-        sums = k.new_zeros(b, count, d).scatter_add_(1, groups.unsqueeze(-1).expand(-1, -1, d), k)  # (B, G, d)
-        sizes = k.new_zeros(b, count).scatter_add_(1, groups, k.new_ones(b, nk)).unsqueeze(-1)  # (B, G, 1)
-        centres = torch.where(sizes > 0, sums / sizes.clamp_min(1.0), centres)  # an empty group keeps its centre
-    return KeyGroups(centres, _nearest(k, centres))
+        groups = _nearest(double_k, centres).unsqueeze(-1)  # (B, Nk, 1)
+        sums = k.new_zeros(b, len(start), d + 1).scatter_add_(1, groups.expand(-1, -1, d + 1), k1)  # (B, G, d + 1)
+        sizes = sums[..., d:]  # (B, G, 1)
+        centres = torch.where(sizes > 0, sums[..., :d] / sizes, centres)  # an empty group keeps its centre
+    return KeyGroups(centres, _nearest(double_k, centres))
 
 
-def _nearest(k: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(B,Nk) index of each key's nearest centre: argmax_g k . c_g - |c_g|^2 / 2."""
-    return (k @ centres.transpose(1, 2) - 0.5 * centres.square().sum(-1).unsqueeze(1)).argmax(-1)
+def _nearest(double_k: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(B,Nk) index of each key's nearest centre: argmax_g k . c_g - |c_g|^2 / 2, as 2 k . c_g - |c_g|^2 (exactly
+    twice it in floating point) in one op beside the product; double_k (B,Nk,d) is 2 k."""
+    squares = centres.square().sum(-1).unsqueeze(1)  # (B, 1, G)
+    return torch.baddbmm(squares, double_k, centres.transpose(1, 2), beta=-1).argmax(-1)
 
 
 def centroid_probe_estimate(groups: KeyGroups, q_probe: torch.Tensor, scale: float, shift: torch.Tensor,
                             log_cap: float) -> torch.Tensor:
     """(B,p,Nk) estimate of exp(scale q.k_j - shift) by key j's centroid, for q_probe (B,p,d), shift (B,p,1);
     logs above ``log_cap`` are capped (fp32 range)."""
-    per_group = (scale * (q_probe @ groups.centres.transpose(1, 2)) - shift).clamp_max_(log_cap).exp_()  # (B, p, G)
+    per_group = (scale * torch.bmm(q_probe, groups.centres.transpose(1, 2)) - shift).clamp_max_(log_cap).exp_()
     return per_group.gather(2, groups.groups.unsqueeze(1).expand(-1, q_probe.shape[1], -1))
 
 
@@ -69,11 +72,11 @@ def centroid_terms(groups: KeyGroups, q: torch.Tensor, v: torch.Tensor, scale: f
                    lam: torch.Tensor) -> LowRankTerms:
     """The residual lam * exp(scale q_i . c_g(j)) as LowRankTerms for q (B,Nq,d), v (B,Nk,dv) fp32, lam (B,)."""
     count = groups.centres.shape[1]
-    logits = scale * (q @ groups.centres.transpose(1, 2))  # (B, Nq, G)
+    logits = scale * torch.bmm(q, groups.centres.transpose(1, 2))  # (B, Nq, G)
     log_offset = logits.amax(-1)  # (B, Nq)
     a = (logits - log_offset.unsqueeze(-1)).exp_().mul_(lam.view(-1, 1, 1))  # (B, Nq, G)
     # (B, Nk, G) one-hot by scatter: one_hot would read the largest group id back to the host
     member = v.new_zeros(*groups.groups.shape, count).scatter_(-1, groups.groups.unsqueeze(-1), 1.0)
-    num = a @ (member.transpose(1, 2) @ v)  # (B, Nq, dv): the groups' value sums
-    den = (a @ member.sum(1).unsqueeze(-1)).squeeze(-1)  # (B, Nq): the groups' sizes
+    num = torch.bmm(a, torch.bmm(member.transpose(1, 2), v))  # (B, Nq, dv): the groups' value sums
+    den = torch.bmm(a, member.sum(1).unsqueeze(-1)).squeeze(-1)  # (B, Nq): the groups' sizes
     return LowRankTerms(log_offset, a, member, num, den)

@@ -35,49 +35,69 @@ def grid(values: tuple, dtype: torch.dtype, device) -> torch.Tensor:
     return _GRIDS[key]
 
 
+def with_ones(v: torch.Tensor) -> torch.Tensor:
+    """(B,Nk,dv+1): v beside a column of ones, so one product of a (p, Nk) table gives its sums [num | den]."""
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
+
+
 def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
     """(B, L, p) squared error of each probe with the support + lam * residual estimate, for each lam in ``lams``.
 
     weights (B,p,Nk) exact exp(s - shift); support (B,p,Nk) bool; residual (B,p,Nk) the estimate of
-    exp(s - shift) (used outside the support only); v (B,Nk,dv); truth (B,p,dv); fp32. With c = 1 / (den_s +
-    lam den_r), |c (num_s + lam num_r) - t|^2 expands into six (B, p) dot products (float64), so no
-    (L, B, p, dv) table of outputs is formed."""
-    inside = weights * support
-    outside = residual.masked_fill(support, 0.0)
-    num_s, den_s = (inside @ v).double(), inside.sum(-1).double()  # (B, p, dv), (B, p)
-    num_r, den_r = (outside @ v).double(), outside.sum(-1).double()
-    del inside, outside
-    t = truth.double()
-    ss, rr, sr = (num_s * num_s).sum(-1), (num_r * num_r).sum(-1), (num_s * num_r).sum(-1)  # (B, p)
-    st, rt, tt = (num_s * t).sum(-1), (num_r * t).sum(-1), (t * t).sum(-1)
-    lam = grid(tuple(lams), torch.float64, v.device).view(-1, 1, 1)  # (L, 1, 1)
-    c = 1.0 / (den_s + lam * den_r).clamp_min(1e-30)  # (L, B, p)
+    exp(s - shift) (used outside the support only); v (B,Nk,dv); truth (B,p,dv); fp32 (``stacked_errors``)."""
+    v1 = with_ones(v)
+    inside = torch.bmm(weights * support, v1)  # (B, p, dv + 1)
+    outside = torch.bmm(residual.masked_fill(support, 0.0), v1)
+    lam = grid((tuple(lams),), torch.float64, v.device)  # (1, L)
+    return stacked_errors(inside.unsqueeze(1), outside.unsqueeze(1), truth, lam)[:, 0]
+
+
+def stacked_errors(inside, outside, truth, lams) -> torch.Tensor:
+    """(B, K, L, p) squared errors of K candidates at once, each probe's support + lam * residual for each lam of
+    the candidate's row of ``lams`` (K, L) float64 (grids of other lengths padded after their values, by repeats).
+
+    inside, outside (B,K,p,dv+1): [num | den] sums of the exact weights on the support and of the residual's
+    estimate off it; truth (B,p,dv). With c = 1 / (den_s + lam den_r), |c (num_s + lam num_r) - t|^2 expands into
+    six (B, K, p) dot products (float64), so no (L, p, dv) table of outputs is formed."""
+    dv = truth.shape[-1]
+    s, r, t = inside.double(), outside.double(), truth.double().unsqueeze(1)  # (B, K, p, dv + 1), (B, 1, p, dv)
+    num_s, den_s, num_r, den_r = s[..., :dv], s[..., dv:], r[..., :dv], r[..., dv:]  # dens (B, K, p, 1)
+    ss, rr, sr = ((x * y).sum(-1, keepdim=True) for x, y in ((num_s, num_s), (num_r, num_r), (num_s, num_r)))
+    st, rt, tt = ((x * y).sum(-1, keepdim=True) for x, y in ((num_s, t), (num_r, t), (t, t)))  # (B, K|1, p, 1)
+    lam = lams.unsqueeze(1)  # (K, 1, L)
+    c = 1.0 / (den_s + lam * den_r).clamp_min(1e-30)  # (B, K, p, L)
     errors = c.square() * (ss + 2 * lam * sr + lam.square() * rr) - 2 * c * (st + lam * rt) + tt
-    return errors.clamp_min_(0.0).transpose(0, 1)  # (B, L, p)
+    return errors.clamp_min_(0.0).transpose(-1, -2)  # (B, K, L, p)
 
 
-def best_weight(errors: torch.Tensor, lams) -> tuple[torch.Tensor, torch.Tensor]:
-    """errors (B, L, p) -> (lam (B,) with the lowest total over all probes, cross-fitted per-probe errors (B, p)).
+def lam_table(grids: tuple, device) -> torch.Tensor:
+    """(K, L) float64: each grid of ``grids`` padded to the longest by repeats of its first value, placed after
+    its own values, so an argmin's ties still go to the grid's first (original) entry."""
+    width = max(len(g) for g in grids)
+    return grid(tuple((*g, *(g[0],) * (width - len(g))) for g in grids), torch.float64, device)
+
+
+def best_weight(errors: torch.Tensor, lams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """errors (B, K, L, p), lams (K, L) -> (lam (B, K) with the lowest total over all probes, cross-fitted
+    per-probe errors (B, K, p)), for K candidates at once.
 
     The cross-fitted error of a probe is its error at the lam chosen on the other half of the probes
     (even / odd positions), so comparing candidates does not reward a lam for fitting its own probes.
     Ties go to the first lam (grids start at 0: the support alone)."""
-    lam_grid = grid(tuple(lams), errors.dtype, errors.device)
-    best = errors.sum(-1).argmin(-1)  # (B,)
-    halves = torch.arange(errors.shape[-1], device=errors.device) % 2  # (p,) which half each probe is in
-    held_out = torch.empty_like(errors[:, 0])  # (B, p)
-    for half in (0, 1):
-        fit = errors[..., 1 - half :: 2].sum(-1).argmin(-1)  # (B,) chosen on the other half (a strided view)
-        at_fit = errors.gather(1, fit.view(-1, 1, 1).expand(-1, 1, errors.shape[-1])).squeeze(1)  # (B, p)
-        held_out = torch.where(halves == half, at_fit, held_out)
-    return lam_grid[best], held_out
+    b, p = errors.shape[0], errors.shape[-1]
+    best = errors.sum(-1).argmin(-1)  # (B, K)
+    # (B, K, 2): for the even probes (half 0) the lam fitted on the odd ones, and the other way round
+    fits = torch.stack([errors[..., 1::2].sum(-1), errors[..., 0::2].sum(-1)], -1).argmin(-2)
+    halves = grid(tuple(i % 2 for i in range(p)), torch.int64, errors.device)  # (p,) which half each probe is in
+    held_out = errors.gather(2, fits.index_select(-1, halves).unsqueeze(2)).squeeze(2)  # (B, K, p)
+    return lams.expand(b, -1, -1).gather(2, best.unsqueeze(-1)).squeeze(-1), held_out
 
 
 def clearly_better(baseline: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-    """(B,) mean per-probe improvement of ``candidate`` over ``baseline`` (both (B, p) errors), or -inf where
-    it is not larger than EVIDENCE standard errors: a candidate replaces the support alone only when the
-    probes show it helps well beyond their sampling noise."""
-    gain = baseline - candidate  # (B, p)
+    """(B, ...) mean per-probe improvement of ``candidate`` over ``baseline`` (per-probe errors (..., p), broadcast
+    against each other), or -inf where it is not larger than EVIDENCE standard errors: a candidate replaces the
+    support alone only when the probes show it helps well beyond their sampling noise."""
+    gain = baseline - candidate  # (B, ..., p)
     mean = gain.mean(-1)
     standard_error = gain.std(-1) / gain.shape[-1] ** 0.5
     return torch.where(mean > EVIDENCE * standard_error, mean, float("-inf"))
@@ -89,6 +109,6 @@ def gaussian_log_mean_kernel(q: torch.Tensor, k: torch.Tensor, scale: float) -> 
     q (B,Nq,d), k (B,Nk,d) fp32; mu, Sigma the keys' mean and covariance per batch element (d x d)."""
     mu = k.mean(1, keepdim=True)  # (B, 1, d)
     centred = k - mu
-    sigma = centred.transpose(1, 2) @ centred / k.shape[1]  # (B, d, d)
+    sigma = torch.bmm(centred.transpose(1, 2), centred) / k.shape[1]  # (B, d, d)
     qs = q * scale
-    return (qs @ mu.transpose(1, 2)).squeeze(-1) + 0.5 * ((qs @ sigma) * qs).sum(-1)
+    return torch.bmm(qs, mu.transpose(1, 2)).squeeze(-1) + 0.5 * (torch.bmm(qs, sigma) * qs).sum(-1)

@@ -49,10 +49,10 @@ def probe_plan(fraction: float, nq: int, copies: int, max_probes: int = MAX_PROB
 def probe_truth(q_probe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """q_probe (B,p,d), k (B,Nk,d), v (B,Nk,dv) fp32 -> (shift (B,p,1), exact weights exp(s - shift) (B,p,Nk),
     exact output (B,p,dv)): the probes' rows, held once (p * Nk scores)."""
-    scores = (q_probe @ k.transpose(1, 2)).mul_(scale)
+    scores = torch.bmm(q_probe, k.transpose(1, 2)).mul_(scale)
     shift = scores.amax(-1, keepdim=True)
     weights = scores.sub_(shift).exp_()
-    return shift, weights, (weights @ v) / weights.sum(-1, keepdim=True)
+    return shift, weights, torch.bmm(weights, v) / weights.sum(-1, keepdim=True)
 
 
 def exact_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -62,10 +62,19 @@ def exact_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
 
 def probe_support(layout, probes: torch.Tensor, nk: int) -> torch.Tensor:
     """(B,p,Nk) bool: the keys a layout's rounds give each probe query (probes (p,) query indices)."""
-    b, width = layout.k_rows.shape[0], layout.k_rows.shape[-1]
+    return probe_supports(layout, probes, nk, ((0, None, None),))[:, :, 0]
+
+
+def probe_supports(layout, probes: torch.Tensor, nk: int, parts: tuple) -> torch.Tensor:
+    """(B,p,S,Nk) bool: for each (first round, end round, keys) of ``parts`` (None: to the end), the keys that
+    rounds first..end-1 of the layout give each probe query, every cluster's first ``keys`` keys only (the
+    ``probe_support`` of that part of the layout); every part in one scatter."""
+    b, p, width = layout.k_rows.shape[0], len(probes), layout.k_rows.shape[-1]
     cluster = layout.q_cluster[:, :, probes]  # (B, R, p)
-    keys = layout.k_rows.gather(2, cluster.unsqueeze(-1).expand(-1, -1, -1, width))  # (B, R, p, W) flat rows
-    keys = keys.permute(0, 2, 1, 3).reshape(b, len(probes), -1)  # (B, p, R*W)
-    mask = torch.zeros(b, len(probes), nk + 1, dtype=torch.bool, device=keys.device)
-    mask.scatter_(-1, torch.where(keys < 0, nk, keys % nk), True)
-    return mask[..., :nk]
+    keys = layout.k_rows.gather(2, cluster.unsqueeze(-1).expand(-1, -1, -1, width)).transpose(1, 2)  # (B, p, R, W)
+    keys = torch.where(keys < 0, nk, keys % nk)  # flat rows -> key ids; padding -> nk (a column dropped below)
+    flat = [keys[:, :, first:end, :w].reshape(b, p, -1) for first, end, w in parts]  # (B, p, entries)
+    flat = [x + i * (nk + 1) if i else x for i, x in enumerate(flat)]  # part i's keys in its own nk + 1 columns
+    mask = torch.zeros(b, p, len(parts) * (nk + 1), dtype=torch.bool, device=keys.device)
+    mask.scatter_(-1, torch.cat(flat, -1) if len(flat) > 1 else flat[0], True)
+    return mask.view(b, p, len(parts), nk + 1)[..., :nk]

@@ -1,24 +1,20 @@
 """Attention over the UNION of a ``RoundLayout``'s rounds: each (query, key) pair counted once.
 
-A pair met in an earlier round is masked in later ones (found by sorting each query's keys once); every round's
-clusters are scored together under a running per-query log-shift, in steps of whole clusters that bound the
-working set per batch element (a round at most). Optionally with a
-low-rank residual (sparse + low-rank attention) or sampled rounds (a Horvitz-Thompson rest of the row).
+A pair met in an earlier round is masked in later ones (one bit per query and key, ``MetKeys``); a first pass
+over the rounds finds each query's largest score, so one log-shift per query serves every round, and the second
+forms the products with the values a round at a time. Optionally with a low-rank residual (sparse + low-rank
+attention) or sampled rounds (a Horvitz-Thompson rest of the row).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .low_rank import LowRankTerms
-from .round_layout import RoundLayout, gather_rows
+from .round_layout import RoundLayout
 
-# (query, key) pairs per step of the published clustered methods (``sorted_clusters``), over the whole batch: 2^23
-# pairs hold 32 MiB of fp32 scores.
-PAIRS_PER_STEP = 1 << 23
 # (query, key) pairs per batch element scored per step of clustered_attention (a bound per element, so the ops per
 # call do not grow with the batch): 2^22 pairs hold 16 MiB of fp32 scores per element; one step covers a round at
 # BigGAN's 4096 x 1024 up to budget 1.
@@ -37,12 +33,13 @@ def clustered_attention(
     """Attention over the union of the rounds' supports -> (B,Nq,dv) fp32.
 
     q (B,Nq,d) already multiplied by the scale, k (B,Nk,d), v (B,Nk,dv), all fp32. A pair met in an
-    earlier round is masked (``RoundMembership``). The (round, cluster) groups are scored in steps of whole
-    clusters of one round holding at most ``PAIRS_PER_ELEMENT_STEP`` (query, key) pairs per batch element,
-    and accumulated into per-query numerator and denominator sums under a running log-shift (rescaled when a step
-    raises a query's maximum). With ``low_rank`` the result is Scatterbrain's estimator: the low-rank sums
-    everywhere plus, on the support, exp(score) minus the estimate (``low_rank.num`` and ``low_rank.den`` are
-    consumed: accumulated into in place).
+    earlier round is masked (``first_meetings``). Two passes over the (round, cluster) groups: the first takes each
+    query's largest score over every round (in steps of clusters holding at most the support's entries, or one
+    round's), so one log-shift per query (that, or the residual's offset if larger) serves every round, with no
+    rescaling; the second scores the groups again and forms their products with the values a round at a time (one
+    copy of the output), in steps of at most ``PAIRS_PER_ELEMENT_STEP`` (query, key) pairs per batch element.
+    With ``low_rank`` the result is Scatterbrain's estimator: the low-rank sums everywhere plus, on the support,
+    exp(score) minus the estimate.
 
     With ``sampled_from`` = h, rounds h.. hold uniformly drawn keys: their n_i new pairs of query i stand for
     the Nk - m_i keys the first h rounds did not give it (m_i pairs), so their sums are weighted by
@@ -52,117 +49,124 @@ def clustered_attention(
     elements.
     """
     b, n_rounds, nq = layout.q_cluster.shape
-    nk = k.shape[1]
-    if low_rank is None:
-        top = _RowSums.zeros(b * nq, v.shape[-1], q.device)
-    else:  # the low-rank sums are accumulated into in place: no copy of the (B*Nq, dv) numerator
-        top = _RowSums(low_rank.log_offset.reshape(-1), low_rank.num.view(-1, v.shape[-1]), low_rank.den.view(-1))
-    n_top = n_rounds if sampled_from is None else sampled_from
-    rest = None if n_top == n_rounds else _RowSums.zeros(b * nq, v.shape[-1], q.device)
-    seen = RoundMembership(layout, nk)
+    nk, dv = k.shape[1], v.shape[-1]
     n_clusters, qs, width = layout.q_rows.shape[2], layout.q_rows.shape[3], layout.k_rows.shape[3]
-    # clusters per step: at most a round's, whose (B, C, qs, dv) products are one copy of the output, and at most
-    # PAIRS_PER_ELEMENT_STEP pairs per batch element
+    groups = n_rounds * n_clusters  # (round, cluster) groups, round-major and outermost: a step's slice is contiguous
+    q_slots = layout.q_rows.reshape(b, groups, qs).transpose(0, 1).reshape(groups * b, qs)  # (G*B, qs), -1 padding
+    k_slots = layout.k_rows.reshape(b, groups, width).transpose(0, 1).reshape(groups * b, width)  # (G*B, W)
+    # flat query and key rows, padding -> row 0 (their pairs are not counted and add nothing)
+    rows, keys = q_slots.clamp_min(0).view(-1), k_slots.clamp_min(0).view(-1)  # (G*B*qs,), (G*B*W,)
+    met = MetKeys(b * nq, nk, q.device)
+    met_rows, met_words, met_bits = met.slots(q_slots, k_slots)  # (G*B, qs), (G*B, W), (G*B, W)
+    q_flat, k_flat = q.reshape(-1, q.shape[-1]), k.reshape(-1, k.shape[-1])
+
+    def scores_of(first: int, last: int) -> torch.Tensor:
+        """(c*B, qs, W) scores of groups first..last-1 (pairs not counted included)."""
+        qg = q_flat.index_select(0, rows[first * b * qs : last * b * qs]).view(-1, qs, q.shape[-1])
+        kg = k_flat.index_select(0, keys[first * b * width : last * b * width]).view(-1, width, k.shape[-1])
+        return torch.bmm(qg, kg.transpose(1, 2))
+
+    # Pass 1: each query's largest score over every round (and the residual's offset), one log-shift for all rounds;
+    # steps of clusters whose gathered queries and scores hold at most the support's entries (or one round's). A pair
+    # met again scores what it scored first, so only padding is kept out of the maxima.
+    key_padding = torch.where(k_slots < 0, -math.inf, 0.0).unsqueeze(1)  # (G*B, 1, W)
+    slot_max = q.new_empty(groups * b, qs)
+    steps = -(-(q.shape[-1] + width) // width)  # about as many scores and gathered queries as the support
+    step = max(n_clusters, -(-groups // steps))
+    for first in range(0, groups, step):
+        last = min(first + step, groups)
+        slots = slice(first * b, last * b)
+        slot_max[slots] = scores_of(first, last).add_(key_padding[slots]).amax(-1)
+    slot_max.masked_fill_(q_slots < 0, -math.inf)
+    start = torch.full((b * nq,), -1e30, device=q.device) if low_rank is None else low_rank.log_offset.reshape(-1)
+    shift = start.scatter_reduce(0, rows, slot_max.view(-1), "amax")  # (B*Nq,) finite
+    slot_shift = shift.index_select(0, rows).view(groups * b, qs, 1)
+    # numerator and denominator side by side: (B*Nq, dv + 1), in units of exp(shift)
+    if low_rank is None:
+        sums = q.new_zeros(b * nq, dv + 1)
+    else:  # the low-rank sums, moved to the shift
+        to_shift = (low_rank.log_offset.reshape(-1) - shift).exp_().unsqueeze(-1)  # (B*Nq, 1)
+        sums = torch.cat([low_rank.num.view(-1, dv), low_rank.den.view(-1, 1)], -1).mul_(to_shift)
+        offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(slot_shift)
+        estimate_scale = (offset - slot_shift).exp_()  # (G*B, qs, 1): the estimate in units of exp(shift)
+        m = low_rank.a.shape[-1]
+    n_top = n_rounds if sampled_from is None else sampled_from
+    rest = None if n_top == n_rounds else q.new_zeros(b * nq, dv + 1)
+    pairs = None if rest is None else q.new_empty(groups * b, qs)  # new pairs of each slot
+    # Pass 2, round after round (a pair counts in the first round that meets it): the scores again, their weights
+    # under the shift, the products with the values, in steps of whole clusters within one round (a round's products
+    # are one copy of the output), at most PAIRS_PER_ELEMENT_STEP pairs per batch element. The keys' other side is
+    # one gather: [b, v, 1] (B*Nk, [m +] dv + 1), the residual's factors beside the values and a ones column (the
+    # weights' row sums come out of the values' product).
+    key_side = torch.cat([*([] if low_rank is None else [low_rank.b.reshape(b * nk, -1)]), v.reshape(-1, dv),
+                          v.new_ones(b * nk, 1)], -1)
     step = max(1, min(n_clusters, PAIRS_PER_ELEMENT_STEP // (qs * width)))
     for r in range(n_rounds):
-        sums = top if r < n_top else rest
-        for first in range(0, n_clusters, step):
-            clusters = slice(first, first + step)
-            qr, kr = layout.q_rows[:, r, clusters], layout.k_rows[:, r, clusters]  # (B, c, qs), (B, c, W)
-            scores = gather_rows(q, qr) @ gather_rows(k, kr).transpose(-1, -2)  # (B, g, qs, W)
-            # Duplicates of earlier rounds, padding keys, and padding query slots (they gathered row 0 and add nothing
-            # to it).
-            met = seen.met_before(r, qr, kr)
-            masked = met | (kr < 0).unsqueeze(-2) | (qr < 0).unsqueeze(-1)
-            scores.masked_fill_(masked, -math.inf)
-            rows = qr.clamp_min(0).reshape(-1)  # (B*g*qs,) flat query rows (padding slots -> row 0, masked)
-            weights = sums.rescale_to(rows, scores)  # (B, g, qs, W): exp(score - the query's shift), masked 0
+        for first in range(r * n_clusters, (r + 1) * n_clusters, step):
+            last = min(first + step, (r + 1) * n_clusters)
+            slots = slice(first * b, last * b)  # (cluster, batch element) groups of this step
+            qr = rows[first * b * qs : last * b * qs]  # (c*B*qs,)
+            new = met.first_meetings(met_rows[slots], met_words[slots], met_bits[slots])  # (c*B, qs, W)
+            # (c*B, qs, W) exp(score - shift), [less the estimate,] the pairs not counted set to 0 (a pair not counted
+            # may score above its query's shift: its inf is overwritten too)
+            w = scores_of(first, last).sub_(slot_shift[slots]).exp_()
+            kr = keys[first * b * width : last * b * width]  # (c*B*W,)
+            kg = key_side.index_select(0, kr).view(-1, width, key_side.shape[-1])  # (c*B, W, [m +] dv + 1)
             if low_rank is not None:
-                estimate = gather_rows(low_rank.a, qr) @ gather_rows(low_rank.b, kr).transpose(-1, -2)  # (B,g,qs,W)
-                row_shift = sums.shift.index_select(0, rows).view(*qr.shape, 1)
-                offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(row_shift)
-                weights -= estimate.mul_((offset - row_shift).exp_()).masked_fill_(masked, 0.0)
-            sums.num.index_add_(0, rows, (weights @ gather_rows(v, kr)).view(-1, v.shape[-1]))
-            sums.den.index_add_(0, rows, weights.sum(-1).reshape(-1))
-            if rest is not None:
-                sums.pairs.index_add_(0, rows, (~masked).sum(-1).reshape(-1).float())
+                a = low_rank.a.reshape(b * nq, m).index_select(0, qr).view(-1, qs, m)  # (c*B, qs, m)
+                w -= torch.bmm(a, kg[..., :m].transpose(1, 2)).mul_(estimate_scale[slots])  # the estimate
+            w = torch.where(new, w, 0.0)
+            (sums if r < n_top else rest).index_add_(0, qr, torch.bmm(w, kg[..., -dv - 1 :]).view(-1, dv + 1))
+            if pairs is not None:
+                pairs[slots] = new.sum(-1, dtype=q.dtype)
     if rest is not None:
-        weight = (nk - top.pairs) / rest.pairs.clamp_min(1.0)  # (B*Nq,)
+        pairs = pairs.view(-1)
+        split = n_top * n_clusters * b * qs  # the top rounds' slots come first
+        top_pairs = q.new_zeros(b * nq).index_add_(0, rows[:split], pairs[:split])
+        rest_pairs = q.new_zeros(b * nq).index_add_(0, rows[split:], pairs[split:])
+        weight = (nk - top_pairs) / rest_pairs.clamp_min(1.0)  # (B*Nq,)
         if sampled is not None:
             weight = torch.where(sampled.view(-1, 1).expand(b, nq).reshape(-1), weight, 1.0)
-        top.add_weighted(rest, weight)
-    return top.num.div_(top.den.unsqueeze(-1)).view(b, nq, -1)
+        sums.add_(rest.mul_(weight.unsqueeze(-1)))
+    return (sums[:, :dv] / sums[:, dv:]).view(b, nq, dv)
 
 
-@dataclass
-class _RowSums:
-    """Per-query softmax sums under a running log-shift: exp(shift) * num (B*Nq, dv), exp(shift) * den (B*Nq,);
-    pairs (B*Nq,) counts the (query, key) pairs added."""
+class MetKeys:
+    """The keys each query has met so far, one bit per (query, key): (B*Nq + 1) rows of Nk // 32 + 1 int32 words,
+    Nq * Nk / 8 bytes per batch element (at most the support's fp32 bytes from budget 1/32 up). Key Nk's bit (padding
+    keys) is set in every row, and the last row (padding query slots) has every bit set, so padding is never new."""
 
-    shift: torch.Tensor
-    num: torch.Tensor
-    den: torch.Tensor
-    pairs: torch.Tensor | None = None
+    def __init__(self, n_rows: int, nk: int, device):
+        self.nk, self.n_rows, self.words = nk, n_rows, nk // 32 + 1
+        bits = torch.zeros(n_rows + 1, self.words, dtype=torch.int32, device=device)
+        bits[:, nk // 32] = torch.ones((), dtype=torch.int32).bitwise_left_shift(nk % 32)
+        bits[n_rows] = -1
+        self.bits = bits.view(-1)
 
-    def __post_init__(self):
-        if self.pairs is None:
-            self.pairs = torch.zeros_like(self.den)
+    def slots(self, q_slots: torch.Tensor, k_slots: torch.Tensor):
+        """q_slots (n, qs), k_slots (n, W) flat rows (-1 padding) of n query clusters and their keys -> their rows'
+        first words (n, qs), the keys' words (n, W) and bits (n, W), int32, for ``first_meetings``."""
+        row_words = torch.where(q_slots < 0, self.n_rows, q_slots).int() * self.words
+        key_ids = torch.where(k_slots < 0, self.nk, k_slots % self.nk).int()
+        return row_words, key_ids >> 5, torch.ones_like(key_ids).bitwise_left_shift_(key_ids & 31)
 
-    @classmethod
-    def zeros(cls, rows: int, dv: int, device) -> _RowSums:
-        shift = torch.full((rows,), -1e30, device=device)  # finite: exp(-inf - shift) stays 0
-        return cls(shift, torch.zeros(rows, dv, device=device), torch.zeros(rows, device=device))
-
-    def rescale_to(self, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Raise the shift of ``rows`` (flat query ids of scores (..., qs, W)) to their new maxima, rescaling the
-        sums, and return exp(scores - shift) in place of ``scores``."""
-        new_shift = self.shift.scatter_reduce(0, rows, scores.amax(-1).reshape(-1), "amax")
-        rescale = (self.shift - new_shift).exp_()  # (B*Nq,) <= 1; 1 for queries outside these rows
-        self.num *= rescale.unsqueeze(-1)
-        self.den *= rescale
-        self.shift = new_shift
-        row_shift = new_shift.index_select(0, rows).view(*scores.shape[:-1], 1)
-        return scores.sub_(row_shift).exp_()  # masked pairs: exp(-inf) = 0
-
-    def add_weighted(self, other: _RowSums, weight: torch.Tensor) -> None:
-        """self += weight (B*Nq,) * other, both under their own shifts (the result under the larger)."""
-        shift = torch.maximum(self.shift, other.shift)
-        mine, theirs = (self.shift - shift).exp_(), (other.shift - shift).exp_().mul_(weight)
-        self.num.mul_(mine.unsqueeze(-1)).add_(other.num * theirs.unsqueeze(-1))
-        self.den.mul_(mine).add_(other.den * theirs)
-        self.shift = shift
+    def first_meetings(self, row_words: torch.Tensor, key_words: torch.Tensor, key_bits: torch.Tensor) -> torch.Tensor:
+        """(n, qs, W) bool: the pairs of these clusters (``slots``) no earlier call met; marks them met. Clusters of
+        one call must hold different queries (a round's clusters do)."""
+        word = row_words.unsqueeze(-1) + key_words.unsqueeze(-2)  # (n, qs, W)
+        bit = key_bits.unsqueeze(-2)
+        new = self.bits.index_select(0, word.view(-1)).view_as(word).bitwise_and_(bit) == 0
+        self.bits.index_add_(0, word.view(-1), (new * bit).view(-1))  # distinct powers of two: an OR
+        return new
 
 
-class RoundMembership:
-    """Which keys each cluster of each round attends to, to find pairs already met in earlier rounds.
-
-    A (B, R, C, Nk+1) bool table of R * C * Nk bytes: C^2 / (4 Nq) times the support's fp32 bytes
-    (at most 1 for SMYRF and Scatterbrain at budgets >= 1/32 and Nq >= 4096; 2 for Reformer's 256
-    buckets at 1/32, Nq = 4096). A pair of round r is looked up once per earlier round (R^2 / 2 lookups per
-    pair in all).
-    """
-
-    def __init__(self, layout: RoundLayout, nk: int):
-        b, n_rounds, n_clusters, _ = layout.k_rows.shape
-        self.nk, self.n_rounds, self.n_clusters = nk, n_rounds, n_clusters
-        key_ids = torch.where(layout.k_rows < 0, nk, layout.k_rows % nk)  # (B, R, C, W), nk = padding
-        member = torch.zeros(b, n_rounds, n_clusters, nk + 1, dtype=torch.bool, device=layout.k_rows.device)
-        member.scatter_(-1, key_ids, True)
-        member[..., nk] = False
-        self.table = member.view(-1)
-        # Flat table offset of (b, r', cluster of the query in r') for every query: (B*Nq, R').
-        rounds = torch.arange(b * n_rounds, device=member.device).view(b, n_rounds, 1)
-        self.offset = ((rounds * n_clusters + layout.q_cluster) * (nk + 1)).transpose(1, 2).reshape(-1, n_rounds)
-
-    def met_before(self, r: int, q_rows: torch.Tensor, k_rows: torch.Tensor) -> torch.Tensor:
-        """(B,c,qs,W) bool: the pairs of round r's clusters (q_rows (B,c,qs), k_rows (B,c,W)) already met in a round
-        r' < r: one lookup per earlier round (an int64 index of the pairs' size at a time)."""
-        b, c, qs = q_rows.shape
-        met = torch.zeros(b, c, qs, k_rows.shape[-1], dtype=torch.bool, device=self.table.device)
-        if r == 0:
-            return met
-        key_ids = torch.where(k_rows < 0, self.nk, k_rows % self.nk).unsqueeze(-2)  # (B, c, 1, W)
-        offset = self.offset[:, :r].index_select(0, q_rows.clamp_min(0).reshape(-1)).view(b, c, qs, r)
-        for earlier in range(r):
-            met |= self.table.take(offset[..., earlier, None] + key_ids)
-        return met
+def first_meetings(layout: RoundLayout, nk: int) -> torch.Tensor:
+    """(B, R, C, qs, W) bool: the (query, key) pairs of each round's clusters that no earlier round gave that query,
+    padding keys and padding query slots excluded (``MetKeys``, round after round)."""
+    b, n_rounds, nq = layout.q_cluster.shape
+    met = MetKeys(b * nq, nk, layout.k_rows.device)
+    rows, words, bits = met.slots(layout.q_rows.flatten(0, 2), layout.k_rows.flatten(0, 2))  # (B*R*C, ...)
+    rows, words, bits = (x.view(b, n_rounds, -1, x.shape[-1]) for x in (rows, words, bits))  # (B, R, C, qs | W)
+    per_round = [met.first_meetings(rows[:, r].flatten(0, 1), words[:, r].flatten(0, 1), bits[:, r].flatten(0, 1))
+                 for r in range(n_rounds)]  # (B*C, qs, W) each
+    return torch.stack(per_round).view(n_rounds, b, *layout.q_rows.shape[2:], -1).transpose(0, 1)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..base import SeededDraws
-from .probe_calibration import residual_errors
-from .probes import probe_support, probe_truth
+from .probe_calibration import grid, residual_errors, stacked_errors, with_ones
+from .probes import probe_support, probe_supports, probe_truth
 from .round_layout import RoundLayout
 
 
@@ -83,13 +83,23 @@ def mix_probe_errors(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """((B, p) probe errors of the top-key layout alone, (B, p) of the mixed one, (B, p, dv) the probes' exact rows).
 
-    q (B,Nq,d) scaled, k, v fp32; chunks: probe query indices, a (B, c, Nk) table set at a time."""
-    base_errors, mix_errors, truths = [], [], []
+    q (B,Nq,d) scaled, k, v fp32; chunks: probe query indices, a (B, c, Nk) table set at a time. Both candidates'
+    sums per chunk, their errors in one ``stacked_errors`` (the top keys at lam = 0, the mix's drawn keys at 1)."""
+    nk = k.shape[1]
+    v1 = with_ones(v)  # (B, Nk, dv + 1)
+    inside, outside, truths = [], [], []
     for chunk in chunks:
         _, weights, truth = probe_truth(q[:, chunk], k, v, 1.0)  # (B,c,Nk) exp(s - shift), (B,c,dv)
-        base = probe_support(top, chunk, k.shape[1])  # (B, c, Nk)
-        base_errors.append(residual_errors(weights, base, weights, v, truth, (0.0,))[:, 0])
-        del base
-        mix_errors.append(mix_chunk_errors(weights, truth, v, mixed, keep, chunk))
+        base, kept = probe_supports(top, chunk, nk, ((0, None, None), (0, keep, None))).unbind(2)  # (B, c, Nk)
+        drawn = probe_supports(mixed, chunk, nk, ((keep, None, None),))[:, :, 0] & ~kept
+        scale = (nk - kept.sum(-1, keepdim=True)) / drawn.sum(-1, keepdim=True).clamp_min(1)  # (B, c, 1): rest per key
+        inside.append(torch.stack([torch.bmm(weights * base, v1), torch.bmm(weights * kept, v1)], 1))  # (B,2,c,dv+1)
+        outside.append(torch.bmm(weights * drawn, v1).mul_(scale))  # (B, c, dv + 1): the mix's drawn keys
         truths.append(truth)
-    return torch.cat(base_errors, -1), torch.cat(mix_errors, -1), torch.cat(truths, 1)
+        del weights, base, kept, drawn
+    truth = torch.cat(truths, 1)
+    drawn = torch.cat(outside, 1)
+    # (B, 2, p, dv + 1): the top keys have no residual (lam = 0 below), so any sums stand in for theirs
+    errors = stacked_errors(torch.cat(inside, 2), torch.stack([drawn, drawn], 1), truth,
+                            grid(((0.0,), (1.0,)), torch.float64, v.device))[:, :, 0]  # (B, 2, p)
+    return errors[:, 0], errors[:, 1], truth

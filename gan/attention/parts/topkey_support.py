@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..base import SeededDraws
-from .coverage import covering_tables, covering_top_keys
+from .coverage import covering_top_keys
 from .hashing import centroid_sort_key, xbox_plus
 from .planning import explicit_cluster_count, fewest_clusters_from, search_plan
 from .round_layout import RoundLayout, cluster_size, query_clusters, top_keys_per_cluster
@@ -121,7 +121,6 @@ class SmyrfHash:
         chunk = plan.work_rows(plan.n_hashes * plan.n_clusters)
         sort_key = centroid_sort_key(qx, kx[:, seeds], directions, chunk=chunk)
         q_rows, q_cluster = query_clusters(sort_key, plan.n_clusters)
-        select = covering_top_keys if covering else top_keys_per_cluster
-        # covering holds covering_tables() (clusters, Nk) tables per piece, the plain selection one
-        tables = covering_tables() if covering else 1
-        return select(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1], tables))
+        if covering:  # its pieces of clusters shrink as rounds pass, within the support's score entries
+            return covering_top_keys(q, k, q_rows, q_cluster, plan.k_cluster_size, entries=plan.score_entries())
+        return top_keys_per_cluster(q, k, q_rows, q_cluster, plan.k_cluster_size, chunk=plan.work_rows(k.shape[1]))

@@ -55,9 +55,12 @@ from ..parts.probe_calibration import (
     best_weight,
     clearly_better,
     gaussian_log_mean_kernel,
-    residual_errors,
+    grid,
+    lam_table,
+    stacked_errors,
+    with_ones,
 )
-from ..parts.probes import ProbeQueries, probe_plan, probe_support, probe_truth
+from ..parts.probes import ProbeQueries, probe_plan, probe_supports, probe_truth
 from ..parts.random_features import ProjectionCache, favor_log_features
 from ..parts.round_attention import clustered_attention
 from ..parts.round_layout import RoundLayout
@@ -72,6 +75,7 @@ LOG_CAP = 60.0  # estimates above e^60 times a probe's largest exact weight are 
 PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once: weights, estimate, inside, outside
 # lam grids per residual: FAVOR+ is unbiased (lam = 1), the mean-field and the centroids only model the scale
 WEIGHTS = {"favor": FAVOR_WEIGHTS, "mean-field": MEAN_FIELD_WEIGHTS, "centroids": MEAN_FIELD_WEIGHTS}
+KINDS = ("mean-field", "favor", "centroids")  # residual kinds by id (the baseline, no residual: -1)
 
 
 def low_rank_terms(
@@ -90,16 +94,17 @@ def low_rank_terms(
     so the estimate stays unbiased and its variance is that of the smaller centred norms.
     """
     q_mean, k_mean = q.mean(1, keepdim=True), k.mean(1, keepdim=True)  # (B, 1, d)
-    key_shift = scale * ((k - k_mean) @ q_mean.transpose(1, 2))  # (B, Nk, 1): q_mean.(k - k_mean)
+    key_shift = scale * torch.bmm(k - k_mean, q_mean.transpose(1, 2))  # (B, Nk, 1): q_mean.(k - k_mean)
     lk = favor_log_features(k - k_mean, proj, scale) + key_shift  # (B, Nk, m)
     key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m): per feature, so no feature underflows wholesale
     b = (lk - key_max).exp_()  # (B, Nk, m) <= 1
     q = q if rows is None else q[:, rows]
-    lq = favor_log_features(q - q_mean, proj, scale) + scale * (q @ k_mean.transpose(1, 2)) + key_max  # (B, Nq, m)
+    # (B, Nq, m)
+    lq = favor_log_features(q - q_mean, proj, scale) + scale * torch.bmm(q, k_mean.transpose(1, 2)) + key_max
     log_offset = lq.amax(-1)  # (B, Nq)
     a = (lq - log_offset.unsqueeze(-1)).exp_()  # (B, Nq, m) <= 1
-    num = a @ (b.transpose(1, 2) @ v)  # (B, Nq, dv): sum over all keys, in units of exp(log_offset)
-    den = (a @ b.sum(1).unsqueeze(-1)).squeeze(-1)  # (B, Nq)
+    num = torch.bmm(a, torch.bmm(b.transpose(1, 2), v))  # (B, Nq, dv): sum over all keys, in units of exp(log_offset)
+    den = torch.bmm(a, b.sum(1).unsqueeze(-1)).squeeze(-1)  # (B, Nq)
     return LowRankTerms(log_offset, a, b, num, den)
 
 
@@ -206,55 +211,42 @@ class ScatterbrainCentredAttention(AttentionBackend):
         whole, split_sizes, num_features = self.calibration_plan(nq, nk)
         proj = self.projection(num_features, q.shape[2], q.device) if num_features else None  # (m, d)
         log_mean = gaussian_log_mean_kernel(q, k, scale)  # (B, Nq): the mean-field residual's scale
-        size = self.probe_chunk(nq)
-        # (query indices, positions among the probes) of each probe chunk
-        chunks = list(zip(probes.split(size), torch.arange(len(probes), device=q.device).split(size), strict=True))
         residuals = {}
-        if proj is not None:  # the features' residuals: FAVOR+ on the probes' rows, and the key groups
-            residuals["favor"] = low_rank_terms(q, k, v, proj, scale, rows=probes)
+        if proj is not None:  # the features' residuals: FAVOR+ of every query (the probes' rows calibrate), key groups
+            residuals["favor"] = low_rank_terms(q, k, v, proj, scale)
             residuals["centroids"] = key_groups(k, self.group_starts(nk, proj.shape[0], k.device))
         layout = self.hash.layout(q * scale, k, whole)
-        # support id -> the split's layout (1: its first rounds, 2: every cluster's best keys)
-        splits = {
-            i: RoundLayout(layout.q_rows[:, :r], layout.q_cluster[:, :r], layout.k_rows[:, :r, :, :w])
-            for i, (r, w) in enumerate(split_sizes, start=1) if r
-        }
-        errors_of, truth = _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals)
-        # per candidate: (support: 0 whole, 1, 2 the splits; residual kind), its (B, p) probe errors, (B,) weight lam
-        zero = torch.zeros(q.shape[0], device=q.device)
-        candidates = [(0, "none", errors_of[0, "mean-field"][:, 0], zero)]  # the baseline: the whole support alone
-        for (support, kind), errors in errors_of.items():
-            if support and split_sizes[support - 1] == (whole.n_hashes, whole.k_cluster_size) and kind == "mean-field":
-                continue  # the split is the whole support: its mean-field is the whole support's
-            lam, error = best_weight(errors, WEIGHTS[kind])
-            candidates.append((support, kind, error, lam.float()))
-        gains = torch.stack([clearly_better(candidates[0][2], c[2]) for c in candidates], -1)  # (B, candidates)
-        gains[:, 0] = 0.0  # the baseline needs no evidence
-        chosen = gains.argmax(-1)  # (B,) candidate per batch element
-        lam = torch.stack([c[3] for c in candidates], -1).gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
-
-        def chose(test) -> torch.Tensor:
-            """(B,) bool: the chosen candidate passes ``test(support, kind)``."""
-            passes = torch.zeros_like(chosen, dtype=torch.bool)
-            for index, candidate in enumerate(candidates):  # Python ints only: nothing copied to the device
-                if test(candidate[0], candidate[1]):
-                    passes |= chosen == index
-            return passes
-
-        k_rows = layout.k_rows
-        for support, (r, w) in enumerate(split_sizes, start=1):  # split elements drop the rounds / keys past it
-            if r and (r, w) != (whole.n_hashes, whole.k_cluster_size):
-                rounds_past = torch.arange(whole.n_hashes, device=q.device).view(-1, 1, 1) >= r  # (R, 1, 1)
-                late = rounds_past | (torch.arange(whole.k_cluster_size, device=q.device) >= w)  # (R, 1, W)
-                drop = chose(lambda s, kind, support=support: s == support).view(-1, 1, 1, 1) & late
-                k_rows = torch.where(drop, -1, k_rows)
-        chosen_layout = RoundLayout(layout.q_rows, layout.q_cluster, k_rows)
-        weight = {name: lam * chose(lambda s, kind, name=name: kind == name) for name in ("mean-field", *residuals)}
-        residual = _mean_field_terms(log_mean, v, weight["mean-field"])
+        n_rounds, width = whole.n_hashes, whole.k_cluster_size
+        # support id (0: the whole layout; 1, 2: the splits, its first rounds or every cluster's best keys) -> sizes
+        sizes = {0: (n_rounds, width), **{i: size for i, size in enumerate(split_sizes, start=1) if size[0]}}
+        parts = list(dict.fromkeys(sizes.values()))  # the distinct supports, as (rounds, keys)
+        # per candidate: (support id, residual kind); the split that is the whole support has its mean-field already
+        candidates = [(0, "mean-field")] + [
+            (i, kind) for i in sizes if i for kind in ("mean-field", *residuals)
+            if not (kind == "mean-field" and sizes[i] == (n_rounds, width))
+        ]
+        errors, lams, truth = _probe_errors(
+            layout, [(0, r, w) for r, w in parts], [(parts.index(sizes[i]), kind) for i, kind in candidates],
+            probes, self.probe_chunk(nq), q, k, v, scale, log_mean, residuals,
+        )  # (B, K, L, p), (K, L)
+        lam, held_out = best_weight(errors, lams)  # (B, K), (B, K, p)
+        # choice 0: the baseline, the whole support alone (candidate 0 at lam = 0), which needs no evidence
+        gains = torch.nn.functional.pad(clearly_better(errors[:, :1, 0], held_out), (1, 0))  # (B, 1 + K)
+        chosen = gains.argmax(-1)  # (B,) choice per batch element
+        lam = torch.nn.functional.pad(lam.float(), (1, 0)).gather(-1, chosen[:, None]).squeeze(-1)  # (B,)
+        # per choice (Python ints, made once per device): the rounds and keys per cluster it keeps, its residual kind
+        table = [(n_rounds, width, -1)] + [(*sizes[i], KINDS.index(kind)) for i, kind in candidates]
+        rounds, keys, kind = grid(tuple(zip(*table, strict=True)), torch.int64, q.device).index_select(1, chosen)
+        rounds_past = grid(tuple(((r,),) for r in range(n_rounds)), torch.int64, q.device) >= rounds.view(-1, 1, 1, 1)
+        drop = rounds_past | (grid(tuple(range(width)), torch.int64, q.device) >= keys.view(-1, 1, 1, 1))  # (B,R,1,W)
+        chosen_layout = RoundLayout(layout.q_rows, layout.q_cluster, torch.where(drop, -1, layout.k_rows))
+        # lam of each residual kind per batch element: 0 where another was chosen
+        weight = (lam.unsqueeze(-1) * (kind.unsqueeze(-1) == grid((0, 1, 2), torch.int64, q.device))).unbind(-1)
+        residual = _mean_field_terms(log_mean, v, weight[0])
         if residuals:
-            favor = _weighted(low_rank_terms(q, k, v, proj, scale), weight["favor"])
-            centroids = centroid_terms(residuals["centroids"], q, v, scale, weight["centroids"])
-            residual = _combined(residual, favor, centroids, chose(lambda s, kind: kind == "favor"))
+            favor = _weighted(residuals.pop("favor"), weight[1])
+            centroids = centroid_terms(residuals.pop("centroids"), q, v, scale, weight[2])
+            residual = _combined(residual, favor, centroids, kind == KINDS.index("favor"))
             del favor, centroids  # only the combined terms stay alive during the attention
         active = lam > 0  # (B,): no residual: the sums start from nothing (as without one)
         residual.log_offset = torch.where(active.view(-1, 1), residual.log_offset, -1e30)
@@ -289,35 +281,49 @@ class ScatterbrainCentredAttention(AttentionBackend):
         return resolved
 
 
-def _probe_errors(layout, splits, chunks, q, k, v, scale, log_mean, residuals):
-    """({(support, residual kind): (B, L, p) probe errors per lam of its grid}, the probes' exact rows (B, p, dv)),
-    probe chunk by chunk (each probe's exact row once): on the whole ``layout`` (support 0) the mean-field residual;
-    on each split (``splits``: support id -> its layout) the mean-field, "favor" (LowRankTerms of the probes' rows) and
-    "centroids" (KeyGroups) where ``residuals`` has them. chunks: [((c,) probe query indices, their positions among
-    the probes)]."""
-    errors: dict[tuple, list] = {(0, "mean-field"): []}
-    for support in splits:
-        errors.update({(support, kind): [] for kind in ("mean-field", *residuals)})
-    truths = []
-    for chunk, positions in chunks:
+def _probe_errors(layout, parts, candidates, probes, size, q, k, v, scale, log_mean, residuals):
+    """((B, K, L, p) probe errors of each candidate for each lam of its grid, those grids (K, L) (``lam_table``), the
+    probes' exact rows (B, p, dv)), in chunks of ``size`` probes (each probe's exact row once).
+
+    parts: (first round, end round, keys) of each support of ``layout`` (``probe_supports``); candidates: (part,
+    residual kind), the kind "mean-field" or one of ``residuals``: "favor" (LowRankTerms of every query) and
+    "centroids" (KeyGroups). A support's sums of exact weights serve all its candidates; the mean-field residual is
+    one constant per row, so its sums off a support are that constant times the values' less the support's."""
+    nk = k.shape[1]
+    v1 = with_ones(v)  # (B, Nk, dv + 1)
+    mean_field = list(dict.fromkeys(part for part, kind in candidates if kind == "mean-field"))
+    estimated = [(part, kind) for part, kind in candidates if kind != "mean-field"]
+    inside, plain, outside, shifts, truths = [], [], [], [], []
+    for chunk in probes.split(size):
         shift, weights, truth = probe_truth(q[:, chunk], k, v, scale)  # (B,c,1), (B,c,Nk), (B,c,dv)
-        mean_field = (log_mean[:, chunk, None] - shift).clamp_max(LOG_CAP).exp().expand_as(weights)  # (B, c, Nk)
-        support = probe_support(layout, chunk, k.shape[1])  # (B, c, Nk)
-        errors[0, "mean-field"].append(residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"]))
-        for index, split in splits.items():
-            support = probe_support(split, chunk, k.shape[1])
-            errors[index, "mean-field"].append(
-                residual_errors(weights, support, mean_field, v, truth, WEIGHTS["mean-field"])
-            )
-            for kind, terms in residuals.items():  # one (c, Nk) estimate alive at a time
-                if kind == "favor":
-                    estimate = _probe_estimate(terms, positions, shift)
-                else:
-                    estimate = centroid_probe_estimate(terms, q[:, chunk], scale, shift, LOG_CAP)
-                errors[index, kind].append(residual_errors(weights, support, estimate, v, truth, WEIGHTS[kind]))
-                del estimate
+        masks = probe_supports(layout, chunk, nk, parts).unbind(2)  # per support (B, c, Nk) bool
+        inside.append(torch.stack([torch.bmm(weights * mask, v1) for mask in masks], 1))  # (B, S, c, dv + 1)
+        weights = None  # freed before the estimates (not ``del``: comprehensions capture it, a graph break)
+        plain.append(torch.stack([torch.bmm(masks[part].to(v.dtype), v1) for part in mean_field], 1))  # (B,M,c,dv+1)
+        sums = {}
+        for kind, terms in residuals.items():  # one (c, Nk) estimate alive at a time
+            if kind == "favor":
+                estimate = _probe_estimate(terms, chunk, shift)
+            else:
+                estimate = centroid_probe_estimate(terms, q[:, chunk], scale, shift, LOG_CAP)
+            sums.update({(part, kd): torch.bmm(estimate.masked_fill(masks[part], 0.0), v1)
+                         for part, kd in estimated if kd == kind})
+            estimate = None
+        if estimated:
+            outside.append(torch.stack([sums[candidate] for candidate in estimated], 1))  # (B, E, c, dv + 1)
+        shifts.append(shift)
         truths.append(truth)
-    return {key: torch.cat(parts, -1) for key, parts in errors.items()}, torch.cat(truths, 1)
+    mf = (log_mean[:, probes, None] - torch.cat(shifts, 1)).clamp_max(LOG_CAP).exp()  # (B, p, 1)
+    # (B, M + E, p, dv + 1): the mean-field's sums off each support, then the estimated residuals'
+    outside = torch.cat([mf.unsqueeze(1) * (v1.sum(1)[:, None, None] - torch.cat(plain, 2)), *(
+        [torch.cat(outside, 2)] if estimated else [])], 1)
+    order = tuple(mean_field.index(part) if kind == "mean-field" else len(mean_field) + estimated.index((part, kind))
+                  for part, kind in candidates)
+    at = grid(order, torch.int64, q.device), grid(tuple(part for part, _ in candidates), torch.int64, q.device)
+    lams = lam_table(tuple(WEIGHTS[kind] for _, kind in candidates), q.device)
+    truth = torch.cat(truths, 1)
+    errors = stacked_errors(torch.cat(inside, 2).index_select(1, at[1]), outside.index_select(1, at[0]), truth, lams)
+    return errors, lams, truth
 
 
 def _combined(mean_field: LowRankTerms, favor: LowRankTerms, centroids: LowRankTerms, use_favor: torch.Tensor):
@@ -342,11 +348,11 @@ def _combined(mean_field: LowRankTerms, favor: LowRankTerms, centroids: LowRankT
     )
 
 
-def _probe_estimate(low_rank: LowRankTerms, positions: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """(B,c,Nk) fp32 FAVOR+ estimate of exp(s - shift) for the probes at ``positions`` (c,) of the probe-row terms."""
-    a = low_rank.a[:, positions]  # (B, c, m)
-    offset = (low_rank.log_offset[:, positions, None] - shift).clamp_max(LOG_CAP)  # (B, c, 1)
-    return (a @ low_rank.b.transpose(1, 2)).mul_(offset.exp())
+def _probe_estimate(low_rank: LowRankTerms, rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(B,c,Nk) fp32 FAVOR+ estimate of exp(s - shift) for the queries ``rows`` (c,) of every query's terms."""
+    a = low_rank.a[:, rows]  # (B, c, m)
+    offset = (low_rank.log_offset[:, rows, None] - shift).clamp_max(LOG_CAP)  # (B, c, 1)
+    return torch.bmm(a, low_rank.b.transpose(1, 2)).mul_(offset.exp())
 
 
 def _weighted(low_rank: LowRankTerms, lam: torch.Tensor) -> LowRankTerms:
