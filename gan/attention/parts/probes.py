@@ -60,15 +60,10 @@ def exact_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
     return torch.softmax((q @ k.transpose(1, 2)).mul_(scale), dim=-1) @ v
 
 
-def probe_support(layout, probes: torch.Tensor, nk: int) -> torch.Tensor:
-    """(B,p,Nk) bool: the keys a layout's rounds give each probe query (probes (p,) query indices)."""
-    return probe_supports(layout, probes, nk, ((0, None, None),))[:, :, 0]
-
-
 def probe_supports(layout, probes: torch.Tensor, nk: int, parts: tuple) -> torch.Tensor:
     """(B,p,S,Nk) bool: for each (first round, end round, keys) of ``parts`` (None: to the end), the keys that
-    rounds first..end-1 of the layout give each probe query, every cluster's first ``keys`` keys only (the
-    ``probe_support`` of that part of the layout); every part in one scatter."""
+    rounds first..end-1 of the layout give each probe query (probes (p,) query indices), every cluster's first
+    ``keys`` keys only; every part in one scatter."""
     b, p, width = layout.k_rows.shape[0], len(probes), layout.k_rows.shape[-1]
     cluster = layout.q_cluster[:, :, probes]  # (B, R, p)
     keys = layout.k_rows.gather(2, cluster.unsqueeze(-1).expand(-1, -1, -1, width)).transpose(1, 2)  # (B, p, R, W)

@@ -57,13 +57,14 @@ def clustered_attention(
     # flat query and key rows, padding -> row 0 (their pairs are not counted and add nothing)
     rows, keys = q_slots.clamp_min(0).view(-1), k_slots.clamp_min(0).view(-1)  # (G*B*qs,), (G*B*W,)
     met = MetKeys(b * nq, nk, q.device)
-    met_rows, met_words, met_bits = met.slots(q_slots, k_slots)  # (G*B, qs), (G*B, W), (G*B, W)
+    met_rows, met_words, met_bits = met.slots(q_slots, k_slots)  # (G*B, qs, 1), (G*B, 1, W), (G*B, 1, W)
     q_flat, k_flat = q.reshape(-1, q.shape[-1]), k.reshape(-1, k.shape[-1])
 
-    def scores_of(first: int, last: int) -> torch.Tensor:
-        """(c*B, qs, W) scores of groups first..last-1 (pairs not counted included)."""
-        qg = q_flat.index_select(0, rows[first * b * qs : last * b * qs]).view(-1, qs, q.shape[-1])
-        kg = k_flat.index_select(0, keys[first * b * width : last * b * width]).view(-1, width, k.shape[-1])
+    def scores_of(qr: torch.Tensor, kr: torch.Tensor) -> torch.Tensor:
+        """(c*B, qs, W) scores of c groups' flat query rows qr (c*B*qs,) and key rows kr (c*B*W,) (pairs not counted
+        included)."""
+        qg = q_flat.index_select(0, qr).view(-1, qs, q.shape[-1])
+        kg = k_flat.index_select(0, kr).view(-1, width, k.shape[-1])
         return torch.bmm(qg, kg.transpose(1, 2))
 
     # Pass 1: each query's largest score over every round (and the residual's offset), one log-shift for all rounds;
@@ -76,7 +77,8 @@ def clustered_attention(
     for first in range(0, groups, step):
         last = min(first + step, groups)
         slots = slice(first * b, last * b)
-        slot_max[slots] = scores_of(first, last).add_(key_padding[slots]).amax(-1)
+        qr, kr = rows[first * b * qs : last * b * qs], keys[first * b * width : last * b * width]
+        slot_max[slots] = scores_of(qr, kr).add_(key_padding[slots]).amax(-1)
     slot_max.masked_fill_(q_slots < 0, -math.inf)
     start = torch.full((b * nq,), -1e30, device=q.device) if low_rank is None else low_rank.log_offset.reshape(-1)
     shift = start.scatter_reduce(0, rows, slot_max.view(-1), "amax")  # (B*Nq,) finite
@@ -87,9 +89,8 @@ def clustered_attention(
     else:  # the low-rank sums, moved to the shift
         to_shift = (low_rank.log_offset.reshape(-1) - shift).exp_().unsqueeze(-1)  # (B*Nq, 1)
         sums = torch.cat([low_rank.num.view(-1, dv), low_rank.den.view(-1, 1)], -1).mul_(to_shift)
-        offset = low_rank.log_offset.reshape(-1).index_select(0, rows).view_as(slot_shift)
-        estimate_scale = (offset - slot_shift).exp_()  # (G*B, qs, 1): the estimate in units of exp(shift)
         m = low_rank.a.shape[-1]
+        a_flat = low_rank.a.reshape(b * nq, m) * to_shift  # (B*Nq, m): the estimate in units of exp(shift)
     n_top = n_rounds if sampled_from is None else sampled_from
     rest = None if n_top == n_rounds else q.new_zeros(b * nq, dv + 1)
     pairs = None if rest is None else q.new_empty(groups * b, qs)  # new pairs of each slot
@@ -105,16 +106,15 @@ def clustered_attention(
         for first in range(r * n_clusters, (r + 1) * n_clusters, step):
             last = min(first + step, (r + 1) * n_clusters)
             slots = slice(first * b, last * b)  # (cluster, batch element) groups of this step
-            qr = rows[first * b * qs : last * b * qs]  # (c*B*qs,)
+            qr, kr = rows[first * b * qs : last * b * qs], keys[first * b * width : last * b * width]
             new = met.first_meetings(met_rows[slots], met_words[slots], met_bits[slots])  # (c*B, qs, W)
             # (c*B, qs, W) exp(score - shift), [less the estimate,] the pairs not counted set to 0 (a pair not counted
             # may score above its query's shift: its inf is overwritten too)
-            w = scores_of(first, last).sub_(slot_shift[slots]).exp_()
-            kr = keys[first * b * width : last * b * width]  # (c*B*W,)
+            w = scores_of(qr, kr).sub_(slot_shift[slots]).exp_()
             kg = key_side.index_select(0, kr).view(-1, width, key_side.shape[-1])  # (c*B, W, [m +] dv + 1)
             if low_rank is not None:
-                a = low_rank.a.reshape(b * nq, m).index_select(0, qr).view(-1, qs, m)  # (c*B, qs, m)
-                w -= torch.bmm(a, kg[..., :m].transpose(1, 2)).mul_(estimate_scale[slots])  # the estimate
+                a = a_flat.index_select(0, qr).view(-1, qs, m)  # (c*B, qs, m)
+                w -= torch.bmm(a, kg[..., :m].transpose(1, 2))  # the estimate
             w = torch.where(new, w, 0.0)
             (sums if r < n_top else rest).index_add_(0, qr, torch.bmm(w, kg[..., -dv - 1 :]).view(-1, dv + 1))
             if pairs is not None:
@@ -145,18 +145,18 @@ class MetKeys:
 
     def slots(self, q_slots: torch.Tensor, k_slots: torch.Tensor):
         """q_slots (n, qs), k_slots (n, W) flat rows (-1 padding) of n query clusters and their keys -> their rows'
-        first words (n, qs), the keys' words (n, W) and bits (n, W), int32, for ``first_meetings``."""
-        row_words = torch.where(q_slots < 0, self.n_rows, q_slots).int() * self.words
-        key_ids = torch.where(k_slots < 0, self.nk, k_slots % self.nk).int()
+        first words (n, qs, 1), the keys' words (n, 1, W) and bits (n, 1, W), int32, for ``first_meetings``."""
+        row_words = torch.where(q_slots < 0, self.n_rows, q_slots).int().mul_(self.words).unsqueeze(-1)
+        key_ids = torch.where(k_slots < 0, self.nk, k_slots % self.nk).int().unsqueeze(-2)
         return row_words, key_ids >> 5, torch.ones_like(key_ids).bitwise_left_shift_(key_ids & 31)
 
     def first_meetings(self, row_words: torch.Tensor, key_words: torch.Tensor, key_bits: torch.Tensor) -> torch.Tensor:
         """(n, qs, W) bool: the pairs of these clusters (``slots``) no earlier call met; marks them met. Clusters of
         one call must hold different queries (a round's clusters do)."""
-        word = row_words.unsqueeze(-1) + key_words.unsqueeze(-2)  # (n, qs, W)
-        bit = key_bits.unsqueeze(-2)
-        new = self.bits.index_select(0, word.view(-1)).view_as(word).bitwise_and_(bit) == 0
-        self.bits.index_add_(0, word.view(-1), (new * bit).view(-1))  # distinct powers of two: an OR
+        word = (row_words + key_words).view(-1)  # (n*qs*W,)
+        new = self.bits.index_select(0, word).view(-1, row_words.shape[1], key_words.shape[2]).bitwise_and_(key_bits)
+        new = new == 0
+        self.bits.index_add_(0, word, (new * key_bits).view(-1))  # distinct powers of two: an OR
         return new
 
 
@@ -166,7 +166,7 @@ def first_meetings(layout: RoundLayout, nk: int) -> torch.Tensor:
     b, n_rounds, nq = layout.q_cluster.shape
     met = MetKeys(b * nq, nk, layout.k_rows.device)
     rows, words, bits = met.slots(layout.q_rows.flatten(0, 2), layout.k_rows.flatten(0, 2))  # (B*R*C, ...)
-    rows, words, bits = (x.view(b, n_rounds, -1, x.shape[-1]) for x in (rows, words, bits))  # (B, R, C, qs | W)
+    rows, words, bits = (x.view(b, n_rounds, -1, *x.shape[-2:]) for x in (rows, words, bits))  # (B, R, C, ...)
     per_round = [met.first_meetings(rows[:, r].flatten(0, 1), words[:, r].flatten(0, 1), bits[:, r].flatten(0, 1))
                  for r in range(n_rounds)]  # (B*C, qs, W) each
     return torch.stack(per_round).view(n_rounds, b, *layout.q_rows.shape[2:], -1).transpose(0, 1)

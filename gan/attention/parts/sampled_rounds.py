@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..base import SeededDraws
-from .probe_calibration import grid, residual_errors, stacked_errors, with_ones
-from .probes import probe_support, probe_supports, probe_truth
+from .probe_calibration import grid, stacked_errors, with_ones
+from .probes import probe_supports, probe_truth
 from .round_layout import RoundLayout
 
 
@@ -58,18 +58,6 @@ def mixed_layout(layout: RoundLayout, keep: int, permutations: torch.Tensor) -> 
 def rounds(layout: RoundLayout, chosen: slice) -> RoundLayout:
     """The layout of rounds ``chosen`` alone."""
     return RoundLayout(layout.q_rows[:, chosen], layout.q_cluster[:, chosen], layout.k_rows[:, chosen])
-
-
-def mix_chunk_errors(weights, truth, v, mixed: RoundLayout, keep: int, chunk: torch.Tensor) -> torch.Tensor:
-    """(B, c) squared errors of the mixed layout on one probe chunk: weights (B,c,Nk) the exact exp(s - shift),
-    truth (B,c,dv) the exact rows (``probe_truth``), chunk (c,) the probes' query indices."""
-    nk = weights.shape[-1]
-    kept = probe_support(rounds(mixed, slice(0, keep)), chunk, nk)  # (B, c, Nk)
-    drawn = probe_support(rounds(mixed, slice(keep, None)), chunk, nk) & ~kept
-    scale = (nk - kept.sum(-1)) / drawn.sum(-1).clamp_min(1)  # (B, c): the rest of the row per drawn key
-    estimate = weights * drawn * scale.unsqueeze(-1)
-    del drawn
-    return residual_errors(weights, kept, estimate, v, truth, (1.0,))[:, 0]
 
 
 def mix_probe_errors(

@@ -78,16 +78,8 @@ WEIGHTS = {"favor": FAVOR_WEIGHTS, "mean-field": MEAN_FIELD_WEIGHTS, "centroids"
 KINDS = ("mean-field", "favor", "centroids")  # residual kinds by id (the baseline, no residual: -1)
 
 
-def low_rank_terms(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    proj: torch.Tensor,
-    scale: float,
-    rows: torch.Tensor | None = None,
-) -> LowRankTerms:
-    """FAVOR+ estimate of exp(scale q.k) in stabilised factors: q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv) fp32; with
-    ``rows`` (r,) the query side of those queries only (centred on the mean of all of q), (B,r,...) terms.
+def low_rank_terms(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, scale: float) -> LowRankTerms:
+    """FAVOR+ estimate of exp(scale q.k) in stabilised factors: q (B,Nq,d), k (B,Nk,d), v (B,Nk,dv) fp32.
 
     The features see q and k centred on their own batch element's means (q_, k_); the exact identity
     q.k = q_.k_ + q.k_mean + q_mean.k - q_mean.k_mean moves the rest into per-query and per-key factors,
@@ -98,7 +90,6 @@ def low_rank_terms(
     lk = favor_log_features(k - k_mean, proj, scale) + key_shift  # (B, Nk, m)
     key_max = lk.amax(dim=1, keepdim=True)  # (B, 1, m): per feature, so no feature underflows wholesale
     b = (lk - key_max).exp_()  # (B, Nk, m) <= 1
-    q = q if rows is None else q[:, rows]
     # (B, Nq, m)
     lq = favor_log_features(q - q_mean, proj, scale) + scale * torch.bmm(q, k_mean.transpose(1, 2)) + key_max
     log_offset = lq.amax(-1)  # (B, Nq)
