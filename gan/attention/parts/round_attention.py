@@ -33,7 +33,7 @@ def clustered_attention(
     """Attention over the union of the rounds' supports -> (B,Nq,dv) fp32.
 
     q (B,Nq,d) already multiplied by the scale, k (B,Nk,d), v (B,Nk,dv), all fp32. A pair met in an
-    earlier round is masked (``first_meetings``). Two passes over the (round, cluster) groups: the first takes each
+    earlier round is masked (``MetKeys``). Two passes over the (round, cluster) groups: the first takes each
     query's largest score over every round (in steps of clusters holding at most the support's entries, or one
     round's), so one log-shift per query (that, or the residual's offset if larger) serves every round, with no
     rescaling; the second scores the groups again and forms their products with the values a round at a time (one
@@ -68,12 +68,13 @@ def clustered_attention(
         return torch.bmm(qg, kg.transpose(1, 2))
 
     # Pass 1: each query's largest score over every round (and the residual's offset), one log-shift for all rounds;
-    # steps of clusters whose gathered queries and scores hold at most the support's entries (or one round's). A pair
-    # met again scores what it scored first, so only padding is kept out of the maxima.
+    # steps of clusters whose gathered queries and scores hold about the support's entries (or one round's), at most
+    # PAIRS_PER_ELEMENT_STEP pairs per batch element. A pair met again scores what it scored first, so only padding
+    # is kept out of the maxima.
     key_padding = torch.where(k_slots < 0, -math.inf, 0.0).unsqueeze(1)  # (G*B, 1, W)
     slot_max = q.new_empty(groups * b, qs)
     steps = -(-(q.shape[-1] + width) // width)  # about as many scores and gathered queries as the support
-    step = max(n_clusters, -(-groups // steps))
+    step = min(max(n_clusters, -(-groups // steps)), max(1, PAIRS_PER_ELEMENT_STEP // (qs * width)))
     for first in range(0, groups, step):
         last = min(first + step, groups)
         slots = slice(first * b, last * b)

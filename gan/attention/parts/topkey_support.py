@@ -51,10 +51,10 @@ class ClusterPlan:
         """One round's support: C clusters of q_cluster_size queries times k_cluster_size keys."""
         return self.n_clusters * self.q_cluster_size * self.k_cluster_size
 
-    def work_rows(self, width: int, tables: int = 1) -> int:
-        """Rows of ``width`` entries (points against every round's centroids, clusters against Nk keys) such that
-        ``tables`` such tables fit in the support's score entries: the hashing's working set."""
-        return max(1, self.score_entries() // (width * tables))
+    def work_rows(self, width: int) -> int:
+        """Rows of ``width`` entries (points against every round's centroids, clusters against Nk keys) whose table
+        fits in the support's score entries: the hashing's working set."""
+        return max(1, self.score_entries() // width)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
