@@ -213,7 +213,7 @@ def test_calibrated_batch_elements_are_independent():
 def test_peak_memory_is_the_score_entries_plus_input_copies(nq, nk, budget):
     # Allocator peak of one call (public profiler API), less the output, within 4 bytes * (score_entries +
     # four copies of q, k, v) plus the bookkeeping score_entries does not count (``clustered_peak_bound``:
-    # both candidate layouts' int64 rows and the larger round-membership table). Fails if an (R, Nq, C) or
+    # both candidate layouts' int64 rows and the union's bit per query and key). Fails if an (R, Nq, C) or
     # (Nq, Nk) float table appears (2M+ entries at 4096 x 1024); at 1024 x 256 the probes go in chunks.
     d, dv = 32, 8
     q, k, v = qkv(b=1, nq=nq, nk=nk, d=d, dv=dv, logit_std=2.0)
