@@ -242,25 +242,35 @@ def test_a_residual_needs_three_standard_errors_of_probe_gain():
 
 
 def test_probe_errors_equal_the_plain_reading():
-    # residual_errors expands |(num_s + lam num_r) / (den_s + lam den_r) - truth|^2 into dot products; the plain
-    # reading forms every lam's output. Equal to 1e-5 relative (fp32 sums), empty supports included.
-    from gan.attention.parts.probe_calibration import MEAN_FIELD_WEIGHTS, residual_errors
+    # stacked_errors expands |(num_s + lam num_r) / (den_s + lam den_r) - truth|^2 into dot products, for several
+    # candidates whose lam grids differ in length (lam_table pads the shorter); the plain reading forms every lam's
+    # output. Equal to 1e-5 relative (fp32 sums), empty supports included; the padded entries repeat the grid's first.
+    from gan.attention.parts.probe_calibration import FAVOR_WEIGHTS, MEAN_FIELD_WEIGHTS, lam_table, stacked_errors
 
     g = torch.Generator().manual_seed(0)
     weights = torch.rand(2, 16, 64, generator=g) ** 4
-    support = torch.rand(2, 16, 64, generator=g) < 0.2
-    support[0, 0] = False  # a probe whose support is empty
-    residual, v = torch.rand(2, 16, 64, generator=g) * 0.1, torch.randn(2, 64, 8, generator=g)
-    truth = (weights @ v) / weights.sum(-1, keepdim=True)
-    inside, outside = weights * support, residual * ~support
-    lam = torch.tensor(MEAN_FIELD_WEIGHTS, dtype=torch.float64).view(-1, 1, 1, 1)
-    plain = ((inside @ v).double() + lam * (outside @ v).double()) / (
-        inside.sum(-1, keepdim=True).double() + lam * outside.sum(-1, keepdim=True).double()
-    ).clamp_min(1e-30)
-    plain = (plain - truth.double()).square().sum(-1).transpose(0, 1)  # (B, L, p)
-    got = residual_errors(weights, support, residual, v, truth, MEAN_FIELD_WEIGHTS)
-    assert got.shape == plain.shape
-    assert torch.allclose(got, plain, rtol=1e-5, atol=1e-9)
+    truth = (weights @ (v := torch.randn(2, 64, 8, generator=g))) / weights.sum(-1, keepdim=True)
+    grids = (MEAN_FIELD_WEIGHTS, FAVOR_WEIGHTS)
+    sums, plains = {"inside": [], "outside": []}, []
+    for grid in grids:
+        support = torch.rand(2, 16, 64, generator=g) < 0.2
+        support[0, 0] = False  # a probe whose support is empty
+        inside, outside = weights * support, torch.rand(2, 16, 64, generator=g) * 0.1 * ~support
+        for name, table in (("inside", inside), ("outside", outside)):
+            sums[name].append(torch.cat([table @ v, table.sum(-1, keepdim=True)], -1))  # (B, p, dv + 1)
+        lam = torch.tensor(grid, dtype=torch.float64).view(-1, 1, 1, 1)
+        plain = ((inside @ v).double() + lam * (outside @ v).double()) / (
+            inside.sum(-1, keepdim=True).double() + lam * outside.sum(-1, keepdim=True).double()
+        ).clamp_min(1e-30)
+        plains.append((plain - truth.double()).square().sum(-1).transpose(0, 1))  # (B, L, p)
+    got = stacked_errors(torch.stack(sums["inside"], 1), torch.stack(sums["outside"], 1), truth,
+                         lam_table(grids, weights.device))  # (B, K, L, p)
+    assert got.shape == (2, 2, len(MEAN_FIELD_WEIGHTS), 16)
+    for i, plain in enumerate(plains):
+        width = plain.shape[1]
+        assert torch.allclose(got[:, i, :width], plain, rtol=1e-5, atol=1e-9)
+        padded = plain[:, :1].expand(-1, got.shape[2] - width, -1)
+        assert torch.allclose(got[:, i, width:], padded, rtol=1e-5, atol=1e-9)
 
 
 def test_small_shapes_are_calibrated_in_chunks_within_budget():

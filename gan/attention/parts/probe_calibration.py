@@ -40,18 +40,6 @@ def with_ones(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
 
 
-def residual_errors(weights, support, residual, v, truth, lams) -> torch.Tensor:
-    """(B, L, p) squared error of each probe with the support + lam * residual estimate, for each lam in ``lams``.
-
-    weights (B,p,Nk) exact exp(s - shift); support (B,p,Nk) bool; residual (B,p,Nk) the estimate of
-    exp(s - shift) (used outside the support only); v (B,Nk,dv); truth (B,p,dv); fp32 (``stacked_errors``)."""
-    v1 = with_ones(v)
-    inside = torch.bmm(weights * support, v1)  # (B, p, dv + 1)
-    outside = torch.bmm(residual.masked_fill(support, 0.0), v1)
-    lam = grid((tuple(lams),), torch.float64, v.device)  # (1, L)
-    return stacked_errors(inside.unsqueeze(1), outside.unsqueeze(1), truth, lam)[:, 0]
-
-
 def stacked_errors(inside, outside, truth, lams) -> torch.Tensor:
     """(B, K, L, p) squared errors of K candidates at once, each probe's support + lam * residual for each lam of
     the candidate's row of ``lams`` (K, L) float64 (grids of other lengths padded after their values, by repeats).
