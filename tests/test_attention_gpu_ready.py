@@ -11,10 +11,7 @@ from gan.attention import attention_info, available_attentions, build_attention
 
 # Backends still over a target (docs/attention.md, "GPU readiness"): name -> why; the test is xfail(strict) for them.
 OVER_TARGET: dict[str, str] = {}
-OVER_OPS_TARGET: dict[str, str] = {  # the same for the ops at BigGAN's shape
-    "scatterbrain-centred": "about 1,220 ops at 4096 x 1024: per round covering pieces and attention steps (8 rounds),"
-                            " 8 Lloyd steps, two probe chunks (docs/attention.md, GPU readiness)",
-}
+OVER_OPS_TARGET: dict[str, str] = {}  # the same for the ops at BigGAN's shape
 OVER_COMPILE_TARGET: dict[str, str] = {}  # the same for torch.compile (graph breaks, eager parity)
 MAX_OPS = 1000  # ops per forward at 4096 x 1024, budget 1/8 (issue 19)
 
@@ -47,8 +44,8 @@ def test_ops_do_not_grow_with_the_batch_and_no_steady_state_syncs(name):
 @pytest.mark.parametrize("name", [_params(n, OVER_OPS_TARGET) for n in available_attentions()])
 def test_ops_per_forward_at_biggan_shape_within_target(name):
     # BigGAN-deep-128's layer (4096 queries, 1024 keys, d=32, dv=128) at the default budget 1/8: at most MAX_OPS
-    # aten ops per forward after the warm-up (each at least one kernel launch on a GPU). B=1: the count does not
-    # depend on B (the test above).
+    # aten ops per forward after the warm-up (each a kernel launch on a GPU, or a view's dispatch on the host). B=1:
+    # the count does not depend on B (the test above).
     counter = count(build_attention(name), *qkv(1, nq=4096, nk=1024, d=32, dv=128))
     assert counter.ops <= MAX_OPS, counter.ops
 

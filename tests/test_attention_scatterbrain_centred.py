@@ -280,7 +280,7 @@ def test_small_shapes_are_calibrated_in_chunks_within_budget():
     # sparse part by 2x, and be no worse than performer-centred-shrunk (mean of 3 seeds).
     nq, nk, budget = 1024, 256, 1 / 32
     attn = build_attention("scatterbrain-centred", budget=budget)
-    assert attn.probe_count(nq, nk) >= 8 and attn.probe_chunk(nq) >= 1
+    assert attn.probe_count(nq, nk) >= 8 and attn.probe_chunk(nq, nk) >= 1
     assert attn.score_entries(nq, nk, 16) <= budget * nq * nk
     inputs = [qkv(nq=nq, nk=nk, d=16, dv=16, logit_std=1.0, seed=s) for s in range(3)]
     calibrated = _errors("scatterbrain-centred", inputs, budget)

@@ -104,7 +104,7 @@ MUTATIONS: tuple[Mutation, ...] = (
       "weight = (nk - top_pairs) / rest_pairs.clamp_min(1.0)", "weight = nk / rest_pairs.clamp_min(1.0)",
       ("tests/test_oracle_calibration.py", "-k", "smyrf"), "sampled keys stand for the whole row, top keys counted twice"),
     M("union-pairs-never-marked-met", "attention (variant)", "gan/attention/parts/round_attention.py",
-      "        self.bits.index_add_(0, word, (new * key_bits).view(-1))  # distinct powers of two: an OR\n", "",
+      "        self.bits.index_add_(0, word, key_bits.masked_fill(old, 0).view(-1))  # distinct powers of two: an OR\n", "",
       ("tests/test_attention_smyrf_topkeys.py", "-k", "union or double_count"),
       "pairs met in several hash rounds counted in each (the union's duplicate bits never set)"),
     M("mean-field-no-variance", "attention (variant)", "gan/attention/parts/probe_calibration.py",

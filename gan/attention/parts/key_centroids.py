@@ -44,20 +44,20 @@ def key_groups(k: torch.Tensor, start: torch.Tensor) -> KeyGroups:
     b, nk, d = k.shape
     k1 = torch.cat([k, k.new_ones(b, nk, 1)], -1)  # (B, Nk, d + 1): one scatter sums a group's keys and counts them
     double_k = 2 * k  # the nearest-centre scores times 2, exactly (see ``_nearest``)
+    no_sums = k.new_zeros(()).expand(b, len(start), d + 1)  # scatter_add's zeros (a view)
     centres = k[:, start]  # (B, G, d)
     for _ in range(LLOYD_STEPS):
-        groups = _nearest(double_k, centres).unsqueeze(-1)  # (B, Nk, 1)
-        sums = k.new_zeros(b, len(start), d + 1).scatter_add_(1, groups.expand(-1, -1, d + 1), k1)  # (B, G, d + 1)
-        sizes = sums[..., d:]  # (B, G, 1)
-        centres = torch.where(sizes > 0, sums[..., :d] / sizes, centres)  # an empty group keeps its centre
-    return KeyGroups(centres, _nearest(double_k, centres))
+        groups = _nearest(double_k, centres).expand(-1, -1, d + 1)  # (B, Nk, d + 1): each key's group
+        key_sums, sizes = no_sums.scatter_add(1, groups, k1).split((d, 1), -1)  # (B, G, d), (B, G, 1)
+        centres = torch.where(sizes > 0, key_sums / sizes, centres)  # an empty group keeps its centre
+    return KeyGroups(centres, _nearest(double_k, centres).squeeze(-1))
 
 
 def _nearest(double_k: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """(B,Nk) index of each key's nearest centre: argmax_g k . c_g - |c_g|^2 / 2, as 2 k . c_g - |c_g|^2 (exactly
+    """(B,Nk,1) index of each key's nearest centre: argmax_g k . c_g - |c_g|^2 / 2, as 2 k . c_g - |c_g|^2 (exactly
     twice it in floating point) in one op beside the product; double_k (B,Nk,d) is 2 k."""
-    squares = centres.square().sum(-1).unsqueeze(1)  # (B, 1, G)
-    return torch.baddbmm(squares, double_k, centres.transpose(1, 2), beta=-1).argmax(-1)
+    centres_t = centres.transpose(1, 2)  # (B, d, G)
+    return torch.baddbmm(centres_t.square().sum(1, keepdim=True), double_k, centres_t, beta=-1).argmax(-1, keepdim=True)
 
 
 def centroid_probe_estimate(groups: KeyGroups, q_probe: torch.Tensor, scale: float, shift: torch.Tensor,

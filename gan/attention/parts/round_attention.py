@@ -54,74 +54,64 @@ def clustered_attention(
     groups = n_rounds * n_clusters  # (round, cluster) groups, round-major and outermost: a step's slice is contiguous
     q_slots = layout.q_rows.reshape(b, groups, qs).transpose(0, 1).reshape(groups * b, qs)  # (G*B, qs), -1 padding
     k_slots = layout.k_rows.reshape(b, groups, width).transpose(0, 1).reshape(groups * b, width)  # (G*B, W)
-    # flat query and key rows, padding -> row 0 (their pairs are not counted and add nothing)
-    rows, keys = q_slots.clamp_min(0).view(-1), k_slots.clamp_min(0).view(-1)  # (G*B*qs,), (G*B*W,)
+    # query and key rows, padding -> row 0 (their pairs are not counted and add nothing)
+    q_at, k_at = q_slots.clamp_min(0), k_slots.clamp_min(0)  # (G*B, qs), (G*B, W)
     met = MetKeys(b * nq, nk, q.device)
-    met_rows, met_words, met_bits = met.slots(q_slots, k_slots)  # (G*B, qs, 1), (G*B, 1, W), (G*B, 1, W)
     q_flat, k_flat = q.reshape(-1, q.shape[-1]), k.reshape(-1, k.shape[-1])
 
-    def scores_of(qr: torch.Tensor, kr: torch.Tensor) -> torch.Tensor:
-        """(c*B, qs, W) scores of c groups' flat query rows qr (c*B*qs,) and key rows kr (c*B*W,) (pairs not counted
+    def scores_of(qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+        """(n, qs, W) scores of n groups' query rows qi (n, qs) and key rows ki (n, W) (pairs not counted
         included)."""
-        qg = q_flat.index_select(0, qr).view(-1, qs, q.shape[-1])
-        kg = k_flat.index_select(0, kr).view(-1, width, k.shape[-1])
-        return torch.bmm(qg, kg.transpose(1, 2))
+        return torch.bmm(rows_at(q_flat, qi), rows_at(k_flat, ki).transpose(1, 2))
 
     # Pass 1: each query's largest score over every round (and the residual's offset), one log-shift for all rounds;
     # steps of clusters whose gathered queries and scores hold about the support's entries (or one round's), at most
     # PAIRS_PER_ELEMENT_STEP pairs per batch element. A pair met again scores what it scored first, so only padding
     # is kept out of the maxima.
     key_padding = torch.where(k_slots < 0, -math.inf, 0.0).unsqueeze(1)  # (G*B, 1, W)
-    slot_max = q.new_empty(groups * b, qs)
     steps = -(-(q.shape[-1] + width) // width)  # about as many scores and gathered queries as the support
-    step = min(max(n_clusters, -(-groups // steps)), max(1, PAIRS_PER_ELEMENT_STEP // (qs * width)))
-    for first in range(0, groups, step):
-        last = min(first + step, groups)
-        slots = slice(first * b, last * b)
-        qr, kr = rows[first * b * qs : last * b * qs], keys[first * b * width : last * b * width]
-        slot_max[slots] = scores_of(qr, kr).add_(key_padding[slots]).amax(-1)
+    step = b * min(max(n_clusters, -(-groups // steps)), max(1, PAIRS_PER_ELEMENT_STEP // (qs * width)))
+    slot_max = torch.cat([scores_of(qi, ki).add_(padding).amax(-1) for qi, ki, padding in  # (G*B, qs)
+                          zip(q_at.split(step), k_at.split(step), key_padding.split(step), strict=True)])
     slot_max.masked_fill_(q_slots < 0, -math.inf)
+    rows = q_at.view(-1)  # (G*B*qs,) flat query rows
     start = torch.full((b * nq,), -1e30, device=q.device) if low_rank is None else low_rank.log_offset.reshape(-1)
     shift = start.scatter_reduce(0, rows, slot_max.view(-1), "amax")  # (B*Nq,) finite
     slot_shift = shift.index_select(0, rows).view(groups * b, qs, 1)
     # numerator and denominator side by side: (B*Nq, dv + 1), in units of exp(shift)
+    v1 = torch.cat([v.reshape(-1, dv), v.new_ones(b * nk, 1)], -1)  # (B*Nk, dv + 1): the weights' row sums beside
     if low_rank is None:
         sums = q.new_zeros(b * nq, dv + 1)
     else:  # the low-rank sums, moved to the shift
         to_shift = (low_rank.log_offset.reshape(-1) - shift).exp_().unsqueeze(-1)  # (B*Nq, 1)
-        sums = torch.cat([low_rank.num.view(-1, dv), low_rank.den.view(-1, 1)], -1).mul_(to_shift)
-        m = low_rank.a.shape[-1]
-        a_flat = low_rank.a.reshape(b * nq, m) * to_shift  # (B*Nq, m): the estimate in units of exp(shift)
+        sums = torch.cat([low_rank.num.reshape(-1, dv), low_rank.den.reshape(-1, 1)], -1).mul_(to_shift)
+        a_flat = low_rank.a.reshape(b * nq, -1) * to_shift  # (B*Nq, m): the estimate in units of exp(shift)
+        b_flat = low_rank.b.reshape(b * nk, -1)  # (B*Nk, m)
     n_top = n_rounds if sampled_from is None else sampled_from
     rest = None if n_top == n_rounds else q.new_zeros(b * nq, dv + 1)
-    pairs = None if rest is None else q.new_empty(groups * b, qs)  # new pairs of each slot
+    pairs = []  # new pairs of each slot (sampled rounds only)
     # Pass 2, round after round (a pair counts in the first round that meets it): the scores again, their weights
-    # under the shift, the products with the values, in steps of whole clusters within one round (a round's products
-    # are one copy of the output), at most PAIRS_PER_ELEMENT_STEP pairs per batch element. The keys' other side is
-    # one gather: [b, v, 1] (B*Nk, [m +] dv + 1), the residual's factors beside the values and a ones column (the
-    # weights' row sums come out of the values' product).
-    key_side = torch.cat([*([] if low_rank is None else [low_rank.b.reshape(b * nk, -1)]), v.reshape(-1, dv),
-                          v.new_ones(b * nk, 1)], -1)
+    # under the shift [less the residual's estimate], the products with [values | ones], in steps of whole clusters
+    # within one round (a round's products are one copy of the output), at most PAIRS_PER_ELEMENT_STEP pairs per
+    # batch element. Every per-step piece is cut by one split per tensor.
     step = max(1, min(n_clusters, PAIRS_PER_ELEMENT_STEP // (qs * width)))
-    for r in range(n_rounds):
-        for first in range(r * n_clusters, (r + 1) * n_clusters, step):
-            last = min(first + step, (r + 1) * n_clusters)
-            slots = slice(first * b, last * b)  # (cluster, batch element) groups of this step
-            qr, kr = rows[first * b * qs : last * b * qs], keys[first * b * width : last * b * width]
-            new = met.first_meetings(met_rows[slots], met_words[slots], met_bits[slots])  # (c*B, qs, W)
-            # (c*B, qs, W) exp(score - shift), [less the estimate,] the pairs not counted set to 0 (a pair not counted
-            # may score above its query's shift: its inf is overwritten too)
-            w = scores_of(qr, kr).sub_(slot_shift[slots]).exp_()
-            kg = key_side.index_select(0, kr).view(-1, width, key_side.shape[-1])  # (c*B, W, [m +] dv + 1)
-            if low_rank is not None:
-                a = a_flat.index_select(0, qr).view(-1, qs, m)  # (c*B, qs, m)
-                w -= torch.bmm(a, kg[..., :m].transpose(1, 2))  # the estimate
-            w = torch.where(new, w, 0.0)
-            (sums if r < n_top else rest).index_add_(0, qr, torch.bmm(w, kg[..., -dv - 1 :]).view(-1, dv + 1))
-            if pairs is not None:
-                pairs[slots] = new.sum(-1, dtype=q.dtype)
+    firsts = range(0, n_clusters, step)
+    lengths = [b * (min(first + step, n_clusters) - first) for _ in range(n_rounds) for first in firsts]  # slots
+    round_of = [r for r in range(n_rounds) for _ in firsts]
+    cut = [x.split(lengths) for x in (q_at, k_at, slot_shift, *met.slots(q_slots, k_slots))]
+    for r, row, qi, ki, shift_i, *slots in zip(round_of, rows.split([n * qs for n in lengths]), *cut, strict=True):
+        old = met.meet(*slots)  # (n, qs, W) bool: pairs an earlier round met, and padding
+        # (n, qs, W) exp(score - shift) [less the estimate], the pairs not counted set to 0 (a pair not counted may
+        # score above its query's shift: its inf is overwritten too)
+        w = scores_of(qi, ki).sub_(shift_i).exp_()
+        if low_rank is not None:
+            w = torch.baddbmm(w, rows_at(a_flat, qi), rows_at(b_flat, ki).transpose(1, 2), alpha=-1.0)
+        w.masked_fill_(old, 0.0)
+        (sums if r < n_top else rest).index_add_(0, row, torch.bmm(w, rows_at(v1, ki)).view(-1, dv + 1))
+        if rest is not None:
+            pairs.append(old.logical_not().sum(-1, dtype=q.dtype))  # (n, qs)
     if rest is not None:
-        pairs = pairs.view(-1)
+        pairs = torch.cat(pairs).view(-1)
         split = n_top * n_clusters * b * qs  # the top rounds' slots come first
         top_pairs = q.new_zeros(b * nq).index_add_(0, rows[:split], pairs[:split])
         rest_pairs = q.new_zeros(b * nq).index_add_(0, rows[split:], pairs[split:])
@@ -132,33 +122,38 @@ def clustered_attention(
     return (sums[:, :dv] / sums[:, dv:]).view(b, nq, dv)
 
 
+def rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table (n, c) -> (*index.shape, c): its rows at ``index`` (int64, any shape), in one gather."""
+    return torch.nn.functional.embedding(index, table)
+
+
 class MetKeys:
     """The keys each query has met so far, one bit per (query, key): (B*Nq + 1) rows of Nk // 32 + 1 int32 words,
     Nq * Nk / 8 bytes per batch element (at most the support's fp32 bytes from budget 1/32 up). Key Nk's bit (padding
-    keys) is set in every row, and the last row (padding query slots) has every bit set, so padding is never new."""
+    keys) is set in every row, and the last row (padding query slots) has every bit set, so padding is always met."""
 
     def __init__(self, n_rows: int, nk: int, device):
         self.nk, self.n_rows, self.words = nk, n_rows, nk // 32 + 1
         bits = torch.zeros(n_rows + 1, self.words, dtype=torch.int32, device=device)
-        bits[:, nk // 32] = torch.ones((), dtype=torch.int32).bitwise_left_shift(nk % 32)
+        bits[:, nk // 32] = (1 << nk % 32) - (1 << 32 if nk % 32 == 31 else 0)  # bit nk % 32 as an int32
         bits[n_rows] = -1
         self.bits = bits.view(-1)
 
     def slots(self, q_slots: torch.Tensor, k_slots: torch.Tensor):
         """q_slots (n, qs), k_slots (n, W) flat rows (-1 padding) of n query clusters and their keys -> their rows'
-        first words (n, qs, 1), the keys' words (n, 1, W) and bits (n, 1, W), int32, for ``first_meetings``."""
+        first words (n, qs, 1), the keys' words (n, 1, W) and bits (n, 1, W), int32, for ``meet``."""
         row_words = torch.where(q_slots < 0, self.n_rows, q_slots).int().mul_(self.words).unsqueeze(-1)
         key_ids = torch.where(k_slots < 0, self.nk, k_slots % self.nk).int().unsqueeze(-2)
         return row_words, key_ids >> 5, torch.ones_like(key_ids).bitwise_left_shift_(key_ids & 31)
 
-    def first_meetings(self, row_words: torch.Tensor, key_words: torch.Tensor, key_bits: torch.Tensor) -> torch.Tensor:
-        """(n, qs, W) bool: the pairs of these clusters (``slots``) no earlier call met; marks them met. Clusters of
-        one call must hold different queries (a round's clusters do)."""
-        word = (row_words + key_words).view(-1)  # (n*qs*W,)
-        new = self.bits.index_select(0, word).view(-1, row_words.shape[1], key_words.shape[2]).bitwise_and_(key_bits)
-        new = new == 0
-        self.bits.index_add_(0, word, (new * key_bits).view(-1))  # distinct powers of two: an OR
-        return new
+    def meet(self, row_words: torch.Tensor, key_words: torch.Tensor, key_bits: torch.Tensor) -> torch.Tensor:
+        """(n, qs, W) bool: the pairs of these clusters (``slots``) an earlier call met (padding always); marks the
+        others met. Clusters of one call must hold different queries (a round's clusters do)."""
+        word = (row_words + key_words).view(-1)  # (n*qs*W,) int32
+        old = self.bits.index_select(0, word).view(-1, row_words.shape[1], key_words.shape[2]).bitwise_and_(key_bits)
+        old = old != 0
+        self.bits.index_add_(0, word, key_bits.masked_fill(old, 0).view(-1))  # distinct powers of two: an OR
+        return old
 
 
 def first_meetings(layout: RoundLayout, nk: int) -> torch.Tensor:
@@ -168,6 +163,6 @@ def first_meetings(layout: RoundLayout, nk: int) -> torch.Tensor:
     met = MetKeys(b * nq, nk, layout.k_rows.device)
     rows, words, bits = met.slots(layout.q_rows.flatten(0, 2), layout.k_rows.flatten(0, 2))  # (B*R*C, ...)
     rows, words, bits = (x.view(b, n_rounds, -1, *x.shape[-2:]) for x in (rows, words, bits))  # (B, R, C, ...)
-    per_round = [met.first_meetings(rows[:, r].flatten(0, 1), words[:, r].flatten(0, 1), bits[:, r].flatten(0, 1))
+    per_round = [met.meet(rows[:, r].flatten(0, 1), words[:, r].flatten(0, 1), bits[:, r].flatten(0, 1))
                  for r in range(n_rounds)]  # (B*C, qs, W) each
-    return torch.stack(per_round).view(n_rounds, b, *layout.q_rows.shape[2:], -1).transpose(0, 1)
+    return torch.stack(per_round).logical_not_().view(n_rounds, b, *layout.q_rows.shape[2:], -1).transpose(0, 1)

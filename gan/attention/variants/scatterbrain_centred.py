@@ -21,8 +21,8 @@ features are drawn (their terms would cancel). This fixed estimator is unbiased 
 Calibration (``calibrate=True``, the default; ``probe_calibration``): at BigGAN's unscaled logits the
 FAVOR+ residual is mostly noise, and a fixed 3/4 support is worse than smyrf-topkeys at the whole
 budget wherever attention is peaked. So probe queries (drawn from the seed; 64 to 128 where an eighth
-of the queries allows, ``probes.probe_plan``; their rows scored in chunks that hold at most
-half the budget before the attention runs) score, per batch element, these candidates with the best
+of the queries allows, ``probes.probe_plan``; their rows scored in chunks whose tables fit in the
+budget beside the features, before the attention runs) score, per batch element, these candidates with the best
 residual weight lam of a grid for each (lam = 0: the support alone, always a candidate):
   - the whole-budget support (smyrf-topkeys' own) + lam * mean-field residual,
   - the 3/4 support + lam * centred FAVOR+ residual (lam = 1 is the unbiased estimator),
@@ -72,7 +72,9 @@ SPARSE_SHARE = 0.75  # fraction of the budget spent on the sparse support; the r
 # attention at large Nq (docs/attention.md, "Why these constants"). Explicit values are kept.
 MAX_BUDGET_FEATURES = 256
 LOG_CAP = 60.0  # estimates above e^60 times a probe's largest exact weight are capped (fp32 range)
-PROBE_COPIES = 4  # (c, Nk) fp32 tables of a probe chunk alive at once: weights, estimate, inside, outside
+# (c, Nk) fp32 tables of a probe chunk alive at once: the exact weights and one product of them (or an estimate and
+# its masked copy), beside at most three supports' bool masks (3/4 of a table)
+PROBE_TABLES = 2.75
 # lam grids per residual: FAVOR+ is unbiased (lam = 1), the mean-field and the centroids only model the scale
 WEIGHTS = {"favor": FAVOR_WEIGHTS, "mean-field": MEAN_FIELD_WEIGHTS, "centroids": MEAN_FIELD_WEIGHTS}
 KINDS = ("mean-field", "favor", "centroids")  # residual kinds by id (the baseline, no residual: -1)
@@ -144,11 +146,13 @@ class ScatterbrainCentredAttention(AttentionBackend):
 
     def probe_count(self, nq: int, nk: int) -> int:
         """Probe queries (``probes.probe_plan``); 0 (no calibration) with calibrate=False."""
-        return probe_plan(self.effective_budget, nq, PROBE_COPIES)[0] if self.calibrate else 0
+        return probe_plan(self.effective_budget, nq, PROBE_TABLES)[0] if self.calibrate else 0
 
-    def probe_chunk(self, nq: int) -> int:
-        """Probes per chunk: a chunk's PROBE_COPIES (c, Nk) tables hold at most half the budget's entries."""
-        return probe_plan(self.effective_budget, nq, PROBE_COPIES)[1]
+    def probe_chunk(self, nq: int, nk: int) -> int:
+        """Probes per chunk: the most whose PROBE_TABLES (c, Nk) tables fit in the budget beside the features (alive
+        during the calibration), at least 1."""
+        room = self.effective_budget * nq * nk - (nq + nk) * self.calibration_plan(nq, nk)[2]
+        return max(1, int(room / (PROBE_TABLES * nk)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if scale <= 0:
@@ -218,7 +222,7 @@ class ScatterbrainCentredAttention(AttentionBackend):
         ]
         errors, lams, truth = _probe_errors(
             layout, [(0, r, w) for r, w in parts], [(parts.index(sizes[i]), kind) for i, kind in candidates],
-            probes, self.probe_chunk(nq), q, k, v, scale, log_mean, residuals,
+            probes, self.probe_chunk(nq, nk), q, k, v, scale, log_mean, residuals,
         )  # (B, K, L, p), (K, L)
         lam, held_out = best_weight(errors, lams)  # (B, K), (B, K, p)
         # choice 0: the baseline, the whole support alone (candidate 0 at lam = 0), which needs no evidence
@@ -253,9 +257,9 @@ class ScatterbrainCentredAttention(AttentionBackend):
         the split's rounds and their features) and the calibration before it (features and one probe chunk's
         tables; the support is not scored yet)."""
         clusters, num_features = self.plan(nq, nk)
-        calibration = PROBE_COPIES * min(self.probe_count(nq, nk), self.probe_chunk(nq)) * nk  # one probe chunk
         if not self.probe_count(nq, nk):
             return clusters.score_entries() + (nq + nk) * num_features
+        calibration = int(PROBE_TABLES * min(self.probe_count(nq, nk), self.probe_chunk(nq, nk)) * nk)  # one chunk
         support, split_sizes, num_features = self.calibration_plan(nq, nk)
         features = (nq + nk) * num_features
         split = max(r * w for r, w in split_sizes) * support.n_clusters * support.q_cluster_size
@@ -304,23 +308,29 @@ def _probe_errors(layout, parts, candidates, probes, size, q, k, v, scale, log_m
             outside.append(torch.stack([sums[candidate] for candidate in estimated], 1))  # (B, E, c, dv + 1)
         shifts.append(shift)
         truths.append(truth)
-    mf = (log_mean[:, probes, None] - torch.cat(shifts, 1)).clamp_max(LOG_CAP).exp()  # (B, p, 1)
+    mf = (log_mean[:, probes, None] - _joined(shifts, 1)).clamp_max(LOG_CAP).exp()  # (B, p, 1)
     # (B, M + E, p, dv + 1): the mean-field's sums off each support, then the estimated residuals'
-    outside = torch.cat([mf.unsqueeze(1) * (v1.sum(1)[:, None, None] - torch.cat(plain, 2)), *(
-        [torch.cat(outside, 2)] if estimated else [])], 1)
+    outside = torch.cat([mf.unsqueeze(1) * (v1.sum(1)[:, None, None] - _joined(plain, 2)), *(
+        [_joined(outside, 2)] if estimated else [])], 1)
     order = tuple(mean_field.index(part) if kind == "mean-field" else len(mean_field) + estimated.index((part, kind))
                   for part, kind in candidates)
     at = grid(order, torch.int64, q.device), grid(tuple(part for part, _ in candidates), torch.int64, q.device)
     lams = lam_table(tuple(WEIGHTS[kind] for _, kind in candidates), q.device)
-    truth = torch.cat(truths, 1)
-    errors = stacked_errors(torch.cat(inside, 2).index_select(1, at[1]), outside.index_select(1, at[0]), truth, lams)
+    truth = _joined(truths, 1)
+    errors = stacked_errors(_joined(inside, 2).index_select(1, at[1]), outside.index_select(1, at[0]), truth, lams)
     return errors, lams, truth
+
+
+def _joined(chunks: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """The probe chunks' tensors joined along ``dim`` (the one chunk itself, no copy, when there is one)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim)
 
 
 def _combined(mean_field: LowRankTerms, favor: LowRankTerms, centroids: LowRankTerms, use_favor: torch.Tensor):
     """One residual of m + 1 columns per batch element: the mean-field column beside FAVOR+ (where ``use_favor``
     (B,)) or the key centroids, each already weighted by its lam (0 where not chosen, so one kind is active). The
-    log-offset is the active kind's (a kind's ``a`` is in units of its own offset)."""
+    log-offset is the active kind's (a kind's ``a`` is in units of its own offset). The sums over all keys are
+    added up in favor's tensors (no more output-sized copies)."""
     pick = use_favor.view(-1, 1, 1)
     width = max(favor.a.shape[-1], centroids.a.shape[-1])  # the centroids are min(m, Nk) groups
 
@@ -334,8 +344,8 @@ def _combined(mean_field: LowRankTerms, favor: LowRankTerms, centroids: LowRankT
         offset,
         torch.cat([mean_field.a, torch.where(pick, wide(favor.a), wide(centroids.a))], -1),  # (B, Nq, m + 1)
         torch.cat([mean_field.b, torch.where(pick, wide(favor.b), wide(centroids.b))], -1),  # (B, Nk, m + 1)
-        mean_field.num + torch.where(pick, favor.num, centroids.num),
-        mean_field.den + torch.where(use_favor.view(-1, 1), favor.den, centroids.den),
+        favor.num.add_(centroids.num).add_(mean_field.num),  # summed into favor's: kinds not chosen are exactly 0
+        favor.den.add_(centroids.den).add_(mean_field.den),
     )
 
 
@@ -359,8 +369,7 @@ def _mean_field_terms(log_mean: torch.Tensor, v: torch.Tensor, lam: torch.Tensor
     """Rank-1 residual: exp(s_ij) ~ lam exp(log_mean_i) for every key (the Gaussian mean-field of the kernel)."""
     b, nq = log_mean.shape
     w = lam.view(-1, 1, 1)
-    a = w.expand(b, nq, 1).contiguous()  # (B, Nq, 1)
     ones = v.new_ones(b, v.shape[1], 1)  # (B, Nk, 1)
-    num = (w * v.sum(1, keepdim=True)).expand(b, nq, v.shape[2]).contiguous()  # (B, Nq, dv)
-    den = (lam.view(-1, 1) * v.shape[1]).expand(b, nq).contiguous()  # (B, Nq)
-    return LowRankTerms(log_mean.float(), a, ones, num, den)
+    num = (w * v.sum(1, keepdim=True)).expand(b, nq, v.shape[2])  # (B, Nq, dv), a view: the same row for every query
+    den = (lam.view(-1, 1) * v.shape[1]).expand(b, nq)  # (B, Nq), a view
+    return LowRankTerms(log_mean.float(), w.expand(b, nq, 1), ones, num, den)
