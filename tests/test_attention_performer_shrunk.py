@@ -67,14 +67,17 @@ def test_unshrunk_output_is_the_plain_centred_estimator(nq, nk):
     assert rel_err(attn(q, k, v, scale=0.8), num / den) < 1e-4
 
 
-@pytest.mark.parametrize("num_features", [37, 64, 300])
-def test_noise_estimate_is_the_plain_group_spread(num_features):
+@pytest.mark.parametrize("num_features,dv", [(37, 4), (64, 4), (300, 4), (37, 96), (12, 64)])
+def test_noise_estimate_is_the_plain_group_spread(num_features, dv):
     # The grouped, padded layout (37: groups of 5 and 4 features; 300: 10 groups of 30) must give the plain
-    # reading's estimate (1e-5) and variance (1e-3: fp32 vs fp64 on a difference of near-equal terms), per query.
-    q, k, v = qkv(nq=64, nk=32, d=8, dv=4, logit_std=1.0)
+    # reading's estimate (1e-5) and variance (1e-3: fp32 vs fp64 on a difference of near-equal terms), per query;
+    # with few slots for the values' width (40 slots for dv = 96, 16 for 64) the groups' Grams go in one
+    # block-diagonal product, which must give the same.
+    q, k, v = qkv(nq=64, nk=32, d=8, dv=dv, logit_std=1.0)
     q, k = q + 0.5, k + 0.5
     proj = draw_orthogonal_projection(num_features, 8, seed=1)
     keys = summarise_keys(q, k, v, proj, 0.8)
+    assert (keys.blocks is not None) == (dv >= 64)  # both products are checked
     estimate, var = estimate_with_noise(query_weights(q, keys), keys)
     plain_estimate, plain_var = plain_group_noise(q, k, v, proj, 0.8)
     assert rel_err(estimate, plain_estimate) < 1e-5

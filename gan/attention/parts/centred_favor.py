@@ -45,7 +45,8 @@ class KeySummary:
 
     log_mass (B,1,G*s) = log sum_j exp(lk_jf); kv (B,G*s,dv) = sum_j softmax_j(lk_jf) v_j; gram (B,G,s,s) =
     kv kv^T within each group; proj (d,G*s) the projection times sqrt(scale); q_mean (B,1,d) the queries' mean
-    the features were centred on.
+    the features were centred on; blocks (B,G*s,G*s) the groups' Grams as one block-diagonal matrix, or None where
+    G*s > dv (the weights' product with it would cost more than the estimate).
     """
 
     log_mass: torch.Tensor
@@ -53,6 +54,7 @@ class KeySummary:
     gram: torch.Tensor
     proj: torch.Tensor
     q_mean: torch.Tensor
+    blocks: torch.Tensor | None = None
 
     @property
     def n_groups(self) -> int:
@@ -88,13 +90,21 @@ def summarise_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torc
     slots = group_slots(proj.shape[0], k.device)  # (G, s)
     kv = _by_group(kv, slots, dim=1)  # (B, G*s, dv)
     grouped = kv.unflatten(1, tuple(slots.shape))  # (B, G, s, dv)
+    same_group = group_members(*slots.shape, v.device)  # (G*s, G)
     return KeySummary(
         log_mass=_by_group(mass.log_().add_(key_max), slots, dim=2, fill=-math.inf),  # (B, 1, G*s)
         kv=kv,
         gram=grouped @ grouped.transpose(-1, -2),  # (B, G, s, s)
         proj=_by_group(proj.t() * math.sqrt(scale), slots, dim=1),  # (d, G*s)
         q_mean=q_mean,
+        blocks=torch.bmm(kv, kv.mT).mul_(same_group @ same_group.t()) if kv.shape[1] <= kv.shape[2] else None,
     )
+
+
+def group_members(n_groups: int, size: int, device) -> torch.Tensor:
+    """(G*s, G) fp32: 1 where slot f is in group g (f // s == g), made once per device (``grid``)."""
+    return grid(tuple(tuple(float(f // size == g) for g in range(n_groups)) for f in range(n_groups * size)),
+                torch.float32, device)
 
 
 def query_weights(q: torch.Tensor, keys: KeySummary) -> torch.Tensor:
@@ -112,9 +122,14 @@ def estimate_with_noise(
     estimate = torch.bmm(w, keys.kv, out=out)  # (B, c, dv)
     if keys.n_groups < 2:
         return estimate, torch.full_like(estimate[..., 0], float("inf"))
-    grouped = w.unflatten(-1, keys.gram.shape[1:3]).transpose(1, 2).contiguous()  # (B, G, c, s)
-    share = grouped.sum(-1)  # (B, G, c): w_g, the group's share of the denominator
-    quad = (grouped @ keys.gram).mul_(grouped).sum(-1)  # (B, G, c): |w_g P_g|^2
+    # group sums as (G, G*s) x (G*s, c) products: the long axis last, where the product runs fast
+    members = group_members(*keys.gram.shape[1:3], w.device).t().expand(w.shape[0], -1, -1)  # (B, G, G*s)
+    share = torch.bmm(members, w.mT)  # (B, G, c): w_g, the group's share of the denominator
+    if keys.blocks is not None:  # (B, G, c): |w_g P_g|^2 = w_g^T Gram_g w_g, every group in one product
+        quad = torch.bmm(members, torch.bmm(w, keys.blocks).mul_(w).mT)
+    else:
+        grouped = w.unflatten(-1, keys.gram.shape[1:3]).transpose(1, 2).contiguous()  # (B, G, c, s)
+        quad = (grouped @ keys.gram).mul_(grouped).sum(-1)
     # sum_g w_g |P_g|^2 - |P|^2 with P_g = (w_g P_g) / w_g.
     spread = quad.div_(share.clamp_min(1e-30)).sum(1).sub_(torch.linalg.vector_norm(estimate, dim=-1).square_())
     w_sq = share.square_().sum(1)  # (B, c) in [1/G, 1]

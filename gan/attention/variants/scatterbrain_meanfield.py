@@ -176,11 +176,15 @@ def meanfield_attention(
     res_logit = (cmax + mass.log())[..., None] + torch.cat([delta, 0.5 * d2], -1) @ torch.cat(
         [kb, k2b - kb.square()], -1
     )[..., None]  # (B, C, cq, 1)
-    # support rows gathered once; the chunk's residual value Vb rides along as one more value slot
-    ks = k.reshape(b * nk, d).index_select(0, (top + image[..., None] * nk).reshape(-1)).view(b, n_chunks, kk, d)
-    slots = torch.cat([top + image[..., None] * nk, b * nk + image[..., None] * n_chunks + chunk_ids], -1)  # (B,C,kk+1)
+    # support rows gathered once, with one more slot per chunk for the residual: a zero key (its score column then
+    # takes the residual logit, so the logits need no concatenation) and the chunk's residual value Vb
+    top_rows = top + image[..., None] * nk  # (B, C, kk) flat key rows
+    key_slots = torch.cat([top_rows, torch.full_like(top_rows[..., :1], b * nk)], -1)  # (B, C, kk+1): row B*Nk is 0
+    ks = torch.cat([k.reshape(b * nk, d), k.new_zeros(1, d)]).index_select(0, key_slots.reshape(-1))
+    slots = torch.cat([top_rows, b * nk + image[..., None] * n_chunks + chunk_ids], -1)  # (B, C, kk+1)
     vs = torch.cat([v.reshape(b * nk, dv), vb.reshape(b * n_chunks, dv)]).index_select(0, slots.reshape(-1))
-    weights = torch.cat([qs @ ks.mT, res_logit], -1)  # (B, C, cq, kk+1) logits, then normalised weights
+    weights = qs @ ks.view(b, n_chunks, kk + 1, d).mT  # (B, C, cq, kk+1) logits (the last 0), then normalised weights
+    weights[..., kk:] = res_logit
     weights = weights.sub_(weights.amax(-1, keepdim=True)).exp_()
     den = weights.sum(-1, keepdim=True)  # (B, C, cq, 1)
     slope = v.mT @ (k - k.mean(1, keepdim=True)) / nk  # (B, dv, d): value-key covariance
@@ -200,10 +204,12 @@ def meanfield_attention(
     share = e_probe[..., kk:]  # (B, p, 1) the residual's share of the probe's mass
     a, w_slope = _fit_two(estimate - mean_v, share * (probe(delta) @ slope.mT), truth - mean_v)  # (B,) each
     a, w_slope = a.view(b, 1, 1, 1), w_slope.view(b, 1, 1, 1)
-    # out = (1 - a) mean(v) + b share (delta A^T) [one product per image] + a weights vs / den [per chunk]
+    # out = (1 - a) mean(v) + b share (delta A^T) [one product per image] + a (weights vs) / den [per chunk]
     per_query = torch.cat([(w_slope * weights[..., kk:] / den) * delta, (1 - a).expand(-1, n_chunks, cq, 1)], -1)
     out = per_query.view(b, n_chunks * cq, d + 1) @ torch.cat([slope.mT, mean_v], 1)  # (B, C*cq, dv)
-    out.view(b * n_chunks, cq, dv).baddbmm_(weights.mul_(a / den).view(b * n_chunks, cq, kk + 1), vs)
+    # the support's product written once, scaled per query afterwards (no pass over the larger weights)
+    out.view(b * n_chunks, cq, dv).addcmul_(torch.bmm(weights.view(b * n_chunks, cq, kk + 1), vs),
+                                            (a / den).view(b * n_chunks, cq, 1))
     out = out.view(b * n_chunks * cq, dv).index_select(0, (inverse + image * n_chunks * cq).reshape(-1))
     out = out.view(b, nq, dv)
     out[:, probe_rows] = truth
