@@ -173,9 +173,11 @@ def meanfield_attention(
     kb, k2b = (weight @ kmom).split([d, d], -1)  # (B, C, d) each
     vb = weight @ v  # (B, C, dv)
     del weight
-    res_logit = (cmax + mass.log())[..., None] + torch.cat([delta, 0.5 * d2], -1) @ torch.cat(
-        [kb, k2b - kb.square()], -1
-    )[..., None]  # (B, C, cq, 1)
+    # (B, C, cq, 1): log-mass + delta.Kb + delta^2.Kvar / 2, two products (no (B, C, cq, 2d) copy)
+    res_logit = torch.baddbmm((cmax + mass.log())[..., None].reshape(b * n_chunks, 1, 1),
+                              delta.reshape(b * n_chunks, cq, d), kb.reshape(b * n_chunks, d, 1))
+    res_logit = torch.baddbmm(res_logit, d2.reshape(b * n_chunks, cq, d),
+                              (k2b - kb.square()).reshape(b * n_chunks, d, 1), alpha=0.5).view(b, n_chunks, cq, 1)
     # support rows gathered once, with one more slot per chunk for the residual: a zero key (its score column then
     # takes the residual logit, so the logits need no concatenation) and the chunk's residual value Vb
     top_rows = top + image[..., None] * nk  # (B, C, kk) flat key rows
@@ -207,9 +209,11 @@ def meanfield_attention(
     # out = (1 - a) mean(v) + b share (delta A^T) [one product per image] + a (weights vs) / den [per chunk]
     per_query = torch.cat([(w_slope * weights[..., kk:] / den) * delta, (1 - a).expand(-1, n_chunks, cq, 1)], -1)
     out = per_query.view(b, n_chunks * cq, d + 1) @ torch.cat([slope.mT, mean_v], 1)  # (B, C*cq, dv)
-    # the support's product written once, scaled per query afterwards (no pass over the larger weights)
-    out.view(b * n_chunks, cq, dv).addcmul_(torch.bmm(weights.view(b * n_chunks, cq, kk + 1), vs),
-                                            (a / den).view(b * n_chunks, cq, 1))
+    support, scale_q = weights.view(b * n_chunks, cq, kk + 1), (a / den).view(b * n_chunks, cq, 1)
+    if kk + 1 > dv:  # the weights outnumber the output's entries: scale their product rather than them
+        out.view(b * n_chunks, cq, dv).addcmul_(torch.bmm(support, vs), scale_q)
+    else:
+        out.view(b * n_chunks, cq, dv).baddbmm_(support.mul_(scale_q), vs)
     out = out.view(b * n_chunks * cq, dv).index_select(0, (inverse + image * n_chunks * cq).reshape(-1))
     out = out.view(b, nq, dv)
     out[:, probe_rows] = truth
