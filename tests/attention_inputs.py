@@ -117,14 +117,16 @@ def peak_bytes(fn):
 
 def clustered_peak_bound(score_entries, nq, nk, d, dv, plans):
     """Bytes a clustered backend may hold beyond its output (batch 1): its score entries (fp32) and four copies
-    of q, k, v, plus what score_entries does not count: each layout's int64 bookkeeping (query rows, clusters,
-    round offsets: 4 * 8 bytes per query and round; every plan's layout may be alive at once) and the union's
-    record of the keys each query met (one bit per query and key, in int32 words with a spare word and row).
-    ``plans``: (n_hashes, n_clusters) pairs."""
+    of q, k, v, plus what score_entries does not count: three (Nq, dv + 1) fp32 accumulators of the output's size
+    (the union's [num | den] sums, a residual's sums over all keys, the candidates' before they are combined),
+    each layout's int64 bookkeeping (query rows, clusters, round offsets: 4 * 8 bytes per query and round; every
+    plan's layout may be alive at once) and the union's record of the keys each query met (one bit per query and
+    key, in int32 words with a spare word and row). ``plans``: (n_hashes, n_clusters) pairs."""
     inputs = nq * (d + 2) + nk * (d + dv)
+    accumulators = 3 * nq * (dv + 1)
     layouts = sum(4 * 8 * n_hashes * nq for n_hashes, _ in plans)
     met_keys = 4 * (nq + 1) * (nk // 32 + 1)
-    return 4 * (score_entries + 4 * inputs) + layouts + met_keys
+    return 4 * (score_entries + 4 * inputs + accumulators) + layouts + met_keys
 
 
 def lowrank_qkv(b=2, nq=2048, nk=512, d=32, dv=16, logit_std=2.0, seed=0):

@@ -208,14 +208,17 @@ def test_calibrated_batch_elements_are_independent():
 
 
 @pytest.mark.parametrize(
-    "nq,nk,budget", [(4096, 1024, 1 / 32), (4096, 1024, 1 / 8), (4096, 1024, 1 / 4), (1024, 256, 1 / 32)]
+    "nq,nk,budget,dv",
+    [(4096, 1024, 1 / 32, 8), (4096, 1024, 1 / 8, 8), (4096, 1024, 1 / 4, 8), (1024, 256, 1 / 32, 8),
+     (4096, 1024, 1 / 8, 128), (1024, 256, 1 / 32, 128)],
 )
-def test_peak_memory_is_the_score_entries_plus_input_copies(nq, nk, budget):
+def test_peak_memory_is_the_score_entries_plus_input_copies(nq, nk, budget, dv):
     # Allocator peak of one call (public profiler API), less the output, within 4 bytes * (score_entries +
-    # four copies of q, k, v) plus the bookkeeping score_entries does not count (``clustered_peak_bound``:
-    # both candidate layouts' int64 rows and the union's bit per query and key). Fails if an (R, Nq, C) or
-    # (Nq, Nk) float table appears (2M+ entries at 4096 x 1024); at 1024 x 256 the probes go in chunks.
-    d, dv = 32, 8
+    # four copies of q, k, v + three output-sized accumulators) plus the bookkeeping score_entries does not count
+    # (``clustered_peak_bound``: both candidate layouts' int64 rows and the union's bit per query and key). Fails
+    # if an (R, Nq, C) or (Nq, Nk) float table appears (2M+ entries at 4096 x 1024); at 1024 x 256 the probes go
+    # in chunks; dv = 128 is BigGAN's, where the accumulators weigh most.
+    d = 32
     q, k, v = qkv(b=1, nq=nq, nk=nk, d=d, dv=dv, logit_std=2.0)
     attn = build_attention("scatterbrain-centred", budget=budget)
     attn(q, k, v)
