@@ -72,6 +72,8 @@ def test_is_a_project_variant_of_scatterbrain():
         (qkv(nq=256, nk=64, logit_std=2.0), 1 / 4),
         (qkv(nq=250, nk=62, logit_std=2.0), 1 / 4),  # Nq not a multiple of the chunk size: last chunk padded
         (clustered_qkv(nq=512, nk=128, d=16, dv=8, logit_std=4.0), 1 / 8),
+        # values wider than the support (BigGAN's case): the weights are scaled before their product, not after
+        (qkv(nq=256, nk=64, dv=64, logit_std=2.0), 1 / 4),
     ],
 )
 def test_output_is_the_plain_dense_reading(inputs, budget):

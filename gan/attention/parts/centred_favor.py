@@ -102,9 +102,15 @@ def summarise_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torc
 
 
 def group_members(n_groups: int, size: int, device) -> torch.Tensor:
-    """(G*s, G) fp32: 1 where slot f is in group g (f // s == g), made once per device (``grid``)."""
-    return grid(tuple(tuple(float(f // size == g) for g in range(n_groups)) for f in range(n_groups * size)),
-                torch.float32, device)
+    """(G*s, G) fp32: 1 where slot f is in group g (f // s == g), made once per shape and device."""
+    key = (n_groups, size, str(device))
+    if key not in _MEMBERS:  # the (G*s) x G table is built once, not on every call
+        _MEMBERS[key] = grid(tuple(tuple(float(f // size == g) for g in range(n_groups))
+                                   for f in range(n_groups * size)), torch.float32, device)
+    return _MEMBERS[key]
+
+
+_MEMBERS: dict[tuple, torch.Tensor] = {}
 
 
 def query_weights(q: torch.Tensor, keys: KeySummary) -> torch.Tensor:
