@@ -64,6 +64,7 @@ CSS = """
 #controls .block { padding: 6px 8px; }
 #status:empty { display: none; }
 #controls .bg-hint { font-size: 12px; color: #555; }
+#controls :is(#backends-published, #backends-variants) label { padding: 3px 8px; }  /* 13 backends fit 900 px */
 #status .bg-error { color: #b00020; font-weight: 600; margin: 0; overflow-wrap: anywhere; }  /* long paths, URLs */
 .gradio-container:has(#status .bg-error) .bg-idle { display: none; }  /* an error replaces the idle hint */
 #measurements [role=gridcell] span { word-break: normal; overflow-wrap: normal; }  /* break at spaces, hyphens */

@@ -82,6 +82,9 @@ BAD_PARAMS = [
     ("scatterbrain-meanfield", {"support": -1}, "support"),
     ("scatterbrain-meanfield", {"pilots": None}, "pilots"),
     ("scatterbrain-meanfield", {"probes": 1.5}, "probes"),
+    ("scatterbrain-centroids", {"groups": 0}, "groups"),
+    ("scatterbrain-centroids", {"probes": -2}, "probes"),
+    ("scatterbrain-centroids", {"groups": 2.5}, "groups"),
 ]
 
 
@@ -132,6 +135,8 @@ LARGE_LOGITS = [
     ("smyrf-topkeys", {"budget": 0.125}, isotropic_large_logits),
     ("scatterbrain-centred", {"budget": 0.125}, isotropic_large_logits),
     ("performer-centred-shrunk", {"budget": 0.125}, isotropic_large_logits),
+    ("scatterbrain-centroids", {"budget": 0.125}, isotropic_large_logits),
+    ("scatterbrain-centroids", {"budget": 0.125}, clustered_logits_up_to_100),
     ("kdeformer", {"bucket_size": 10, "sample_size": 20, "redraw": False}, clustered_logits_up_to_100),
     ("sblocal", {"local_context": 8, "num_features": 16}, clustered_logits_up_to_100),
     ("thinformer", {"g": 1, "redraw": False}, clustered_logits_up_to_100),
@@ -182,6 +187,7 @@ SEEDED = [
     ("smyrf-topkeys", {"budget": 0.25}, {}),
     ("scatterbrain-centred", {"budget": 0.25}, {}),
     ("performer-centred-shrunk", {"budget": 0.25}, {"nq": 1024, "nk": 256, "logit_std": 2.0}),
+    ("scatterbrain-centroids", {"budget": 0.25}, {"nq": 250, "nk": 62, "logit_std": 2.0}),
 ]
 REDRAWN = [case for case in SEEDED if "redraw" in backend_parameters(case[0])]
 

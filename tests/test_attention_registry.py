@@ -34,6 +34,7 @@ VARIANTS = {
     "scatterbrain-centred": "scatterbrain",
     "performer-centred-shrunk": "performer",
     "scatterbrain-meanfield": "scatterbrain",
+    "scatterbrain-centroids": "scatterbrain",
 }
 
 

@@ -22,6 +22,7 @@ from .published.thinformer import ThinformerAttention
 from .published.topk import TopKAttention
 from .variants.performer_shrunk import PerformerCentredShrunkAttention
 from .variants.scatterbrain_centred import ScatterbrainCentredAttention
+from .variants.scatterbrain_centroids import ScatterbrainCentroidsAttention
 from .variants.scatterbrain_meanfield import ScatterbrainMeanFieldAttention
 from .variants.smyrf_topkeys import SmyrfTopKeysAttention
 
@@ -41,6 +42,7 @@ BACKENDS: tuple[type[AttentionBackend], ...] = (
     ScatterbrainCentredAttention,
     PerformerCentredShrunkAttention,
     ScatterbrainMeanFieldAttention,
+    ScatterbrainCentroidsAttention,
 )
 _REGISTRY: dict[str, type[AttentionBackend]] = {cls.name: cls for cls in BACKENDS}
 assert len(_REGISTRY) == len(BACKENDS), "two backends share a name"

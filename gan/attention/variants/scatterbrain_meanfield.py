@@ -24,7 +24,6 @@ from ``seed`` (disjoint).
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import AttentionBackend, Parameter, positive_int
+from ..parts.linear_fit import PilotProbeRows, fit_two, value_slope
 
 PILOTS = 64  # query groups: more than the clusters a generator map shows (objects, regions), so few are left
 # without a pilot, and few enough that a group spans a chunk or more, so most chunk cuts fall inside groups
@@ -92,7 +92,7 @@ class ScatterbrainMeanFieldAttention(AttentionBackend):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self._rows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (pilot rows, probe rows) per shape
+        self.rows = PilotProbeRows(self.seed)  # (n, pilots, probes, device) -> disjoint pilot and probe query rows
 
     def plan(self, nq: int, nk: int) -> MeanFieldPlan:
         budget = self.effective_budget
@@ -104,17 +104,6 @@ class ScatterbrainMeanFieldAttention(AttentionBackend):
         kk = 0 if kk < min(MIN_SUPPORT, nk) and self.support is None else min(kk, nk)
         exact = kk >= nk or (self.support is None and budget >= 1)
         return MeanFieldPlan(cq, n_chunks, kk, pilots, probes, exact)
-
-    def rows(self, n: int, pilots: int, probes: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Disjoint pilot and probe query rows (sorted), drawn from ``seed`` on the host (no tensor op, nothing for
-        a compiled graph to break on). Disjoint: a pilot's chunk is built around it, so as a probe it would
-        flatter the estimate."""
-        key = (n, pilots, probes, str(device))
-        if key not in self._rows:  # once per shape: a copy from a Python list would stall the stream every call
-            drawn = random.Random(f"{self.seed}:{n}").sample(range(n), min(n, pilots + probes))
-            pilot_rows, probe_rows = sorted(drawn[:pilots]), sorted(drawn[pilots:] or drawn[:probes])
-            self._rows[key] = (torch.tensor(pilot_rows, device=device), torch.tensor(probe_rows, device=device))
-        return self._rows[key]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         nq, nk = q.shape[1], k.shape[1]
@@ -189,7 +178,7 @@ def meanfield_attention(
     weights[..., kk:] = res_logit
     weights = weights.sub_(weights.amax(-1, keepdim=True)).exp_()
     den = weights.sum(-1, keepdim=True)  # (B, C, cq, 1)
-    slope = v.mT @ (k - k.mean(1, keepdim=True)) / nk  # (B, dv, d): value-key covariance
+    slope = value_slope(k, v)  # (B, dv, d): value-key covariance
     mean_v = v.mean(1, keepdim=True)  # (B, 1, dv)
     # probes: exact rows and the estimate's two parts at them -> per-image weights a (estimate), b (slope)
     inverse = torch.empty_like(order[:, :nq]).scatter_(1, order[:, :nq], rows.expand(b, -1))  # (B, Nq) sorted position
@@ -204,7 +193,7 @@ def meanfield_attention(
     estimate = (e_probe.view(b * p, 1, kk + 1) @ vs.index_select(0, chunk_of.reshape(-1))).view(b, p, dv)
     truth = torch.softmax(q[:, probe_rows] @ k.mT, -1) @ v  # (B, p, dv) the probes' exact rows
     share = e_probe[..., kk:]  # (B, p, 1) the residual's share of the probe's mass
-    a, w_slope = _fit_two(estimate - mean_v, share * (probe(delta) @ slope.mT), truth - mean_v)  # (B,) each
+    a, w_slope = fit_two(estimate - mean_v, share * (probe(delta) @ slope.mT), truth - mean_v)  # (B,) each
     a, w_slope = a.view(b, 1, 1, 1), w_slope.view(b, 1, 1, 1)
     # out = (1 - a) mean(v) + b share (delta A^T) [one product per image] + a (weights vs) / den [per chunk]
     per_query = torch.cat([(w_slope * weights[..., kk:] / den) * delta, (1 - a).expand(-1, n_chunks, cq, 1)], -1)
@@ -223,7 +212,7 @@ def meanfield_attention(
 def first_order_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe_rows: torch.Tensor) -> torch.Tensor:
     """mean(v) + b (q - mean q) A^T (A the value-key covariance), b in [0, 1] fitted on the probes' exact rows."""
     b = q.shape[0]
-    slope = v.mT @ (k - k.mean(1, keepdim=True)) / k.shape[1]  # (B, dv, d)
+    slope = value_slope(k, v)  # (B, dv, d)
     mean_v = v.mean(1, keepdim=True)  # (B, 1, dv)
     offsets = q - q.mean(1, keepdim=True)  # (B, Nq, d)
     truth = torch.softmax(q[:, probe_rows] @ k.mT, -1) @ v  # (B, p, dv)
@@ -233,13 +222,3 @@ def first_order_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pro
     out[:, probe_rows] = truth
     return out
 
-
-def _fit_two(x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image the least-squares (a, b) of y ~ a x0 + b x1 over (p, dv), each clamped to [0, 1] (a small ridge
-    keeps a missing part, e.g. no slope, at weight 0)."""
-    g00, g01, g11 = (x0 * x0).sum((1, 2)), (x0 * x1).sum((1, 2)), (x1 * x1).sum((1, 2))
-    h0, h1 = (x0 * y).sum((1, 2)), (x1 * y).sum((1, 2))
-    ridge = 1e-6 * (g00 + g11) + 1e-30
-    g00, g11 = g00 + ridge, g11 + ridge
-    det = g00 * g11 - g01 * g01
-    return ((g11 * h0 - g01 * h1) / det).clamp(0, 1), ((g00 * h1 - g01 * h0) / det).clamp(0, 1)
