@@ -100,6 +100,18 @@ def support_mask(layout, nq, nk):
     return mask.view(b, nq, nk)
 
 
+def plain_probe_fit(mean_v, part0, part1, truth, probes):
+    """Plain reading (float64, one image) of how the mean-field variants finish: mean_v + a (part0 - mean_v) + b part1,
+    (a, b) the unconstrained least squares on the probes' rows of the exact output ``truth`` (Nq, dv), each then
+    clamped to [0, 1]; the probes' rows exact. part0: the zero-order estimate (Nq, dv); part1: the slope term."""
+    x = torch.stack([(part0[probes] - mean_v).reshape(-1), part1[probes].reshape(-1)], 1)
+    y = (truth[probes] - mean_v).reshape(-1)
+    a, b = torch.linalg.lstsq(x, y[:, None]).solution[:, 0].clamp(0, 1)
+    out = mean_v + a * (part0 - mean_v) + b * part1
+    out[probes] = truth[probes]
+    return out
+
+
 def peak_bytes(fn):
     """Peak of live CPU bytes allocated while ``fn()`` runs (its result included), from the public profiler
     API: each recorded event's own allocations minus frees (``self_cpu_memory_usage``), summed in time order."""

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from attention_inputs import clustered_peak_bound, clustered_qkv, exact, peak_bytes, qkv, rel_err
+from attention_inputs import clustered_peak_bound, clustered_qkv, exact, peak_bytes, plain_probe_fit, qkv, rel_err
 
 from gan.attention import attention_info, build_attention
 
@@ -30,13 +30,7 @@ def plain_centroids(q, k, v, scale, pilots, probes):
                 centre = qi[members].mean(0)
                 rows[members] = torch.softmax(ki @ centre, 0) @ vi
                 slopes[members] = (qi[members] - centre) @ a_mat.T
-        mean_v = vi.mean(0)
-        x = torch.stack([(rows[probes] - mean_v).reshape(-1), slopes[probes].reshape(-1)], 1)
-        y = (truth[probes] - mean_v).reshape(-1)
-        a, b = torch.linalg.lstsq(x, y[:, None]).solution[:, 0].clamp(0, 1)
-        out = mean_v + a * (rows - mean_v) + b * slopes
-        out[probes] = truth[probes]
-        outs.append(out)
+        outs.append(plain_probe_fit(vi.mean(0), rows, slopes, truth, probes))
     return torch.stack(outs)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from attention_inputs import clustered_qkv, exact, qkv, rel_err
+from attention_inputs import clustered_qkv, exact, plain_probe_fit, qkv, rel_err
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gan.attention import attention_info, build_attention
@@ -51,13 +51,7 @@ def plain_meanfield(q, k, v, scale, plan, pilots, probes):
                 p = torch.softmax(logits, 0)
                 est[i] = p[:-1] @ vi[supp] + p[-1] * vb
                 slope_part[i] = p[-1] * (a_mat @ delta)
-        mean_v = vi.mean(0)
-        x = torch.stack([(est[probes] - mean_v).reshape(-1), slope_part[probes].reshape(-1)], 1)
-        y = (ti[probes] - mean_v).reshape(-1)
-        a, b = torch.linalg.lstsq(x, y[:, None]).solution[:, 0].clamp(0, 1)
-        out = mean_v + a * (est - mean_v) + b * slope_part
-        out[probes] = ti[probes]
-        outs.append(out)
+        outs.append(plain_probe_fit(vi.mean(0), est, slope_part, ti, probes))
     return torch.stack(outs)
 
 

@@ -14,6 +14,9 @@ import random
 
 import torch
 
+MAX_FIT_PROBES = 32  # probe queries per image fitting the two weights
+FIT_PROBE_SHARE = 8  # the probes' exact rows hold at most 1/8 of the budget
+
 
 class PilotProbeRows:
     """``rows(n, pilots, probes, device)``: disjoint sorted pilot and probe query rows, drawn from ``seed`` on the host
@@ -30,6 +33,12 @@ class PilotProbeRows:
             pilot_rows, probe_rows = sorted(drawn[:pilots]), sorted(drawn[pilots:] or drawn[:probes])
             self._rows[key] = (torch.tensor(pilot_rows, device=device), torch.tensor(probe_rows, device=device))
         return self._rows[key]
+
+
+def fit_probe_count(budget: float, nq: int, explicit: int | None = None) -> int:
+    """Probe queries fitting the two weights: ``explicit``, or as many as 1/FIT_PROBE_SHARE of the budget's entries
+    allows (each holds Nk scores), between 1 and MAX_FIT_PROBES; at most Nq."""
+    return min(nq, explicit or max(1, min(MAX_FIT_PROBES, int(budget * nq / FIT_PROBE_SHARE))))
 
 
 def value_slope(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

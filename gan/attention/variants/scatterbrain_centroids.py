@@ -27,10 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import AttentionBackend, Parameter, positive_int
-from ..parts.linear_fit import PilotProbeRows, fit_two, value_slope
-
-MAX_PROBES = 32  # probe queries per image fitting the two weights
-PROBE_SHARE = 8  # probes hold at most 1/8 of the budget
+from ..parts.linear_fit import PilotProbeRows, fit_probe_count, fit_two, value_slope
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ class ScatterbrainCentroidsAttention(AttentionBackend):
         budget = self.effective_budget
         if budget >= 1 and self.groups is None:
             return CentroidPlan(nq, 0, exact=True)
-        probes = min(nq, self.probes or max(1, min(MAX_PROBES, int(budget * nq / PROBE_SHARE))))
+        probes = fit_probe_count(budget, nq, self.probes)
         groups = self.groups or int((budget * nq * nk - probes * nk - nq) // (nq + nk))
         return CentroidPlan(max(1, min(groups, nq - probes)), probes)
 

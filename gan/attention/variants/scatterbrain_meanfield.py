@@ -31,12 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from ..base import AttentionBackend, Parameter, positive_int
-from ..parts.linear_fit import PilotProbeRows, fit_two, value_slope
+from ..parts.linear_fit import PilotProbeRows, fit_probe_count, fit_two, value_slope
 
 PILOTS = 64  # query groups: more than the clusters a generator map shows (objects, regions), so few are left
 # without a pilot, and few enough that a group spans a chunk or more, so most chunk cuts fall inside groups
-MAX_PROBES = 32  # probe queries per image fitting the two weights
-PROBE_SHARE = 8  # probes hold at most 1/8 of the budget
 MIN_SUPPORT = 8  # below this many keys per chunk the support is not worth its selection: first-order estimate only
 
 
@@ -98,7 +96,7 @@ class ScatterbrainMeanFieldAttention(AttentionBackend):
         budget = self.effective_budget
         cq = min(self.chunk_size or default_chunk_size(budget, nq), nq)
         n_chunks = -(-nq // cq)
-        probes = min(nq, self.probes or max(1, min(MAX_PROBES, int(budget * nq / PROBE_SHARE))))
+        probes = fit_probe_count(budget, nq, self.probes)
         pilots = min(self.pilots, nq)
         kk = self.support or int((budget * nq * nk - n_chunks * nk - probes * nk - nq) // nq)
         kk = 0 if kk < min(MIN_SUPPORT, nk) and self.support is None else min(kk, nk)
