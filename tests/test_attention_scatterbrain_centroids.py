@@ -45,7 +45,7 @@ def test_is_a_project_variant_of_scatterbrain():
         (qkv(nq=256, nk=64, logit_std=2.0), 1 / 4),
         (qkv(nq=250, nk=62, logit_std=2.0), 1 / 8),  # odd sizes
         (clustered_qkv(nq=512, nk=128, d=16, dv=8, logit_std=4.0), 1 / 8),
-        (qkv(nq=256, nk=64, dv=64, logit_std=3.0), 1 / 4),  # values wider than the groups
+        (qkv(nq=256, nk=64, dv=64, logit_std=3.0), 1 / 4),  # values wider than the queries (BigGAN: dv = 4 d)
     ],
 )
 def test_output_is_the_plain_dense_reading(inputs, budget):
