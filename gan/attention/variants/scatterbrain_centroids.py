@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..base import AttentionBackend, Parameter, positive_int
 from ..parts.linear_fit import PilotProbeRows, fit_probe_count, fit_two, value_slope
+from ..parts.probes import exact_rows
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,11 @@ class ScatterbrainCentroidsAttention(AttentionBackend):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         nq, nk = q.shape[1], k.shape[1]
         plan = self.plan(nq, nk)
-        qf, kf, vf = q.float() * scale, k.float(), v.float()
+        kf, vf = k.float(), v.float()
         if plan.exact:
-            return (torch.softmax(qf @ kf.mT, -1) @ vf).to(q.dtype)
+            return exact_rows(q.float(), kf, vf, scale).to(q.dtype)
         pilot_rows, probe_rows = self.rows(nq, plan.groups, plan.probes, q.device)
-        return centroid_attention(qf, kf, vf, pilot_rows, probe_rows).to(q.dtype)
+        return centroid_attention(q.float() * scale, kf, vf, pilot_rows, probe_rows).to(q.dtype)
 
     def score_entries(self, nq: int, nk: int, d: int) -> int:
         return self.plan(nq, nk).score_entries(nq, nk)
@@ -110,7 +111,7 @@ def centroid_attention(
     probe_groups = group_rows.view(b, nq)[:, probe_rows].reshape(-1)  # (B*p,)
     offsets = q[:, probe_rows] - centroid.index_select(0, probe_groups).view(b, -1, d)  # (B, p, d)
     at_probes = row_values.view(b * n_groups, dv).index_select(0, probe_groups).view(b, -1, dv)  # (B, p, dv)
-    truth = torch.softmax(q[:, probe_rows] @ k.mT, -1) @ v  # (B, p, dv)
+    truth = exact_rows(q[:, probe_rows], k, v, 1.0)  # (B, p, dv): q is already scaled
     a, w = fit_two(at_probes - mean_v, offsets @ slope.mT, truth - mean_v)  # (B,) each
     a, w = a.view(b, 1, 1), w.view(b, 1, 1)
     # out = (1 - a) mean(v) + a Vb_g + w (q - qbar_g) A^T = [(1 - a) mean(v) + a Vb_g - w qbar_g A^T] + w q A^T:
